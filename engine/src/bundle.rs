@@ -1,0 +1,177 @@
+//! A model bundle on disk: a directory with `bundle.toml` and the files it names.
+//!
+//! Reading checks the manifest version, every file's presence, size and sha256 before anything
+//! is parsed, so a bundle damaged in transit to the board is refused with the file's name rather
+//! than failing somewhere inside inference. Writing (done by `host-tools export`) hashes each file
+//! as it is written and writes the manifest last and atomically: a bundle without `bundle.toml`
+//! is never mistaken for a complete one.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::fsutil::write_atomic;
+use crate::manifest::{role_name, FileEntry, FileRole, Manifest, FORMAT_VERSION, MANIFEST_FILE};
+
+#[derive(Debug, Error)]
+pub enum BundleError {
+    #[error("{0}: not a bundle directory (no {MANIFEST_FILE})")]
+    NoManifest(String),
+    #[error("{path}: {message}")]
+    Manifest { path: String, message: String },
+    #[error("{path}: format_version {found} is not supported (this edgecap reads version {FORMAT_VERSION})")]
+    Version { path: String, found: u32 },
+    #[error("{path}: missing bundle file (role {role})")]
+    MissingFile { path: String, role: &'static str },
+    #[error("{path}: {message}")]
+    BadFile { path: String, message: String },
+    #[error("{path}: sha256 mismatch (manifest {expected}, file {actual}): the file is damaged or was replaced")]
+    HashMismatch { path: String, expected: String, actual: String },
+    #[error("{path}: cannot read: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+/// A bundle whose manifest parsed and whose files all match their hashes.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Bundle {
+    /// Reads and verifies the bundle in `dir`.
+    pub fn open(dir: &Path) -> Result<Bundle, BundleError> {
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let shown = manifest_path.display().to_string();
+        if !manifest_path.is_file() {
+            return Err(BundleError::NoManifest(dir.display().to_string()));
+        }
+        let text = std::fs::read_to_string(&manifest_path)
+            .map_err(|source| BundleError::Io { path: shown.clone(), source })?;
+        let manifest = parse_manifest(&shown, &text)?;
+        for entry in &manifest.files {
+            verify_file(dir, entry)?;
+        }
+        Ok(Bundle { dir: dir.to_path_buf(), manifest })
+    }
+
+    /// The path of the file playing `role` (present: checked by `open`).
+    pub fn path(&self, role: FileRole) -> PathBuf {
+        let entry = self.manifest.file(role).expect("manifest checked at open");
+        self.dir.join(&entry.path)
+    }
+}
+
+/// Parses manifest text; the version is checked before the rest so that a newer bundle gets the
+/// version error rather than a confusing field error.
+pub fn parse_manifest(shown: &str, text: &str) -> Result<Manifest, BundleError> {
+    let bad = |message: String| BundleError::Manifest { path: shown.to_string(), message };
+    let raw: toml::Table = text.parse().map_err(|e: toml::de::Error| bad(one_line(&e.to_string())))?;
+    match raw.get("format_version").and_then(|v| v.as_integer()) {
+        Some(v) if v == FORMAT_VERSION as i64 => {}
+        Some(v) => {
+            return Err(BundleError::Version { path: shown.to_string(), found: v.clamp(0, u32::MAX as i64) as u32 })
+        }
+        None => return Err(bad("no integer `format_version`".into())),
+    }
+    let manifest: Manifest = toml::from_str(text).map_err(|e| bad(one_line(&e.to_string())))?;
+    manifest.check().map_err(bad)?;
+    Ok(manifest)
+}
+
+fn verify_file(dir: &Path, entry: &FileEntry) -> Result<(), BundleError> {
+    let path = dir.join(&entry.path);
+    let shown = path.display().to_string();
+    let meta = match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => m,
+        Ok(_) => return Err(BundleError::BadFile { path: shown, message: "not a regular file".into() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(BundleError::MissingFile { path: shown, role: role_name(entry.role) })
+        }
+        Err(source) => return Err(BundleError::Io { path: shown, source }),
+    };
+    if meta.len() != entry.bytes {
+        return Err(BundleError::BadFile {
+            path: shown,
+            message: format!("size {} bytes, manifest says {}", meta.len(), entry.bytes),
+        });
+    }
+    let actual = sha256_file(&path).map_err(|source| BundleError::Io { path: shown.clone(), source })?;
+    if !actual.eq_ignore_ascii_case(&entry.sha256) {
+        return Err(BundleError::HashMismatch { path: shown, expected: entry.sha256.clone(), actual });
+    }
+    Ok(())
+}
+
+/// Hex sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Builds a bundle directory: files first, manifest last.
+pub struct BundleWriter {
+    dir: PathBuf,
+    files: Vec<FileEntry>,
+}
+
+impl BundleWriter {
+    /// Creates `dir` (and parents). An existing `bundle.toml` there is removed first so that a
+    /// failed export cannot leave an old manifest describing new, different files.
+    pub fn create(dir: &Path) -> std::io::Result<BundleWriter> {
+        std::fs::create_dir_all(dir)?;
+        match std::fs::remove_file(dir.join(MANIFEST_FILE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        Ok(BundleWriter { dir: dir.to_path_buf(), files: Vec::new() })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes one file of the bundle and records its hash.
+    pub fn add(&mut self, role: FileRole, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        write_atomic(&self.dir.join(name), bytes)?;
+        self.files.retain(|f| f.role != role);
+        self.files.push(FileEntry {
+            role,
+            path: name.to_string(),
+            sha256: hex(&Sha256::digest(bytes)),
+            bytes: bytes.len() as u64,
+        });
+        Ok(())
+    }
+
+    /// Writes `bundle.toml` with the recorded files; `manifest.files` is replaced.
+    pub fn finish(self, mut manifest: Manifest) -> Result<PathBuf, BundleError> {
+        let path = self.dir.join(MANIFEST_FILE);
+        let shown = path.display().to_string();
+        manifest.files = self.files;
+        manifest.check().map_err(|message| BundleError::Manifest { path: shown.clone(), message })?;
+        let text = toml::to_string_pretty(&manifest)
+            .map_err(|e| BundleError::Manifest { path: shown.clone(), message: e.to_string() })?;
+        write_atomic(&path, text.as_bytes()).map_err(|source| BundleError::Io { path: shown, source })?;
+        Ok(path)
+    }
+}

@@ -1,0 +1,195 @@
+//! Decoding strategies over a [`DecoderState`]: greedy and beam search.
+//!
+//! Both follow the ClipCap reference (`generate2` and `generate_beam`) step for step, so the
+//! same weights give the same token ids; the only difference is that previous positions come
+//! from the KV cache instead of being recomputed.
+
+use crate::error::EngineError;
+use crate::session::DecoderState;
+
+/// How to decode one caption.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerationOptions {
+    pub max_tokens: usize,
+    /// 1 = greedy.
+    pub beam_width: usize,
+    pub stop_token_ids: Vec<u32>,
+}
+
+impl GenerationOptions {
+    fn is_stop(&self, id: u32) -> bool {
+        self.stop_token_ids.contains(&id)
+    }
+}
+
+/// What decoding produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    /// The generated ids, the stop token included when one was reached.
+    pub tokens: Vec<u32>,
+    /// Logits predicting the first token (kept for tracing and validation).
+    pub first_logits: Vec<f32>,
+}
+
+/// Decodes from `prefix` ([prefix_len × hidden] embeddings) with an empty `state`.
+pub fn generate(state: &mut DecoderState, prefix: &[f32], prefix_len: usize, opts: &GenerationOptions) -> Result<Generated, EngineError> {
+    if opts.beam_width == 0 || opts.max_tokens == 0 {
+        return Err(EngineError::Option("beam width and max tokens must be at least 1".into()));
+    }
+    if opts.beam_width == 1 {
+        greedy(state, prefix, prefix_len, opts)
+    } else {
+        beam_search(state, prefix, prefix_len, opts)
+    }
+}
+
+fn greedy(state: &mut DecoderState, prefix: &[f32], prefix_len: usize, opts: &GenerationOptions) -> Result<Generated, EngineError> {
+    let first_logits = state.feed_embeddings(prefix, prefix_len)?;
+    let mut tokens = vec![argmax(&first_logits)];
+    while !opts.is_stop(tokens[tokens.len() - 1]) && tokens.len() < opts.max_tokens {
+        let logits = state.feed_tokens(&tokens[tokens.len() - 1..])?;
+        tokens.push(argmax(&logits));
+    }
+    Ok(Generated { tokens, first_logits })
+}
+
+/// Index of the first maximum (as `torch.argmax`).
+pub fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// `log(softmax(row))` computed the way the reference does (softmax, then log), in f32.
+pub fn log_softmax(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = row.iter().map(|&v| (v - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.iter().map(|&e| (e / sum).ln()).collect()
+}
+
+struct Beam {
+    tokens: Vec<u32>,
+    /// Sum of log-probabilities of the tokens up to and including the stop token.
+    score: f32,
+    /// Tokens counted in the score (stops growing once the beam stopped); f32 like the reference.
+    length: f32,
+    stopped: bool,
+}
+
+fn beam_search(state: &mut DecoderState, prefix: &[f32], prefix_len: usize, opts: &GenerationOptions) -> Result<Generated, EngineError> {
+    let first_logits = state.feed_embeddings(prefix, prefix_len)?;
+    let mut beams: Vec<Beam> = top_k(&log_softmax(&first_logits), opts.beam_width)
+        .into_iter()
+        .map(|(i, score)| Beam { tokens: vec![i as u32], score, length: 1.0, stopped: opts.is_stop(i as u32) })
+        .collect();
+    state.reorder(&vec![0; beams.len()])?;
+    while !beams.iter().all(|b| b.stopped) && beams[0].tokens.len() < opts.max_tokens {
+        let last: Vec<u32> = beams.iter().map(|b| b.tokens[b.tokens.len() - 1]).collect();
+        let logits = state.feed_tokens(&last)?;
+        let (next, sources) = extend_beams(&beams, &logits, opts);
+        state.reorder(&sources)?;
+        beams = next;
+    }
+    // Rank by mean log-probability; the first of equals wins, as with a stable sort.
+    let best = (0..beams.len())
+        .reduce(|a, b| if beams[b].score / beams[b].length > beams[a].score / beams[a].length { b } else { a })
+        .unwrap_or(0);
+    let beam = &beams[best];
+    Ok(Generated { tokens: beam.tokens[..beam.length as usize].to_vec(), first_logits })
+}
+
+/// One beam-search step: every (beam, token) candidate is scored by its mean log-probability;
+/// the best `width` survive. A stopped beam has one candidate, token 0 at no cost and no extra
+/// length, so it competes with its final score (the reference's convention).
+/// Returns the new beams and, for each, the index of the beam it extends.
+fn extend_beams(beams: &[Beam], logits: &[f32], opts: &GenerationOptions) -> (Vec<Beam>, Vec<usize>) {
+    let vocab = logits.len() / beams.len();
+    let mut averages = vec![f32::NEG_INFINITY; logits.len()];
+    let mut lengths = Vec::with_capacity(beams.len());
+    for (b, beam) in beams.iter().enumerate() {
+        let row = &mut averages[b * vocab..(b + 1) * vocab];
+        let length = if beam.stopped { beam.length } else { beam.length + 1.0 };
+        lengths.push(length);
+        if beam.stopped {
+            row[0] = beam.score / length;
+        } else {
+            for (slot, lp) in row.iter_mut().zip(log_softmax(&logits[b * vocab..(b + 1) * vocab])) {
+                *slot = (beam.score + lp) / length;
+            }
+        }
+    }
+    top_k(&averages, beams.len())
+        .into_iter()
+        .map(|(flat, average)| {
+            let (source, token) = (flat / vocab, (flat % vocab) as u32);
+            let parent = &beams[source];
+            let mut tokens = parent.tokens.clone();
+            tokens.push(token);
+            let length = lengths[source];
+            let beam = Beam { tokens, score: average * length, length, stopped: parent.stopped || opts.is_stop(token) };
+            (beam, source)
+        })
+        .unzip()
+}
+
+/// The `k` largest values with their indices, largest first; equal values keep index order.
+pub fn top_k(values: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut best: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
+    for (i, &v) in values.iter().enumerate() {
+        if best.len() == k && !(v > best[k - 1].1) {
+            continue;
+        }
+        let at = best.partition_point(|&(_, b)| b >= v);
+        best.insert(at, (i, v));
+        best.truncate(k);
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_orders_and_breaks_ties_by_index() {
+        let v = [0.5, 2.0, f32::NEG_INFINITY, 2.0, 1.0];
+        assert_eq!(top_k(&v, 3), vec![(1, 2.0), (3, 2.0), (4, 1.0)]);
+        assert_eq!(top_k(&v, 1), vec![(1, 2.0)]);
+    }
+
+    #[test]
+    fn log_softmax_matches_closed_form() {
+        let lp = log_softmax(&[1.0, 2.0, 3.0]);
+        let z = (1f32.exp() + 2f32.exp() + 3f32.exp()).ln();
+        for (got, x) in lp.iter().zip([1.0f32, 2.0, 3.0]) {
+            assert!((got - (x - z)).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn argmax_takes_first_maximum() {
+        assert_eq!(argmax(&[0.0, 3.0, 3.0, -1.0]), 1);
+    }
+
+    #[test]
+    fn stopped_beam_keeps_score_and_length() {
+        let opts = GenerationOptions { max_tokens: 10, beam_width: 2, stop_token_ids: vec![2] };
+        let beams = vec![
+            Beam { tokens: vec![2], score: -0.1, length: 1.0, stopped: true },
+            Beam { tokens: vec![1], score: -1.0, length: 1.0, stopped: false },
+        ];
+        // Live beam: log-probs of a uniform row over 3 tokens are -ln 3 ≈ -1.0986.
+        let (next, sources) = extend_beams(&beams, &[9.0, 9.0, 9.0, 0.0, 0.0, 0.0], &opts);
+        assert_eq!(sources[0], 0);
+        assert_eq!(next[0].tokens, vec![2, 0]);
+        assert_eq!((next[0].score, next[0].length, next[0].stopped), (-0.1, 1.0, true));
+        assert_eq!(sources[1], 1);
+        assert_eq!(next[1].length, 2.0);
+        assert!((next[1].score - (-1.0 - 3f32.ln())).abs() < 1e-5);
+    }
+}

@@ -1,0 +1,179 @@
+//! The loaded captioning model: three optimised tract plans and the token-embedding table.
+//!
+//! A [`CaptionModel`] is immutable once loaded and can be shared between threads; all per-caption
+//! state (the decoder's KV cache) lives in [`crate::session::DecoderState`].
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+
+use crate::bundle::Bundle;
+use crate::error::EngineError;
+use crate::manifest::{FileRole, Manifest, ModelDims};
+use crate::npy;
+use crate::tokenizer::Gpt2Tokenizer;
+
+type Plan = Arc<TypedRunnableModel>;
+
+pub struct CaptionModel {
+    pub manifest: Manifest,
+    image_encoder: Plan,
+    mapper: Plan,
+    decoder: Plan,
+    /// [vocab, hidden] row-major: the decoder's input embeddings, looked up here rather than in
+    /// the graph so that the graph's LM head is an untied matrix tract can pack once.
+    token_embeddings: Vec<f32>,
+    pub tokenizer: Gpt2Tokenizer,
+}
+
+impl CaptionModel {
+    /// Opens, verifies and loads the bundle in `dir`.
+    pub fn load(dir: &Path) -> Result<CaptionModel, EngineError> {
+        let bundle = Bundle::open(dir)?;
+        CaptionModel::from_bundle(&bundle)
+    }
+
+    pub fn from_bundle(bundle: &Bundle) -> Result<CaptionModel, EngineError> {
+        let m = &bundle.manifest;
+        let dims = &m.model;
+        let size = m.preprocess.image_size as usize;
+        let image_encoder = load_plan(
+            &bundle.path(FileRole::ImageEncoder),
+            &[&[None, Some(3), Some(size), Some(size)]],
+            &[&[None, Some(dims.embed_dim)]],
+        )?;
+        let mapper = load_plan(
+            &bundle.path(FileRole::Mapper),
+            &[&[None, Some(dims.embed_dim)]],
+            &[&[None, Some(dims.prefix_length), Some(dims.hidden_size)]],
+        )?;
+        let (l, h, hd) = (Some(dims.num_layers), Some(dims.num_heads), Some(dims.head_dim()));
+        let decoder = load_plan(
+            &bundle.path(FileRole::Decoder),
+            &[&[None, None, Some(dims.hidden_size)], &[None], &[None, None], &[l, Some(2), None, h, None, hd]],
+            &[&[None, Some(dims.vocab_size)], &[l, Some(2), None, h, None, hd]],
+        )?;
+        let token_embeddings = load_token_embeddings(&bundle.path(FileRole::TokenEmbeddings), dims)?;
+        let tokenizer = Gpt2Tokenizer::from_files(
+            &bundle.path(FileRole::TokenizerVocab),
+            &bundle.path(FileRole::TokenizerMerges),
+        )?;
+        Ok(CaptionModel { manifest: m.clone(), image_encoder, mapper, decoder, token_embeddings, tokenizer })
+    }
+
+    pub fn dims(&self) -> &ModelDims {
+        &self.manifest.model
+    }
+
+    /// CLIP image embedding of one preprocessed image (CHW pixel values).
+    pub fn embed_image(&self, pixel_values: &[f32]) -> Result<Vec<f32>, EngineError> {
+        let s = self.manifest.preprocess.image_size as usize;
+        let input = tensor_from(&[1, 3, s, s], pixel_values, "image encoder")?;
+        let out = self.image_encoder.run(tvec!(input.into())).map_err(|e| EngineError::inference("image encoder", e))?;
+        to_vec(&out[0], "image encoder")
+    }
+
+    /// The mapper's prefix embeddings [prefix_length × hidden] for one image embedding.
+    pub fn map_prefix(&self, image_embeds: &[f32]) -> Result<Vec<f32>, EngineError> {
+        let input = tensor_from(&[1, self.dims().embed_dim], image_embeds, "mapper")?;
+        let out = self.mapper.run(tvec!(input.into())).map_err(|e| EngineError::inference("mapper", e))?;
+        to_vec(&out[0], "mapper")
+    }
+
+    /// The input embedding of token `id` (a row of the table).
+    pub fn token_embedding(&self, id: u32) -> Result<&[f32], EngineError> {
+        let d = self.dims().hidden_size;
+        let start = id as usize * d;
+        self.token_embeddings
+            .get(start..start + d)
+            .ok_or_else(|| EngineError::Option(format!("token id {id} is outside the vocabulary")))
+    }
+
+    /// One decoder call: `embeds` [B,S,D] at positions `start..start+S`, attending to `past`
+    /// [L,2,B,H,start,hd]. Returns the last position's logits [B,V] and the new cache.
+    pub(crate) fn decoder_step(&self, embeds: Tensor, start: usize, past: Tensor) -> Result<(Tensor, Tensor), EngineError> {
+        let s = embeds.shape()[1];
+        let total = start + s;
+        let positions: Vec<i64> = (start as i64..total as i64).collect();
+        let mut bias = vec![0f32; s * total];
+        for i in 0..s {
+            for j in start + i + 1..total {
+                bias[i * total + j] = f32::NEG_INFINITY;
+            }
+        }
+        let inputs = tvec!(
+            embeds.into(),
+            tensor_from(&[s], &positions, "decoder")?.into(),
+            tensor_from(&[s, total], &bias, "decoder")?.into(),
+            past.into()
+        );
+        let mut out = self.decoder.run(inputs).map_err(|e| EngineError::inference("decoder", e))?;
+        let present = out.pop().ok_or_else(|| EngineError::inference("decoder", "no present output"))?;
+        let logits = out.pop().ok_or_else(|| EngineError::inference("decoder", "no logits output"))?;
+        Ok((logits.into_tensor(), present.into_tensor()))
+    }
+}
+
+/// Loads an ONNX graph, checks its input and output shapes against what the manifest implies
+/// (`None` = free/symbolic axis), then optimises it.
+fn load_plan(path: &Path, inputs: &[&[Option<usize>]], outputs: &[&[Option<usize>]]) -> Result<Plan, EngineError> {
+    let shown = path.display().to_string();
+    let graph_err = |message: String| EngineError::Graph { path: shown.clone(), message };
+    let tract_err = |e: TractError| graph_err(one_line(&format!("{e:#}")));
+    let model = tract_onnx::onnx().model_for_path(path).map_err(tract_err)?;
+    let model = model.into_typed().map_err(tract_err)?;
+    check_facts(&model, "input", model.input_outlets().map_err(tract_err)?, inputs).map_err(graph_err)?;
+    check_facts(&model, "output", model.output_outlets().map_err(tract_err)?, outputs).map_err(graph_err)?;
+    model.into_optimized().and_then(|m| m.into_runnable()).map_err(tract_err)
+}
+
+fn check_facts(model: &TypedModel, kind: &str, outlets: &[OutletId], expected: &[&[Option<usize>]]) -> Result<(), String> {
+    if outlets.len() != expected.len() {
+        return Err(format!("graph has {} {kind}s, expected {}", outlets.len(), expected.len()));
+    }
+    for (i, (outlet, want)) in outlets.iter().zip(expected).enumerate() {
+        let fact = model.outlet_fact(*outlet).map_err(|e| e.to_string())?;
+        let dims: Vec<TDim> = fact.shape.iter().cloned().collect();
+        let matches = dims.len() == want.len()
+            && dims.iter().zip(want.iter()).all(|(d, w)| match w {
+                None => true,
+                Some(n) => d.to_usize().map_or(false, |v| v == *n),
+            });
+        if !matches {
+            let want_txt: Vec<String> = want.iter().map(|w| w.map_or("?".into(), |n| n.to_string())).collect();
+            return Err(format!(
+                "{kind} {i} `{}` has shape {:?}, the manifest implies [{}]",
+                model.node(outlet.node).name,
+                dims.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+                want_txt.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn load_token_embeddings(path: &Path, dims: &ModelDims) -> Result<Vec<f32>, EngineError> {
+    let shown = path.display().to_string();
+    let (shape, data) = npy::read::<f32>(path).map_err(|e| EngineError::Graph { path: shown.clone(), message: e.to_string() })?;
+    if shape != [dims.vocab_size, dims.hidden_size] {
+        return Err(EngineError::Graph {
+            path: shown,
+            message: format!("token embeddings have shape {shape:?}, the manifest implies [{}, {}]", dims.vocab_size, dims.hidden_size),
+        });
+    }
+    Ok(data)
+}
+
+pub(crate) fn tensor_from<T: Datum + Copy>(shape: &[usize], data: &[T], stage: &'static str) -> Result<Tensor, EngineError> {
+    Tensor::from_shape(shape, data).map_err(|e| EngineError::inference(stage, e))
+}
+
+fn to_vec(value: &TValue, stage: &'static str) -> Result<Vec<f32>, EngineError> {
+    let view = value.to_array_view::<f32>().map_err(|e| EngineError::inference(stage, e))?;
+    Ok(view.iter().copied().collect())
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}

@@ -1,0 +1,178 @@
+//! Minimal NumPy `.npy` (format 1.0) reading and writing for little-endian f32, i64, u8 arrays.
+//!
+//! Bundles keep the token-embedding table as `.npy`, `host-tools trace` writes intermediate
+//! tensors as `.npy` so they open directly in NumPy next to the PyTorch reference.
+
+use std::path::Path;
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum NpyError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: not a .npy file ({reason})")]
+    Format { path: String, reason: String },
+}
+
+/// Element types the engine reads and writes.
+pub trait NpyElement: Copy + Sized {
+    const DESCR: &'static str;
+    fn write_le(self, out: &mut Vec<u8>);
+    fn read_le(bytes: &[u8]) -> Self;
+}
+
+impl NpyElement for f32 {
+    const DESCR: &'static str = "<f4";
+    fn write_le(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes())
+    }
+    fn read_le(b: &[u8]) -> Self {
+        f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+}
+
+impl NpyElement for i64 {
+    const DESCR: &'static str = "<i8";
+    fn write_le(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes())
+    }
+    fn read_le(b: &[u8]) -> Self {
+        i64::from_le_bytes(b[..8].try_into().expect("8 bytes"))
+    }
+}
+
+impl NpyElement for u8 {
+    const DESCR: &'static str = "|u1";
+    fn write_le(self, out: &mut Vec<u8>) {
+        out.push(self)
+    }
+    fn read_le(b: &[u8]) -> Self {
+        b[0]
+    }
+}
+
+/// Serialises `data` with `shape` into `.npy` bytes.
+pub fn to_bytes<T: NpyElement>(shape: &[usize], data: &[T]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_txt = match dims.len() {
+        1 => format!("({},)", dims[0]),
+        _ => format!("({})", dims.join(", ")),
+    };
+    let mut header =
+        format!("{{'descr': '{}', 'fortran_order': False, 'shape': {}, }}", T::DESCR, shape_txt);
+    // Magic (6) + version (2) + header length (2) + header + '\n' must be a multiple of 64.
+    let unpadded = 10 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len() + data.len() * std::mem::size_of::<T>());
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for &v in data {
+        v.write_le(&mut out);
+    }
+    out
+}
+
+/// Writes an `.npy` file atomically (temporary file, then rename).
+pub fn write<T: NpyElement>(path: &Path, shape: &[usize], data: &[T]) -> Result<(), NpyError> {
+    let io = |source| NpyError::Io { path: path.display().to_string(), source };
+    crate::fsutil::write_atomic(path, &to_bytes(shape, data)).map_err(io)
+}
+
+/// Parses `.npy` bytes holding elements of type `T`; returns (shape, data).
+pub fn from_bytes<T: NpyElement>(name: &str, bytes: &[u8]) -> Result<(Vec<usize>, Vec<T>), NpyError> {
+    let bad = |reason: String| NpyError::Format { path: name.to_string(), reason };
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("missing NUMPY magic".into()));
+    }
+    let (header_len, header_start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10usize),
+        2 | 3 if bytes.len() >= 12 => {
+            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+        }
+        v => return Err(bad(format!("unsupported version {v}"))),
+    };
+    let data_start = header_start
+        .checked_add(header_len)
+        .filter(|&e| e <= bytes.len())
+        .ok_or_else(|| bad("header runs past the end of the file".into()))?;
+    let header = std::str::from_utf8(&bytes[header_start..data_start])
+        .map_err(|_| bad("header is not text".into()))?;
+    let descr = dict_value(header, "descr")
+        .and_then(|v| v.strip_prefix('\''))
+        .and_then(|v| v.split('\'').next())
+        .ok_or_else(|| bad("no descr".into()))?;
+    if descr != T::DESCR {
+        return Err(bad(format!("element type '{descr}', expected '{}'", T::DESCR)));
+    }
+    if dict_value(header, "fortran_order").is_some_and(|v| v.starts_with("True")) {
+        return Err(bad("Fortran order is not supported".into()));
+    }
+    let shape = parse_shape(header).ok_or_else(|| bad("unreadable shape".into()))?;
+    let count = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| bad("shape overflows".into()))?;
+    let size = std::mem::size_of::<T>();
+    let payload = &bytes[data_start..];
+    if count.checked_mul(size) != Some(payload.len()) {
+        return Err(bad(format!("shape {shape:?} needs {count} elements, file holds {} bytes", payload.len())));
+    }
+    Ok((shape, payload.chunks_exact(size).map(T::read_le).collect()))
+}
+
+/// Reads an `.npy` file holding elements of type `T`; returns (shape, data).
+pub fn read<T: NpyElement>(path: &Path) -> Result<(Vec<usize>, Vec<T>), NpyError> {
+    let name = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|source| NpyError::Io { path: name.clone(), source })?;
+    from_bytes(&name, &bytes)
+}
+
+fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
+    let at = header.find(&format!("'{key}'"))?;
+    let rest = &header[at + key.len() + 2..];
+    let rest = rest.trim_start().strip_prefix(':')?.trim_start();
+    Some(rest)
+}
+
+fn parse_shape(header: &str) -> Option<Vec<usize>> {
+    let v = dict_value(header, "shape")?.strip_prefix('(')?;
+    let inner = &v[..v.find(')')?];
+    inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim_end_matches('L').parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_shapes_and_values() {
+        let data: Vec<f32> = (0..24).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let bytes = to_bytes(&[2, 3, 4], &data);
+        assert_eq!(bytes.len() % 64, 24 * 4 % 64);
+        let (shape, back) = from_bytes::<f32>("x", &bytes).unwrap();
+        assert_eq!(shape, vec![2, 3, 4]);
+        assert_eq!(back, data);
+        let (shape, back) = from_bytes::<i64>("x", &to_bytes(&[3], &[1i64, -2, 3])).unwrap();
+        assert_eq!((shape, back), (vec![3], vec![1, -2, 3]));
+        let (shape, _) = from_bytes::<u8>("x", &to_bytes::<u8>(&[], &[7])).unwrap();
+        assert!(shape.is_empty());
+    }
+
+    #[test]
+    fn rejects_wrong_type_and_truncation() {
+        let bytes = to_bytes(&[4], &[1f32, 2., 3., 4.]);
+        let err = from_bytes::<i64>("a.npy", &bytes).unwrap_err().to_string();
+        assert!(err.starts_with("a.npy:") && err.contains("element type"), "{err}");
+        let err = from_bytes::<f32>("a.npy", &bytes[..bytes.len() - 1]).unwrap_err().to_string();
+        assert!(err.contains("needs 4 elements"), "{err}");
+        assert!(from_bytes::<f32>("a.npy", b"hello").is_err());
+    }
+}

@@ -1,0 +1,61 @@
+//! Text tokenizers, written for the engine rather than borrowed from the `tokenizers` crate so that
+//! they stay small enough for the boards the firmware runs on.
+//!
+//! * [`Gpt2Tokenizer`]: GPT-2's byte-level BPE, loaded from `vocab.json` + `merges.txt` or from a
+//!   Hugging Face `tokenizer.json`. It produces the same ids as Hugging Face's `GPT2TokenizerFast`
+//!   (checked against fixtures in `tests/fixtures/tokenizer/`).
+//! * `bpe` (private): the merge algorithm and the byte-to-symbol table, shared with the CLIP BPE
+//!   tokenizer.
+//!
+//! Loading never panics on a malformed file: every problem is a [`TokenizerError`] whose message is
+//! one line naming the file and what is wrong with it.
+
+mod bpe;
+mod gpt2;
+
+pub use gpt2::Gpt2Tokenizer;
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while loading a tokenizer or decoding ids.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    /// The file is missing, unreadable or not UTF-8.
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid JSON, or its JSON does not have the expected shape.
+    #[error("{}: invalid JSON: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A merge rule that is not exactly two tokens (`location` is e.g. `line 7` or `model.merges[6]`).
+    #[error("{}: {location}: merge rule {text:?} is not two tokens separated by one space", path.display())]
+    BadMerge {
+        path: PathBuf,
+        location: String,
+        text: String,
+    },
+    /// A merge rule that uses, or produces, a token the vocabulary does not have.
+    #[error("{}: {location}: merge rule uses or produces {token:?}, which is not in the vocabulary", path.display())]
+    MergeTokenMissing {
+        path: PathBuf,
+        location: String,
+        token: String,
+    },
+    /// Any other inconsistency in the files (duplicate ids, missing byte symbols, empty tokens, ...).
+    #[error("{}: {problem}", path.display())]
+    Invalid { path: PathBuf, problem: String },
+    /// A `tokenizer.json` that asks for a feature this implementation does not have; refusing it is
+    /// better than silently producing ids that differ from the reference tokenizer.
+    #[error("{}: unsupported tokenizer.json: {feature}", path.display())]
+    Unsupported { path: PathBuf, feature: String },
+    /// `decode` was given an id that no token has.
+    #[error("token id {id} is not in the tokenizer's vocabulary ({vocab_size} tokens)")]
+    UnknownId { id: u32, vocab_size: usize },
+}

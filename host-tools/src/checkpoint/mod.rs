@@ -1,0 +1,1 @@
+//! Reading weights from the files users have: PyTorch checkpoints and safetensors.

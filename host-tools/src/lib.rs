@@ -1,0 +1,7 @@
+//! host-tools: turn users' weights into edgecap bundles and inspect what the engine computes.
+
+pub mod checkpoint;
+pub mod export;
+pub mod onnx;
+pub mod tensor;
+pub mod trace;

@@ -1,0 +1,106 @@
+//! `host-tools`: the workstation side of edgecap.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use edgecap_engine::model::CaptionModel;
+use host_tools::export::{export_clipcap, ExportOptions};
+
+#[derive(Parser)]
+#[command(name = "host-tools", version, about = "Export, inspect and check edgecap model bundles")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert ClipCap weights (HF CLIP dir + ClipCap checkpoint [+ HF GPT-2 dir]) into an fp32 bundle.
+    Export {
+        /// HF CLIP directory (config.json + model.safetensors), as save_pretrained writes it.
+        #[arg(long)]
+        clip: PathBuf,
+        /// ClipCap checkpoint saved with torch.save(model.state_dict()).
+        #[arg(long)]
+        clipcap: PathBuf,
+        /// HF GPT-2 directory: config always; weights when the checkpoint has no gpt.* keys.
+        #[arg(long)]
+        lm: Option<PathBuf>,
+        /// Directory with GPT-2 vocab.json + merges.txt, or tokenizer.json (default: --lm).
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        /// GPT-2 attention heads when no config.json says (default: width / 64).
+        #[arg(long)]
+        heads: Option<usize>,
+        /// Bundle directory to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Caption one image and write its intermediate tensors as .npy files.
+    Trace {
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long)]
+        image: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Beam width (default: the bundle's).
+        #[arg(long)]
+        beam: Option<usize>,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Export { clip, clipcap, lm, tokenizer, heads, out } => {
+            let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let manifest = export_clipcap(&ExportOptions { clip, clipcap, lm, tokenizer, heads, out: out.clone(), progress })?;
+            let m = &manifest.model;
+            println!(
+                "{}: {} bundle, prefix {}, GPT-2 {} layers × {} wide, vocabulary {}",
+                out.display(),
+                manifest.architecture.name(),
+                m.prefix_length,
+                m.num_layers,
+                m.hidden_size,
+                m.vocab_size
+            );
+            Ok(())
+        }
+        Command::Trace { bundle, image, out, beam } => {
+            let model = CaptionModel::load(&bundle).with_context(|| format!("loading {}", bundle.display()))?;
+            let mut opts = model.default_options();
+            if let Some(b) = beam {
+                opts.beam_width = b;
+            }
+            host_tools::trace::trace(&model, &image, &opts, &out)?;
+            println!("{}: wrote pixel_values, image_embeds, prefix, logits_step0 (.npy) and caption.json", out.display());
+            Ok(())
+        }
+    }
+}
+
+/// The error chain on one line, outermost first.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
