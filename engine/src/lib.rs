@@ -3,3 +3,4 @@
 
 pub mod fsutil;
 pub mod npy;
+pub mod tokenizer;
