@@ -32,7 +32,12 @@ pub struct Generated {
 }
 
 /// Decodes from `prefix` ([prefix_len × hidden] embeddings) with an empty `state`.
-pub fn generate(state: &mut DecoderState, prefix: &[f32], prefix_len: usize, opts: &GenerationOptions) -> Result<Generated, EngineError> {
+pub fn generate(
+    state: &mut DecoderState,
+    prefix: &[f32],
+    prefix_len: usize,
+    opts: &GenerationOptions,
+) -> Result<Generated, EngineError> {
     if opts.beam_width == 0 || opts.max_tokens == 0 {
         return Err(EngineError::Option("beam width and max tokens must be at least 1".into()));
     }
@@ -43,7 +48,12 @@ pub fn generate(state: &mut DecoderState, prefix: &[f32], prefix_len: usize, opt
     }
 }
 
-fn greedy(state: &mut DecoderState, prefix: &[f32], prefix_len: usize, opts: &GenerationOptions) -> Result<Generated, EngineError> {
+fn greedy(
+    state: &mut DecoderState,
+    prefix: &[f32],
+    prefix_len: usize,
+    opts: &GenerationOptions,
+) -> Result<Generated, EngineError> {
     let first_logits = state.feed_embeddings(prefix, prefix_len)?;
     let mut tokens = vec![argmax(&first_logits)];
     while !opts.is_stop(tokens[tokens.len() - 1]) && tokens.len() < opts.max_tokens {
@@ -81,7 +91,12 @@ struct Beam {
     stopped: bool,
 }
 
-fn beam_search(state: &mut DecoderState, prefix: &[f32], prefix_len: usize, opts: &GenerationOptions) -> Result<Generated, EngineError> {
+fn beam_search(
+    state: &mut DecoderState,
+    prefix: &[f32],
+    prefix_len: usize,
+    opts: &GenerationOptions,
+) -> Result<Generated, EngineError> {
     let first_logits = state.feed_embeddings(prefix, prefix_len)?;
     let mut beams: Vec<Beam> = top_k(&log_softmax(&first_logits), opts.beam_width)
         .into_iter()
@@ -138,6 +153,7 @@ fn extend_beams(beams: &[Beam], logits: &[f32], opts: &GenerationOptions) -> (Ve
 }
 
 /// The `k` largest values with their indices, largest first; equal values keep index order.
+#[allow(clippy::neg_cmp_op_on_partial_ord)] // `!(v > worst)` also keeps NaN out of the list
 pub fn top_k(values: &[f32], k: usize) -> Vec<(usize, f32)> {
     let mut best: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
     for (i, &v) in values.iter().enumerate() {

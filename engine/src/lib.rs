@@ -1,6 +1,19 @@
 //! edgecap-engine: the captioning engine shared by the device firmware and host-tools,
 //! so that the host validates exactly the code the device runs.
+//!
+//! Layers, from the outside in: a [`bundle::Bundle`] (verified files + [`manifest::Manifest`])
+//! loads into an immutable [`model::CaptionModel`]; each caption runs a cheap
+//! [`session::DecoderState`] through [`generate::generate`]; [`pipeline`] ties image → caption.
 
+pub mod bundle;
+pub mod error;
 pub mod fsutil;
+pub mod generate;
+pub mod image_load;
+pub mod manifest;
+pub mod model;
 pub mod npy;
+pub mod pipeline;
+pub mod preprocess;
+pub mod session;
 pub mod tokenizer;

@@ -166,7 +166,7 @@ impl Manifest {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be positive"));
         }
-        if m.hidden_size % m.num_heads != 0 {
+        if !m.hidden_size.is_multiple_of(m.num_heads) {
             return Err(format!(
                 "model.hidden_size {} is not divisible by model.num_heads {}",
                 m.hidden_size, m.num_heads

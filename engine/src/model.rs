@@ -55,10 +55,8 @@ impl CaptionModel {
             &[&[None, Some(dims.vocab_size)], &[l, Some(2), None, h, None, hd]],
         )?;
         let token_embeddings = load_token_embeddings(&bundle.path(FileRole::TokenEmbeddings), dims)?;
-        let tokenizer = Gpt2Tokenizer::from_files(
-            &bundle.path(FileRole::TokenizerVocab),
-            &bundle.path(FileRole::TokenizerMerges),
-        )?;
+        let tokenizer =
+            Gpt2Tokenizer::from_files(&bundle.path(FileRole::TokenizerVocab), &bundle.path(FileRole::TokenizerMerges))?;
         Ok(CaptionModel { manifest: m.clone(), image_encoder, mapper, decoder, token_embeddings, tokenizer })
     }
 
@@ -70,7 +68,8 @@ impl CaptionModel {
     pub fn embed_image(&self, pixel_values: &[f32]) -> Result<Vec<f32>, EngineError> {
         let s = self.manifest.preprocess.image_size as usize;
         let input = tensor_from(&[1, 3, s, s], pixel_values, "image encoder")?;
-        let out = self.image_encoder.run(tvec!(input.into())).map_err(|e| EngineError::inference("image encoder", e))?;
+        let out =
+            self.image_encoder.run(tvec!(input.into())).map_err(|e| EngineError::inference("image encoder", e))?;
         to_vec(&out[0], "image encoder")
     }
 
@@ -92,7 +91,12 @@ impl CaptionModel {
 
     /// One decoder call: `embeds` [B,S,D] at positions `start..start+S`, attending to `past`
     /// [L,2,B,H,start,hd]. Returns the last position's logits [B,V] and the new cache.
-    pub(crate) fn decoder_step(&self, embeds: Tensor, start: usize, past: Tensor) -> Result<(Tensor, Tensor), EngineError> {
+    pub(crate) fn decoder_step(
+        &self,
+        embeds: Tensor,
+        start: usize,
+        past: Tensor,
+    ) -> Result<(Tensor, Tensor), EngineError> {
         let s = embeds.shape()[1];
         let total = start + s;
         let positions: Vec<i64> = (start as i64..total as i64).collect();
@@ -128,7 +132,12 @@ fn load_plan(path: &Path, inputs: &[&[Option<usize>]], outputs: &[&[Option<usize
     model.into_optimized().and_then(|m| m.into_runnable()).map_err(tract_err)
 }
 
-fn check_facts(model: &TypedModel, kind: &str, outlets: &[OutletId], expected: &[&[Option<usize>]]) -> Result<(), String> {
+fn check_facts(
+    model: &TypedModel,
+    kind: &str,
+    outlets: &[OutletId],
+    expected: &[&[Option<usize>]],
+) -> Result<(), String> {
     if outlets.len() != expected.len() {
         return Err(format!("graph has {} {kind}s, expected {}", outlets.len(), expected.len()));
     }
@@ -138,7 +147,7 @@ fn check_facts(model: &TypedModel, kind: &str, outlets: &[OutletId], expected: &
         let matches = dims.len() == want.len()
             && dims.iter().zip(want.iter()).all(|(d, w)| match w {
                 None => true,
-                Some(n) => d.to_usize().map_or(false, |v| v == *n),
+                Some(n) => d.as_i64() == Some(*n as i64),
             });
         if !matches {
             let want_txt: Vec<String> = want.iter().map(|w| w.map_or("?".into(), |n| n.to_string())).collect();
@@ -155,22 +164,30 @@ fn check_facts(model: &TypedModel, kind: &str, outlets: &[OutletId], expected: &
 
 fn load_token_embeddings(path: &Path, dims: &ModelDims) -> Result<Vec<f32>, EngineError> {
     let shown = path.display().to_string();
-    let (shape, data) = npy::read::<f32>(path).map_err(|e| EngineError::Graph { path: shown.clone(), message: e.to_string() })?;
+    let (shape, data) =
+        npy::read::<f32>(path).map_err(|e| EngineError::Graph { path: shown.clone(), message: e.to_string() })?;
     if shape != [dims.vocab_size, dims.hidden_size] {
         return Err(EngineError::Graph {
             path: shown,
-            message: format!("token embeddings have shape {shape:?}, the manifest implies [{}, {}]", dims.vocab_size, dims.hidden_size),
+            message: format!(
+                "token embeddings have shape {shape:?}, the manifest implies [{}, {}]",
+                dims.vocab_size, dims.hidden_size
+            ),
         });
     }
     Ok(data)
 }
 
-pub(crate) fn tensor_from<T: Datum + Copy>(shape: &[usize], data: &[T], stage: &'static str) -> Result<Tensor, EngineError> {
+pub(crate) fn tensor_from<T: Datum + Copy>(
+    shape: &[usize],
+    data: &[T],
+    stage: &'static str,
+) -> Result<Tensor, EngineError> {
     Tensor::from_shape(shape, data).map_err(|e| EngineError::inference(stage, e))
 }
 
 fn to_vec(value: &TValue, stage: &'static str) -> Result<Vec<f32>, EngineError> {
-    let view = value.to_array_view::<f32>().map_err(|e| EngineError::inference(stage, e))?;
+    let view = value.to_plain_array_view::<f32>().map_err(|e| EngineError::inference(stage, e))?;
     Ok(view.iter().copied().collect())
 }
 

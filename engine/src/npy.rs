@@ -59,13 +59,12 @@ pub fn to_bytes<T: NpyElement>(shape: &[usize], data: &[T]) -> Vec<u8> {
         1 => format!("({},)", dims[0]),
         _ => format!("({})", dims.join(", ")),
     };
-    let mut header =
-        format!("{{'descr': '{}', 'fortran_order': False, 'shape': {}, }}", T::DESCR, shape_txt);
+    let mut header = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {}, }}", T::DESCR, shape_txt);
     // Magic (6) + version (2) + header length (2) + header + '\n' must be a multiple of 64.
     let unpadded = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
     header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + data.len() * std::mem::size_of::<T>());
+    let mut out = Vec::with_capacity(10 + header.len() + std::mem::size_of_val(data));
     out.extend_from_slice(b"\x93NUMPY\x01\x00");
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
@@ -89,17 +88,14 @@ pub fn from_bytes<T: NpyElement>(name: &str, bytes: &[u8]) -> Result<(Vec<usize>
     }
     let (header_len, header_start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10usize),
-        2 | 3 if bytes.len() >= 12 => {
-            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
-        }
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
         v => return Err(bad(format!("unsupported version {v}"))),
     };
     let data_start = header_start
         .checked_add(header_len)
         .filter(|&e| e <= bytes.len())
         .ok_or_else(|| bad("header runs past the end of the file".into()))?;
-    let header = std::str::from_utf8(&bytes[header_start..data_start])
-        .map_err(|_| bad("header is not text".into()))?;
+    let header = std::str::from_utf8(&bytes[header_start..data_start]).map_err(|_| bad("header is not text".into()))?;
     let descr = dict_value(header, "descr")
         .and_then(|v| v.strip_prefix('\''))
         .and_then(|v| v.split('\'').next())
@@ -111,10 +107,8 @@ pub fn from_bytes<T: NpyElement>(name: &str, bytes: &[u8]) -> Result<(Vec<usize>
         return Err(bad("Fortran order is not supported".into()));
     }
     let shape = parse_shape(header).ok_or_else(|| bad("unreadable shape".into()))?;
-    let count = shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| bad("shape overflows".into()))?;
+    let count =
+        shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| bad("shape overflows".into()))?;
     let size = std::mem::size_of::<T>();
     let payload = &bytes[data_start..];
     if count.checked_mul(size) != Some(payload.len()) {
@@ -140,12 +134,7 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 fn parse_shape(header: &str) -> Option<Vec<usize>> {
     let v = dict_value(header, "shape")?.strip_prefix('(')?;
     let inner = &v[..v.find(')')?];
-    inner
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.trim_end_matches('L').parse().ok())
-        .collect()
+    inner.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.trim_end_matches('L').parse().ok()).collect()
 }
 
 #[cfg(test)]

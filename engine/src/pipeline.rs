@@ -48,7 +48,11 @@ impl CaptionModel {
     /// Generation options from the bundle's defaults.
     pub fn default_options(&self) -> GenerationOptions {
         let g = &self.manifest.generation;
-        GenerationOptions { max_tokens: g.max_tokens, beam_width: g.beam_width, stop_token_ids: g.stop_token_ids.clone() }
+        GenerationOptions {
+            max_tokens: g.max_tokens,
+            beam_width: g.beam_width,
+            stop_token_ids: g.stop_token_ids.clone(),
+        }
     }
 
     /// Checks that `opts` fits this model (positions, vocabulary).

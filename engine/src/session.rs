@@ -45,12 +45,12 @@ impl<'m> DecoderState<'m> {
             )));
         }
         let input = tensor_from(&[self.batch(), seq, d.hidden_size], embeds, "decoder")?;
-        let past = std::mem::replace(&mut self.past, Tensor::default());
+        let past = std::mem::take(&mut self.past);
         let (logits, present) = self.model.decoder_step(input, self.position, past)?;
         self.past = present;
         self.position += seq;
-        let view = logits.as_slice::<f32>().map_err(|e| EngineError::inference("decoder", e))?;
-        Ok(view.to_vec())
+        let view = logits.to_plain_array_view::<f32>().map_err(|e| EngineError::inference("decoder", e))?;
+        Ok(view.iter().copied().collect())
     }
 
     /// Feeds one token per sequence.
@@ -68,7 +68,7 @@ impl<'m> DecoderState<'m> {
     /// Rebuilds the cache so that sequence `i` continues from old sequence `sources[i]`
     /// (beam search: reorder survivors, or fan one prefix out to several beams).
     pub fn reorder(&mut self, sources: &[usize]) -> Result<(), EngineError> {
-        let view = self.past.to_array_view::<f32>().map_err(|e| EngineError::inference("decoder", e))?;
+        let view = self.past.to_plain_array_view::<f32>().map_err(|e| EngineError::inference("decoder", e))?;
         let picked = view.select(tract_ndarray::Axis(2), sources);
         self.past = picked.into_tensor();
         Ok(())

@@ -74,28 +74,14 @@ fn assert_matches_reference(tok: &Gpt2Tokenizer, encode_cases: &[EncodeCase]) {
     for case in encode_cases {
         let ids = tok.encode(&case.text);
         if ids != case.ids {
-            failures.push(format!(
-                "{}: got {:?}, want {:?}",
-                short(&case.text),
-                &ids,
-                &case.ids
-            ));
+            failures.push(format!("{}: got {:?}, want {:?}", short(&case.text), &ids, &case.ids));
         }
         let back = tok.decode(&ids).unwrap();
         if back != case.text {
-            failures.push(format!(
-                "{}: round trip gave {}",
-                short(&case.text),
-                short(&back)
-            ));
+            failures.push(format!("{}: round trip gave {}", short(&case.text), short(&back)));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} mismatches:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]
@@ -125,11 +111,7 @@ fn tokenizer_json_with_string_merges_matches_too() {
         let merges = j["model"]["merges"].as_array_mut().unwrap();
         for merge in merges.iter_mut() {
             let pair = merge.as_array().unwrap();
-            *merge = Value::String(format!(
-                "{} {}",
-                pair[0].as_str().unwrap(),
-                pair[1].as_str().unwrap()
-            ));
+            *merge = Value::String(format!("{} {}", pair[0].as_str().unwrap(), pair[1].as_str().unwrap()));
         }
     });
     let path = write(dir.path(), "tokenizer.json", &json);
@@ -141,8 +123,7 @@ fn tokenizer_json_with_string_merges_matches_too() {
 fn tokenizer_json_add_prefix_space_matches_hugging_face() {
     let dir = tempfile::tempdir().unwrap();
     let json = edit_tokenizer_json(|j| j["pre_tokenizer"]["add_prefix_space"] = Value::Bool(true));
-    let tok =
-        Gpt2Tokenizer::from_tokenizer_json(&write(dir.path(), "tokenizer.json", &json)).unwrap();
+    let tok = Gpt2Tokenizer::from_tokenizer_json(&write(dir.path(), "tokenizer.json", &json)).unwrap();
     for case in cases().variant_cases.add_prefix_space {
         assert_eq!(tok.encode(&case.text), case.ids, "text {:?}", case.text);
     }
@@ -153,13 +134,10 @@ fn tokenizer_json_lstrip_rstrip_added_token_matches_hugging_face() {
     let dir = tempfile::tempdir().unwrap();
     let json = edit_tokenizer_json(|j| {
         let added = j["added_tokens"].as_array_mut().unwrap();
-        added.push(
-            serde_json::json!({"id": 50257, "content": "[X]", "single_word": false,
-            "lstrip": true, "rstrip": true, "normalized": false, "special": true}),
-        );
+        added.push(serde_json::json!({"id": 50257, "content": "[X]", "single_word": false,
+            "lstrip": true, "rstrip": true, "normalized": false, "special": true}));
     });
-    let tok =
-        Gpt2Tokenizer::from_tokenizer_json(&write(dir.path(), "tokenizer.json", &json)).unwrap();
+    let tok = Gpt2Tokenizer::from_tokenizer_json(&write(dir.path(), "tokenizer.json", &json)).unwrap();
     assert_eq!(tok.vocab_size(), 50258);
     assert_eq!(tok.token_to_id("[X]"), Some(50257));
     for case in cases().variant_cases.strip_token {
@@ -172,17 +150,9 @@ fn tokenizer_json_lstrip_rstrip_added_token_matches_hugging_face() {
 fn decode_matches_hugging_face_including_cut_characters() {
     let tok = gpt2();
     let cases = cases();
-    assert!(cases
-        .decode_cases
-        .iter()
-        .any(|c| c.text.contains('\u{fffd}')));
+    assert!(cases.decode_cases.iter().any(|c| c.text.contains('\u{fffd}')));
     for case in &cases.decode_cases {
-        assert_eq!(
-            tok.decode(&case.ids).unwrap(),
-            case.text,
-            "ids {:?}",
-            case.ids
-        );
+        assert_eq!(tok.decode(&case.ids).unwrap(), case.text, "ids {:?}", case.ids);
     }
 }
 
@@ -190,14 +160,8 @@ fn decode_matches_hugging_face_including_cut_characters() {
 fn decode_names_an_unknown_id() {
     let tok = gpt2();
     let err = tok.decode(&[15496, 50257]).unwrap_err();
-    assert!(
-        matches!(err, TokenizerError::UnknownId { id: 50257, .. }),
-        "{err:?}"
-    );
-    assert_eq!(
-        err.to_string(),
-        "token id 50257 is not in the tokenizer's vocabulary (50257 tokens)"
-    );
+    assert!(matches!(err, TokenizerError::UnknownId { id: 50257, .. }), "{err:?}");
+    assert_eq!(err.to_string(), "token id 50257 is not in the tokenizer's vocabulary (50257 tokens)");
     assert!(tok.decode(&[u32::MAX]).is_err());
 }
 
@@ -244,11 +208,7 @@ fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
 fn assert_one_line_naming(err: &TokenizerError, path: &Path, needle: &str) {
     let msg = err.to_string();
     assert!(!msg.contains('\n'), "multi-line message: {msg}");
-    assert!(
-        msg.starts_with(&path.display().to_string()),
-        "message does not name {}: {msg}",
-        path.display()
-    );
+    assert!(msg.starts_with(&path.display().to_string()), "message does not name {}: {msg}", path.display());
     assert!(msg.contains(needle), "message lacks {needle:?}: {msg}");
 }
 
@@ -291,18 +251,10 @@ fn truncated_json_is_reported() {
 #[test]
 fn bad_merge_lines_are_reported_with_their_line_number() {
     let dir = tempfile::tempdir().unwrap();
-    let three = write(
-        dir.path(),
-        "three.txt",
-        "#version: 0.2\n\u{120} t\n\u{120} a\nh e l\n",
-    );
+    let three = write(dir.path(), "three.txt", "#version: 0.2\n\u{120} t\n\u{120} a\nh e l\n");
     let err = Gpt2Tokenizer::from_files(&vocab_path(), &three).unwrap_err();
     assert!(matches!(err, TokenizerError::BadMerge { .. }), "{err:?}");
-    assert_one_line_naming(
-        &err,
-        &three,
-        "line 4: merge rule \"h e l\" is not two tokens",
-    );
+    assert_one_line_naming(&err, &three, "line 4: merge rule \"h e l\" is not two tokens");
 
     let one = write(dir.path(), "one.txt", "#version: 0.2\n\u{120} t\nhe\n");
     let err = Gpt2Tokenizer::from_files(&vocab_path(), &one).unwrap_err();
@@ -310,24 +262,13 @@ fn bad_merge_lines_are_reported_with_their_line_number() {
 
     let unknown = write(dir.path(), "unknown.txt", "\u{120} t\nzzqx\u{1f600} a\n");
     let err = Gpt2Tokenizer::from_files(&vocab_path(), &unknown).unwrap_err();
-    assert!(
-        matches!(err, TokenizerError::MergeTokenMissing { .. }),
-        "{err:?}"
-    );
-    assert_one_line_naming(
-        &err,
-        &unknown,
-        "line 2: merge rule uses or produces \"zzqx\u{1f600}\"",
-    );
+    assert!(matches!(err, TokenizerError::MergeTokenMissing { .. }), "{err:?}");
+    assert_one_line_naming(&err, &unknown, "line 2: merge rule uses or produces \"zzqx\u{1f600}\"");
 
     // Both halves exist but their concatenation does not.
     let no_result = write(dir.path(), "no_result.txt", "\u{120} t\nq \u{120}cat\n");
     let err = Gpt2Tokenizer::from_files(&vocab_path(), &no_result).unwrap_err();
-    assert_one_line_naming(
-        &err,
-        &no_result,
-        "line 2: merge rule uses or produces \"q\u{120}cat\"",
-    );
+    assert_one_line_naming(&err, &no_result, "line 2: merge rule uses or produces \"q\u{120}cat\"");
 
     // Not UTF-8.
     let binary = dir.path().join("binary.txt");
@@ -358,9 +299,7 @@ fn vocabularies_that_are_not_byte_level_are_refused() {
 
 /// The 256 byte symbols in GPT-2 order, computed independently of the engine.
 fn byte_symbol_chars() -> Vec<char> {
-    let printable = |b: u32| {
-        (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b)
-    };
+    let printable = |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
     let mut moved = 0;
     (0..256u32)
         .map(|b| {
@@ -405,53 +344,22 @@ fn small_synthetic_tokenizer_json() {
 fn unsupported_tokenizer_json_features_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let cases: Vec<EditCase> = vec![
-        (
-            "normalizer",
-            Box::new(|j| j["normalizer"] = serde_json::json!({"type": "NFC"})),
-            "normalizer \"NFC\"",
-        ),
-        (
-            "model",
-            Box::new(|j| j["model"]["type"] = Value::from("WordPiece")),
-            "model type \"WordPiece\"",
-        ),
-        (
-            "dropout",
-            Box::new(|j| j["model"]["dropout"] = Value::from(0.1)),
-            "model.dropout",
-        ),
+        ("normalizer", Box::new(|j| j["normalizer"] = serde_json::json!({"type": "NFC"})), "normalizer \"NFC\""),
+        ("model", Box::new(|j| j["model"]["type"] = Value::from("WordPiece")), "model type \"WordPiece\""),
+        ("dropout", Box::new(|j| j["model"]["dropout"] = Value::from(0.1)), "model.dropout"),
         (
             "pretok",
             Box::new(|j| j["pre_tokenizer"] = serde_json::json!({"type": "Whitespace"})),
             "pre_tokenizer \"Whitespace\"",
         ),
-        (
-            "regex",
-            Box::new(|j| j["pre_tokenizer"]["use_regex"] = Value::from(false)),
-            "use_regex false",
-        ),
-        (
-            "decoder",
-            Box::new(|j| j["decoder"] = Value::Null),
-            "no decoder",
-        ),
-        (
-            "single_word",
-            Box::new(|j| j["added_tokens"][0]["single_word"] = Value::from(true)),
-            "single_word true",
-        ),
+        ("regex", Box::new(|j| j["pre_tokenizer"]["use_regex"] = Value::from(false)), "use_regex false"),
+        ("decoder", Box::new(|j| j["decoder"] = Value::Null), "no decoder"),
+        ("single_word", Box::new(|j| j["added_tokens"][0]["single_word"] = Value::from(true)), "single_word true"),
     ];
     for (name, edit, needle) in cases {
-        let path = write(
-            dir.path(),
-            &format!("{name}.json"),
-            &edit_tokenizer_json(edit),
-        );
+        let path = write(dir.path(), &format!("{name}.json"), &edit_tokenizer_json(edit));
         let err = Gpt2Tokenizer::from_tokenizer_json(&path).unwrap_err();
-        assert!(
-            matches!(err, TokenizerError::Unsupported { .. }),
-            "{name}: {err:?}"
-        );
+        assert!(matches!(err, TokenizerError::Unsupported { .. }), "{name}: {err:?}");
         assert_one_line_naming(&err, &path, needle);
     }
 }
@@ -465,44 +373,22 @@ fn malformed_tokenizer_json_merges_and_added_tokens_are_reported() {
             Box::new(|j| j["model"]["merges"][3] = serde_json::json!(["a", "b", "c"])),
             "model.merges[3]: merge rule",
         ),
-        (
-            "number",
-            Box::new(|j| j["model"]["merges"][0] = Value::from(7)),
-            "model.merges[0]: merge rule \"7\"",
-        ),
+        ("number", Box::new(|j| j["model"]["merges"][0] = Value::from(7)), "model.merges[0]: merge rule \"7\""),
         (
             "missing",
             Box::new(|j| j["model"]["merges"][2] = serde_json::json!(["zzqx", "y"])),
             "model.merges[2]: merge rule uses or produces \"zzqx\"",
         ),
-        (
-            "empty_added",
-            Box::new(|j| j["added_tokens"][0]["content"] = Value::from("")),
-            "empty content",
-        ),
+        ("empty_added", Box::new(|j| j["added_tokens"][0]["content"] = Value::from("")), "empty content"),
         (
             "added_id",
             Box::new(|j| j["added_tokens"][0]["id"] = Value::from(7)),
             "has id 7 but the vocabulary gives it id 50256",
         ),
-        (
-            "no_model",
-            Box::new(|j| {
-                j.as_object_mut()
-                    .unwrap()
-                    .remove("model")
-                    .map(drop)
-                    .unwrap_or(())
-            }),
-            "missing field",
-        ),
+        ("no_model", Box::new(|j| j.as_object_mut().unwrap().remove("model").map(drop).unwrap_or(())), "missing field"),
     ];
     for (name, edit, needle) in cases {
-        let path = write(
-            dir.path(),
-            &format!("{name}.json"),
-            &edit_tokenizer_json(edit),
-        );
+        let path = write(dir.path(), &format!("{name}.json"), &edit_tokenizer_json(edit));
         let err = Gpt2Tokenizer::from_tokenizer_json(&path).unwrap_err();
         assert_one_line_naming(&err, &path, needle);
     }

@@ -90,18 +90,12 @@ pub(crate) struct MergeRule {
 
 /// Splits the text form `"left right"` of a rule, which both `merges.txt` and older
 /// `tokenizer.json` files use.
-pub(crate) fn split_rule(
-    text: &str,
-    location: MergeLocation,
-    path: &Path,
-) -> Result<MergeRule, TokenizerError> {
+pub(crate) fn split_rule(text: &str, location: MergeLocation, path: &Path) -> Result<MergeRule, TokenizerError> {
     let mut parts = text.split(' ');
     match (parts.next(), parts.next(), parts.next()) {
-        (Some(left), Some(right), None) if !left.is_empty() && !right.is_empty() => Ok(MergeRule {
-            left: left.to_owned(),
-            right: right.to_owned(),
-            location,
-        }),
+        (Some(left), Some(right), None) if !left.is_empty() && !right.is_empty() => {
+            Ok(MergeRule { left: left.to_owned(), right: right.to_owned(), location })
+        }
         _ => Err(TokenizerError::BadMerge {
             path: path.to_owned(),
             location: location.to_string(),
@@ -150,14 +144,11 @@ impl MergeTable {
         let mut pairs = HashMap::with_capacity(rules.len());
         for (rank, rule) in rules.iter().enumerate() {
             let id_of = |token: &str| {
-                vocab
-                    .get(token)
-                    .copied()
-                    .ok_or_else(|| TokenizerError::MergeTokenMissing {
-                        path: path.to_owned(),
-                        location: rule.location.to_string(),
-                        token: token.to_owned(),
-                    })
+                vocab.get(token).copied().ok_or_else(|| TokenizerError::MergeTokenMissing {
+                    path: path.to_owned(),
+                    location: rule.location.to_string(),
+                    token: token.to_owned(),
+                })
             };
             let left = id_of(&rule.left)?;
             let right = id_of(&rule.right)?;
@@ -182,9 +173,7 @@ impl MergeTable {
         // Linked list over positions: merging keeps the left position and unlinks the right one,
         // so positions keep their left-to-right order, which breaks rank ties.
         let mut prev: Vec<usize> = (0..n).map(|i| if i == 0 { NONE } else { i - 1 }).collect();
-        let mut next: Vec<usize> = (0..n)
-            .map(|i| if i + 1 == n { NONE } else { i + 1 })
-            .collect();
+        let mut next: Vec<usize> = (0..n).map(|i| if i + 1 == n { NONE } else { i + 1 }).collect();
         let mut alive = vec![true; n];
         // Heap entries: (rank, left position, left id, right id); ids let stale entries be detected.
         let mut heap = BinaryHeap::new();
@@ -254,11 +243,7 @@ mod tests {
     }
 
     fn table(rules: &[(&str, &str)], vocab: &[&str]) -> MergeTable {
-        let vocab: HashMap<String, u32> = vocab
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.to_string(), i as u32))
-            .collect();
+        let vocab: HashMap<String, u32> = vocab.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
         let rules: Vec<MergeRule> = rules
             .iter()
             .enumerate()
@@ -274,10 +259,7 @@ mod tests {
     #[test]
     fn merges_by_rank_then_leftmost() {
         // vocab ids: a=0 b=1 c=2 ab=3 bc=4 abc=5 aa=6
-        let t = table(
-            &[("b", "c"), ("a", "b"), ("a", "bc"), ("a", "a")],
-            &["a", "b", "c", "ab", "bc", "abc", "aa"],
-        );
+        let t = table(&[("b", "c"), ("a", "b"), ("a", "bc"), ("a", "a")], &["a", "b", "c", "ab", "bc", "abc", "aa"]);
         let mut w = vec![0, 1, 2]; // "abc": bc (rank 0) first, then a+bc
         t.apply(&mut w);
         assert_eq!(w, vec![5]);
@@ -294,13 +276,8 @@ mod tests {
         let p = Path::new("m.txt");
         let rules = parse_merges_txt("#version: 0.2\na b\r\n\nc d\n", p).unwrap();
         assert_eq!(rules.len(), 2);
-        let err = parse_merges_txt("#version: 0.2\na b\nabc\n", p)
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            err,
-            "m.txt: line 3: merge rule \"abc\" is not two tokens separated by one space"
-        );
+        let err = parse_merges_txt("#version: 0.2\na b\nabc\n", p).unwrap_err().to_string();
+        assert_eq!(err, "m.txt: line 3: merge rule \"abc\" is not two tokens separated by one space");
         assert!(parse_merges_txt("a b c\n", p).is_err());
         assert!(parse_merges_txt("a  b\n", p).is_err());
     }

@@ -84,18 +84,10 @@ impl Gpt2Tokenizer {
         let merges_text = read_text(merges_txt)?;
         let rules = parse_merges_txt(&merges_text, merges_txt)?;
         let added = match vocab.get(END_OF_TEXT) {
-            Some(&id) => vec![AddedToken {
-                content: END_OF_TEXT.to_owned(),
-                id,
-                lstrip: false,
-                rstrip: false,
-            }],
+            Some(&id) => vec![AddedToken { content: END_OF_TEXT.to_owned(), id, lstrip: false, rstrip: false }],
             None => Vec::new(),
         };
-        let files = Files {
-            vocab: vocab_json,
-            merges: merges_txt,
-        };
+        let files = Files { vocab: vocab_json, merges: merges_txt };
         Self::build(files, vocab, &rules, added, Options::default())
     }
 
@@ -106,35 +98,19 @@ impl Gpt2Tokenizer {
     /// never adds template tokens (GPT-2's adds none).
     pub fn from_tokenizer_json(path: &Path) -> Result<Self, TokenizerError> {
         let file: TokenizerJson = read_json(path)?;
-        let unsupported = |feature: String| TokenizerError::Unsupported {
-            path: path.to_owned(),
-            feature,
-        };
+        let unsupported = |feature: String| TokenizerError::Unsupported { path: path.to_owned(), feature };
         check_absent(&file.normalizer, "normalizer").map_err(unsupported)?;
         let options = check_model(&file.model).map_err(unsupported)?;
-        let add_prefix_space =
-            check_pre_tokenizer(file.pre_tokenizer.as_ref()).map_err(unsupported)?;
+        let add_prefix_space = check_pre_tokenizer(file.pre_tokenizer.as_ref()).map_err(unsupported)?;
         check_decoder(file.decoder.as_ref()).map_err(unsupported)?;
-        let options = Options {
-            add_prefix_space,
-            ..options
-        };
+        let options = Options { add_prefix_space, ..options };
         let rules = json_merge_rules(&file.model.merges, path)?;
         let added = json_added_tokens(&file.added_tokens, &file.model.vocab, path)?;
         let mut vocab = file.model.vocab;
         for token in &added {
             vocab.insert(token.content.clone(), token.id);
         }
-        Self::build(
-            Files {
-                vocab: path,
-                merges: path,
-            },
-            vocab,
-            &rules,
-            added,
-            options,
-        )
+        Self::build(Files { vocab: path, merges: path }, vocab, &rules, added, options)
     }
 
     /// Text → token ids. Never fails: every byte has a token.
@@ -144,9 +120,7 @@ impl Gpt2Tokenizer {
         for piece in self.split_added(text) {
             match piece {
                 Piece::Added(id) => ids.push(id),
-                Piece::Text(segment)
-                    if self.options.add_prefix_space && !segment.starts_with(' ') =>
-                {
+                Piece::Text(segment) if self.options.add_prefix_space && !segment.starts_with(' ') => {
                     self.encode_segment(&format!(" {segment}"), &mut ids, &mut word)
                 }
                 Piece::Text(segment) => self.encode_segment(segment, &mut ids, &mut word),
@@ -160,10 +134,8 @@ impl Gpt2Tokenizer {
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
         let mut bytes = Vec::with_capacity(ids.len() * 4);
         for &id in ids {
-            let token = self.id_bytes.get(&id).ok_or(TokenizerError::UnknownId {
-                id,
-                vocab_size: self.vocab_size(),
-            })?;
+            let token =
+                self.id_bytes.get(&id).ok_or(TokenizerError::UnknownId { id, vocab_size: self.vocab_size() })?;
             bytes.extend_from_slice(token);
         }
         Ok(match String::from_utf8(bytes) {
@@ -195,27 +167,14 @@ impl Gpt2Tokenizer {
         options: Options,
     ) -> Result<Self, TokenizerError> {
         let symbols = ByteSymbols::new();
-        let invalid = |problem: String| TokenizerError::Invalid {
-            path: files.vocab.to_owned(),
-            problem,
-        };
+        let invalid = |problem: String| TokenizerError::Invalid { path: files.vocab.to_owned(), problem };
         let byte_ids = byte_token_ids(&token_ids, &symbols).map_err(invalid)?;
         let id_bytes = decoding_table(&token_ids, &symbols).map_err(invalid)?;
         let merges = MergeTable::build(rules, &token_ids, files.merges)?;
         // Longest first, so that of two tokens found at the same place the longer wins.
         added.sort_by_key(|token| std::cmp::Reverse(token.content.len()));
-        let word_pattern = Regex::new(WORD_PATTERN)
-            .map_err(|err| invalid(format!("internal: word pattern: {err}")))?;
-        Ok(Self {
-            token_ids,
-            id_bytes,
-            merges,
-            symbols,
-            byte_ids,
-            added,
-            word_pattern,
-            options,
-        })
+        let word_pattern = Regex::new(WORD_PATTERN).map_err(|err| invalid(format!("internal: word pattern: {err}")))?;
+        Ok(Self { token_ids, id_bytes, merges, symbols, byte_ids, added, word_pattern, options })
     }
 
     /// Cuts `text` at added tokens (leftmost, then longest match, as Hugging Face's matcher does).
@@ -223,8 +182,7 @@ impl Gpt2Tokenizer {
         let mut pieces = Vec::new();
         // Next occurrence of each added token at or after `pos`, found once and reused until passed,
         // so a text with many special tokens is still scanned in linear time.
-        let mut next: Vec<Option<usize>> =
-            self.added.iter().map(|t| text.find(&t.content)).collect();
+        let mut next: Vec<Option<usize>> = self.added.iter().map(|t| text.find(&t.content)).collect();
         let mut pos = 0;
         loop {
             for (slot, token) in next.iter_mut().zip(&self.added) {
@@ -233,11 +191,8 @@ impl Gpt2Tokenizer {
                 }
             }
             // `added` is sorted longest first and min_by_key keeps the first minimum.
-            let found = next
-                .iter()
-                .zip(&self.added)
-                .filter_map(|(at, t)| at.map(|at| (at, t)))
-                .min_by_key(|(at, _)| *at);
+            let found =
+                next.iter().zip(&self.added).filter_map(|(at, t)| at.map(|at| (at, t))).min_by_key(|(at, _)| *at);
             let Some((start, token)) = found else { break };
             let mut end = start + token.content.len();
             let mut text_end = start;
@@ -293,9 +248,7 @@ impl Gpt2Tokenizer {
         let word = &text[pos..end];
         let mut chars = word.chars();
         match (chars.next_back(), chars.next_back()) {
-            (Some(last), Some(_)) if last.is_whitespace() && end < text.len() => {
-                end - last.len_utf8()
-            }
+            (Some(last), Some(_)) if last.is_whitespace() && end < text.len() => end - last.len_utf8(),
             _ => end,
         }
     }
@@ -309,10 +262,7 @@ struct Files<'p> {
 }
 
 /// Id of every single-byte token; a byte-level vocabulary must have all 256.
-fn byte_token_ids(
-    vocab: &HashMap<String, u32>,
-    symbols: &ByteSymbols,
-) -> Result<[u32; 256], String> {
+fn byte_token_ids(vocab: &HashMap<String, u32>, symbols: &ByteSymbols) -> Result<[u32; 256], String> {
     let mut ids = [0u32; 256];
     for (byte, slot) in (0..=255u8).zip(ids.iter_mut()) {
         let symbol = symbols.char_of(byte);
@@ -326,19 +276,12 @@ fn byte_token_ids(
 /// The bytes of every id. A token made only of byte symbols stands for those bytes; any other
 /// token (an added token such as "<|endoftext|>" written with other characters) for its own UTF-8,
 /// as in Hugging Face's byte-level decoder.
-fn decoding_table(
-    vocab: &HashMap<String, u32>,
-    symbols: &ByteSymbols,
-) -> Result<HashMap<u32, Box<[u8]>>, String> {
+fn decoding_table(vocab: &HashMap<String, u32>, symbols: &ByteSymbols) -> Result<HashMap<u32, Box<[u8]>>, String> {
     let mut table: HashMap<u32, Box<[u8]>> = HashMap::with_capacity(vocab.len());
     let mut owners: HashMap<u32, &str> = HashMap::with_capacity(vocab.len());
     for (token, &id) in vocab {
         if let Some(other) = owners.insert(id, token) {
-            let (a, b) = if other < token.as_str() {
-                (other, token.as_str())
-            } else {
-                (token.as_str(), other)
-            };
+            let (a, b) = if other < token.as_str() { (other, token.as_str()) } else { (token.as_str(), other) };
             return Err(format!("id {id} is given to two tokens, {a:?} and {b:?}"));
         }
         let bytes: Option<Vec<u8>> = token.chars().map(|c| symbols.byte_of(c)).collect();
@@ -349,18 +292,12 @@ fn decoding_table(
 }
 
 fn read_text(path: &Path) -> Result<String, TokenizerError> {
-    std::fs::read_to_string(path).map_err(|source| TokenizerError::Read {
-        path: path.to_owned(),
-        source,
-    })
+    std::fs::read_to_string(path).map_err(|source| TokenizerError::Read { path: path.to_owned(), source })
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, TokenizerError> {
     let text = read_text(path)?;
-    serde_json::from_str(&text).map_err(|source| TokenizerError::Json {
-        path: path.to_owned(),
-        source,
-    })
+    serde_json::from_str(&text).map_err(|source| TokenizerError::Json { path: path.to_owned(), source })
 }
 
 /// The parts of a Hugging Face `tokenizer.json` that matter here; other fields are ignored.
@@ -416,9 +353,7 @@ fn check_absent(value: &Option<Value>, name: &str) -> Result<(), String> {
 
 /// The `"type"` of a component, for messages.
 fn type_name(value: &Value) -> String {
-    value
-        .get("type")
-        .map_or_else(|| value.to_string(), |t| t.to_string())
+    value.get("type").map_or_else(|| value.to_string(), |t| t.to_string())
 }
 
 fn check_model(model: &ModelJson) -> Result<Options, String> {
@@ -429,10 +364,7 @@ fn check_model(model: &ModelJson) -> Result<Options, String> {
         return Err("model.dropout (BPE dropout is random; only null is supported)".to_owned());
     }
     for (name, value) in [
-        (
-            "continuing_subword_prefix",
-            &model.continuing_subword_prefix,
-        ),
+        ("continuing_subword_prefix", &model.continuing_subword_prefix),
         ("end_of_word_suffix", &model.end_of_word_suffix),
     ] {
         if value.as_deref().is_some_and(|v| !v.is_empty()) {
@@ -442,10 +374,7 @@ fn check_model(model: &ModelJson) -> Result<Options, String> {
     if model.byte_fallback == Some(true) {
         return Err("model.byte_fallback true (not byte-level BPE)".to_owned());
     }
-    Ok(Options {
-        add_prefix_space: false,
-        ignore_merges: model.ignore_merges.unwrap_or(false),
-    })
+    Ok(Options { add_prefix_space: false, ignore_merges: model.ignore_merges.unwrap_or(false) })
 }
 
 /// Accepts only a ByteLevel pre-tokenizer using GPT-2's pattern; returns its `add_prefix_space`.
@@ -454,10 +383,7 @@ fn check_pre_tokenizer(value: Option<&Value>) -> Result<bool, String> {
         return Err("no pre_tokenizer (a ByteLevel one is required)".to_owned());
     };
     if value.get("type").and_then(Value::as_str) != Some("ByteLevel") {
-        return Err(format!(
-            "pre_tokenizer {} (only ByteLevel is supported)",
-            type_name(value)
-        ));
+        return Err(format!("pre_tokenizer {} (only ByteLevel is supported)", type_name(value)));
     }
     if value.get("use_regex").and_then(Value::as_bool) == Some(false) {
         return Err("pre_tokenizer ByteLevel with use_regex false".to_owned());
@@ -471,10 +397,7 @@ fn check_pre_tokenizer(value: Option<&Value>) -> Result<bool, String> {
 fn check_decoder(value: Option<&Value>) -> Result<(), String> {
     match value.filter(|v| !v.is_null()) {
         Some(v) if v.get("type").and_then(Value::as_str) == Some("ByteLevel") => Ok(()),
-        Some(v) => Err(format!(
-            "decoder {} (only ByteLevel is supported)",
-            type_name(v)
-        )),
+        Some(v) => Err(format!("decoder {} (only ByteLevel is supported)", type_name(v))),
         None => Err("no decoder (a ByteLevel one is required)".to_owned()),
     }
 }
@@ -489,14 +412,8 @@ fn json_merge_rules(merges: &[Value], path: &Path) -> Result<Vec<MergeRule>, Tok
             match value {
                 Value::String(text) => split_rule(text, location, path),
                 Value::Array(pair) => match pair.as_slice() {
-                    [Value::String(left), Value::String(right)]
-                        if !left.is_empty() && !right.is_empty() =>
-                    {
-                        Ok(MergeRule {
-                            left: left.clone(),
-                            right: right.clone(),
-                            location,
-                        })
+                    [Value::String(left), Value::String(right)] if !left.is_empty() && !right.is_empty() => {
+                        Ok(MergeRule { left: left.clone(), right: right.clone(), location })
                     }
                     _ => Err(bad_merge(path, location, value)),
                 },
@@ -507,11 +424,7 @@ fn json_merge_rules(merges: &[Value], path: &Path) -> Result<Vec<MergeRule>, Tok
 }
 
 fn bad_merge(path: &Path, location: MergeLocation, value: &Value) -> TokenizerError {
-    TokenizerError::BadMerge {
-        path: path.to_owned(),
-        location: location.to_string(),
-        text: value.to_string(),
-    }
+    TokenizerError::BadMerge { path: path.to_owned(), location: location.to_string(), text: value.to_string() }
 }
 
 /// Added tokens, checked against the vocabulary: an added token that is also a vocabulary token must
@@ -521,10 +434,7 @@ fn json_added_tokens(
     vocab: &HashMap<String, u32>,
     path: &Path,
 ) -> Result<Vec<AddedToken>, TokenizerError> {
-    let invalid = |problem: String| TokenizerError::Invalid {
-        path: path.to_owned(),
-        problem,
-    };
+    let invalid = |problem: String| TokenizerError::Invalid { path: path.to_owned(), problem };
     tokens
         .iter()
         .enumerate()
@@ -535,10 +445,7 @@ fn json_added_tokens(
             if token.single_word {
                 return Err(TokenizerError::Unsupported {
                     path: path.to_owned(),
-                    feature: format!(
-                        "added_tokens[{index}] {:?} with single_word true",
-                        token.content
-                    ),
+                    feature: format!("added_tokens[{index}] {:?} with single_word true", token.content),
                 });
             }
             if let Some(&id) = vocab.get(&token.content).filter(|&&id| id != token.id) {
@@ -547,12 +454,7 @@ fn json_added_tokens(
                     token.content, token.id
                 )));
             }
-            Ok(AddedToken {
-                content: token.content.clone(),
-                id: token.id,
-                lstrip: token.lstrip,
-                rstrip: token.rstrip,
-            })
+            Ok(AddedToken { content: token.content.clone(), id: token.id, lstrip: token.lstrip, rstrip: token.rstrip })
         })
         .collect()
 }
@@ -575,11 +477,7 @@ mod tests {
             options: Options::default(),
         };
         let text = format!("{}x", " ".repeat(1_000_000));
-        assert_eq!(
-            tok.word_end(&text, 0),
-            999_999,
-            "run minus the space that joins \" x\""
-        );
+        assert_eq!(tok.word_end(&text, 0), 999_999, "run minus the space that joins \" x\"");
         assert_eq!(tok.word_end(&text, 999_999), text.len());
         assert_eq!(tok.word_end("a \t\tb", 1), 3, "the last tab stands alone");
         assert_eq!(tok.word_end("a  ", 1), 3, "a trailing run stays whole");

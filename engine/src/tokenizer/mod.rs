@@ -36,18 +36,10 @@ pub enum TokenizerError {
     },
     /// A merge rule that is not exactly two tokens (`location` is e.g. `line 7` or `model.merges[6]`).
     #[error("{}: {location}: merge rule {text:?} is not two tokens separated by one space", path.display())]
-    BadMerge {
-        path: PathBuf,
-        location: String,
-        text: String,
-    },
+    BadMerge { path: PathBuf, location: String, text: String },
     /// A merge rule that uses, or produces, a token the vocabulary does not have.
     #[error("{}: {location}: merge rule uses or produces {token:?}, which is not in the vocabulary", path.display())]
-    MergeTokenMissing {
-        path: PathBuf,
-        location: String,
-        token: String,
-    },
+    MergeTokenMissing { path: PathBuf, location: String, token: String },
     /// Any other inconsistency in the files (duplicate ids, missing byte symbols, empty tokens, ...).
     #[error("{}: {problem}", path.display())]
     Invalid { path: PathBuf, problem: String },
