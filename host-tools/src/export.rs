@@ -61,8 +61,13 @@ pub fn export_clipcap(opts: &ExportOptions) -> Result<Manifest> {
     let mapper_weights = ckpt.strip_prefix("clip_project.");
 
     steps.next("reading GPT-2");
-    let (lm_cfg, lm_weights) = read_lm(&ckpt, opts).with_context(|| format!("{shown}: GPT-2 weights"))?;
-    let mapper_cfg = mapper::infer_config(&mapper_weights, lm_cfg.n_embd).with_context(|| format!("{shown}: mapping network"))?;
+    let lm_weights = read_lm_weights(&ckpt, opts).with_context(|| format!("{shown}: GPT-2 weights"))?;
+    // The mapper's keys are checked before the GPT-2 config is worked out: a checkpoint with a
+    // broken mapper should be reported as such, whatever else is wrong with it.
+    let lm_width = lm_weights.get("wte.weight")?.shape.last().copied().unwrap_or(0);
+    let mapper_cfg = mapper::infer_config(&mapper_weights, lm_width, "clip_project.")
+        .with_context(|| format!("{shown}: mapping network"))?;
+    let lm_cfg = lm_config(&lm_weights, opts).with_context(|| format!("{shown}: GPT-2 weights"))?;
     if mapper_cfg.embed_dim != vision_cfg.projection_dim {
         bail!(
             "{shown}: the mapper takes {}-wide CLIP embeddings but {} projects to {}",
@@ -71,26 +76,33 @@ pub fn export_clipcap(opts: &ExportOptions) -> Result<Manifest> {
             vision_cfg.projection_dim
         );
     }
-    let tokenizer_dir = opts.tokenizer.clone().or_else(|| opts.lm.clone()).context(
-        "no tokenizer: pass --tokenizer DIR (GPT-2 vocab.json + merges.txt, or tokenizer.json)",
-    )?;
+    let tokenizer_dir = opts
+        .tokenizer
+        .clone()
+        .or_else(|| opts.lm.clone())
+        .context("no tokenizer: pass --tokenizer DIR (GPT-2 vocab.json + merges.txt, or tokenizer.json)")?;
     let (vocab_json, merges_txt) = read_tokenizer_files(&tokenizer_dir)?;
 
     steps.next("building image encoder graph");
-    let encoder = clip_vision::build(&vision_cfg, &clip_weights).with_context(|| format!("{}: CLIP vision tower", opts.clip.display()))?;
+    let encoder = clip_vision::build(&vision_cfg, &clip_weights)
+        .with_context(|| format!("{}: CLIP vision tower", opts.clip.display()))?;
     steps.next("building mapper graph");
-    let mapper_graph = mapper::build(&mapper_cfg, &mapper_weights).with_context(|| format!("{shown}: mapping network"))?;
+    let mapper_graph =
+        mapper::build(&mapper_cfg, &mapper_weights).with_context(|| format!("{shown}: mapping network"))?;
     steps.next("building decoder graph");
     let decoder = gpt2::build(&lm_cfg, &lm_weights).context("GPT-2 decoder")?;
     let wte = lm_weights.get_shaped("wte.weight", &[lm_cfg.vocab_size, lm_cfg.n_embd])?;
 
     steps.next("writing bundle");
-    let mut writer = BundleWriter::create(&opts.out).with_context(|| format!("{}: cannot create bundle", opts.out.display()))?;
+    let mut writer =
+        BundleWriter::create(&opts.out).with_context(|| format!("{}: cannot create bundle", opts.out.display()))?;
     let write_err = || format!("{}: cannot write bundle", opts.out.display());
     writer.add(FileRole::ImageEncoder, "image_encoder.onnx", &encoder.encode_to_vec()).with_context(write_err)?;
     writer.add(FileRole::Mapper, "mapper.onnx", &mapper_graph.encode_to_vec()).with_context(write_err)?;
     writer.add(FileRole::Decoder, "decoder.onnx", &decoder.encode_to_vec()).with_context(write_err)?;
-    writer.add(FileRole::TokenEmbeddings, "token_embeddings.npy", &npy::to_bytes(&wte.shape, &wte.data)).with_context(write_err)?;
+    writer
+        .add(FileRole::TokenEmbeddings, "token_embeddings.npy", &npy::to_bytes(&wte.shape, &wte.data))
+        .with_context(write_err)?;
     writer.add(FileRole::TokenizerVocab, "vocab.json", &vocab_json).with_context(write_err)?;
     writer.add(FileRole::TokenizerMerges, "merges.txt", &merges_txt).with_context(write_err)?;
 
@@ -132,7 +144,8 @@ pub fn export_clipcap(opts: &ExportOptions) -> Result<Manifest> {
     };
     let path = writer.finish(manifest)?;
     steps.finish();
-    let model = CaptionModel::load(&opts.out).with_context(|| format!("{}: the new bundle does not load", opts.out.display()))?;
+    let model = CaptionModel::load(&opts.out)
+        .with_context(|| format!("{}: the new bundle does not load", opts.out.display()))?;
     log::info!("wrote {}", path.display());
     Ok(model.manifest)
 }
@@ -148,29 +161,38 @@ fn check_top_level_keys(ckpt: &TensorMap) -> Result<()> {
     Ok(())
 }
 
-/// GPT-2 config and weights (names relative to `transformer.`, plus `lm_head.weight`).
-fn read_lm(ckpt: &TensorMap, opts: &ExportOptions) -> Result<(Gpt2Config, TensorMap)> {
+/// GPT-2 weights (names relative to `transformer.`, plus `lm_head.weight`): the checkpoint's
+/// fine-tuned `gpt.*` when present, else the frozen model from `--lm`.
+fn read_lm_weights(ckpt: &TensorMap, opts: &ExportOptions) -> Result<TensorMap> {
     let in_ckpt = ckpt.names().any(|k| k.starts_with("gpt."));
     let raw = match (&opts.lm, in_ckpt) {
         (_, true) => {
             if let Some(lm) = &opts.lm {
-                log::info!("using the checkpoint's GPT-2 weights (fine-tuned); {} supplies only its config", lm.display());
+                log::info!(
+                    "using the checkpoint's GPT-2 weights (fine-tuned); {} supplies only its config",
+                    lm.display()
+                );
             }
             ckpt.strip_prefix("gpt.")
         }
         (Some(lm), false) => checkpoint::read_hf_dir(lm)?,
         (None, false) => bail!("the checkpoint has no gpt.* weights: pass the frozen GPT-2 with --lm DIR"),
     };
-    let weights = normalise_gpt2_names(raw)?;
+    normalise_gpt2_names(raw)
+}
+
+/// The GPT-2 config: `--lm`'s `config.json` when given, else inferred from the shapes.
+fn lm_config(weights: &TensorMap, opts: &ExportOptions) -> Result<Gpt2Config> {
     let config = match &opts.lm {
         Some(lm) => {
             let path = lm.join("config.json");
-            Gpt2Config::from_hf_config(&read_json(&path)?).with_context(|| format!("{}: unusable GPT-2 config", path.display()))?
+            Gpt2Config::from_hf_config(&read_json(&path)?)
+                .with_context(|| format!("{}: unusable GPT-2 config", path.display()))?
         }
-        None => infer_gpt2_config(&weights, opts.heads)?,
+        None => infer_gpt2_config(weights, opts.heads)?,
     };
-    check_gpt2_keys(&weights, &config)?;
-    Ok((config, weights))
+    check_gpt2_keys(weights, &config)?;
+    Ok(config)
 }
 
 /// Accepts `GPT2LMHeadModel` (`transformer.*` + `lm_head.weight`) and `GPT2Model` (bare) names;
@@ -197,7 +219,11 @@ fn infer_gpt2_config(w: &TensorMap, heads: Option<usize>) -> Result<Gpt2Config> 
     let (&[vocab_size, n_embd], &[n_positions, _]) = (&wte.shape[..], &wpe.shape[..]) else {
         bail!("wte/wpe must be 2-D, got {:?} and {:?}", wte.shape, wpe.shape);
     };
-    let n_layer = w.names().filter_map(|k| k.strip_prefix("h.")?.split('.').next()?.parse::<usize>().ok()).max().map_or(0, |m| m + 1);
+    let n_layer = w
+        .names()
+        .filter_map(|k| k.strip_prefix("h.")?.split('.').next()?.parse::<usize>().ok())
+        .max()
+        .map_or(0, |m| m + 1);
     let n_head = heads.unwrap_or(n_embd / 64);
     if n_head == 0 || n_embd % n_head != 0 {
         bail!("cannot split width {n_embd} into heads (pass --heads N or --lm DIR with a config.json)");
@@ -207,7 +233,8 @@ fn infer_gpt2_config(w: &TensorMap, heads: Option<usize>) -> Result<Gpt2Config> 
 
 /// Refuses unknown tensors: they mean a different architecture, not something to drop silently.
 fn check_gpt2_keys(w: &TensorMap, cfg: &Gpt2Config) -> Result<()> {
-    let mut expected: Vec<String> = ["wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias", "lm_head.weight"].map(String::from).to_vec();
+    let mut expected: Vec<String> =
+        ["wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias", "lm_head.weight"].map(String::from).to_vec();
     for i in 0..cfg.n_layer {
         for part in ["ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj"] {
             expected.push(format!("h.{i}.{part}.weight"));
@@ -300,7 +327,10 @@ impl Steps {
     fn new(show: bool, total: u64) -> Steps {
         let bar = show.then(|| {
             let bar = ProgressBar::new(total);
-            bar.set_style(ProgressStyle::with_template("{prefix} [{bar:20}] {pos}/{len} {msg} ({elapsed})").unwrap_or_else(|_| ProgressStyle::default_bar()));
+            bar.set_style(
+                ProgressStyle::with_template("{prefix} [{bar:20}] {pos}/{len} {msg} ({elapsed})")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
             bar.set_prefix("export");
             bar
         });

@@ -67,7 +67,8 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Export { clip, clipcap, lm, tokenizer, heads, out } => {
             let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let manifest = export_clipcap(&ExportOptions { clip, clipcap, lm, tokenizer, heads, out: out.clone(), progress })?;
+            let manifest =
+                export_clipcap(&ExportOptions { clip, clipcap, lm, tokenizer, heads, out: out.clone(), progress })?;
             let m = &manifest.model;
             println!(
                 "{}: {} bundle, prefix {}, GPT-2 {} layers × {} wide, vocabulary {}",
@@ -87,7 +88,10 @@ fn run(cli: Cli) -> Result<()> {
                 opts.beam_width = b;
             }
             host_tools::trace::trace(&model, &image, &opts, &out)?;
-            println!("{}: wrote pixel_values, image_embeds, prefix, logits_step0 (.npy) and caption.json", out.display());
+            println!(
+                "{}: wrote pixel_values, image_embeds, prefix, logits_step0 (.npy) and caption.json",
+                out.display()
+            );
             Ok(())
         }
     }

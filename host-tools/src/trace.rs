@@ -27,6 +27,7 @@ pub fn trace(model: &CaptionModel, image: &Path, opts: &GenerationOptions, out: 
         "tokens": t.caption.tokens,
     });
     let path = out.join("caption.json");
-    write_atomic(&path, format!("{summary:#}\n").as_bytes()).with_context(|| format!("{}: cannot write", path.display()))?;
+    write_atomic(&path, format!("{summary:#}\n").as_bytes())
+        .with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())
 }
