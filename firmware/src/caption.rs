@@ -75,7 +75,8 @@ pub fn run(args: &CaptionArgs) -> u8 {
 }
 
 fn load(args: &CaptionArgs) -> Result<(CaptionModel, GenerationOptions)> {
-    let model = CaptionModel::load(&args.bundle).with_context(|| format!("cannot load bundle {}", args.bundle.display()))?;
+    let model =
+        CaptionModel::load(&args.bundle).with_context(|| format!("cannot load bundle {}", args.bundle.display()))?;
     let mut opts = model.default_options();
     if let Some(n) = args.max_tokens {
         opts.max_tokens = n;
