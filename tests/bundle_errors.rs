@@ -1,0 +1,142 @@
+//! Damaged bundles are refused at load with an error naming the file and the problem.
+
+use std::path::{Path, PathBuf};
+
+use edgecap_engine::bundle::sha256_file;
+use edgecap_engine::model::CaptionModel;
+use edgecap_tests::{binary, export_reference, fixtures, reference};
+
+fn fresh_bundle(dir: &Path) -> PathBuf {
+    export_reference(&reference("clipcap-mlp.json"), &fixtures(), &dir.join("bundle"))
+}
+
+fn load_error(bundle: &Path) -> String {
+    match CaptionModel::load(bundle) {
+        Ok(_) => panic!("{} loaded", bundle.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn edit_manifest(bundle: &Path, edit: impl Fn(String) -> String) {
+    let path = bundle.join("bundle.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, edit(text)).unwrap();
+}
+
+/// Rewrites the hash and size recorded for `file` to match its current contents.
+fn rehash(bundle: &Path, file: &str) {
+    let hash = sha256_file(&bundle.join(file)).unwrap();
+    let size = std::fs::metadata(bundle.join(file)).unwrap().len();
+    edit_manifest(bundle, |text| {
+        let mut out = Vec::new();
+        let mut in_entry = false;
+        for line in text.lines() {
+            if line.starts_with("path = ") {
+                in_entry = line == format!("path = \"{file}\"");
+            }
+            if in_entry && line.starts_with("sha256 = ") {
+                out.push(format!("sha256 = \"{hash}\""));
+            } else if in_entry && line.starts_with("bytes = ") {
+                out.push(format!("bytes = {size}"));
+            } else {
+                out.push(line.to_string());
+            }
+        }
+        out.join("\n")
+    });
+}
+
+#[test]
+fn missing_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = fresh_bundle(dir.path());
+    std::fs::remove_file(bundle.join("mapper.onnx")).unwrap();
+    let e = load_error(&bundle);
+    assert!(e.contains("mapper.onnx") && e.contains("missing"), "{e}");
+}
+
+#[test]
+fn wrong_hash_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = fresh_bundle(dir.path());
+    let path = bundle.join("decoder.onnx");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&path, bytes).unwrap();
+    let e = load_error(&bundle);
+    assert!(e.contains("decoder.onnx") && e.contains("sha256 mismatch"), "{e}");
+}
+
+#[test]
+fn wrong_tensor_shape_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = fresh_bundle(dir.path());
+    let path = bundle.join("token_embeddings.npy");
+    let (shape, data) = edgecap_engine::npy::read::<f32>(&path).unwrap();
+    let cut = shape[1] - 1;
+    let narrower: Vec<f32> = data.chunks(shape[1]).flat_map(|row| row[..cut].to_vec()).collect();
+    edgecap_engine::npy::write(&path, &[shape[0], cut], &narrower).unwrap();
+    rehash(&bundle, "token_embeddings.npy");
+    let e = load_error(&bundle);
+    assert!(e.contains("token_embeddings.npy") && e.contains("shape"), "{e}");
+
+    // A graph whose width disagrees with the manifest is caught the same way.
+    let bundle = fresh_bundle(&dir.path().join("second"));
+    edit_manifest(&bundle, |t| t.replace("embed_dim = 32", "embed_dim = 48"));
+    let e = load_error(&bundle);
+    assert!(e.contains("image_encoder.onnx") && e.contains("shape"), "{e}");
+}
+
+#[test]
+fn unknown_manifest_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = fresh_bundle(dir.path());
+    edit_manifest(&bundle, |t| t.replace("format_version = 1", "format_version = 99"));
+    let e = load_error(&bundle);
+    assert!(e.contains("bundle.toml") && e.contains("format_version 99"), "{e}");
+}
+
+#[test]
+fn malformed_manifests_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = fresh_bundle(dir.path());
+    let original = std::fs::read_to_string(bundle.join("bundle.toml")).unwrap();
+    let variants = [
+        String::new(),
+        "format_version = 1".to_string(),
+        original.replace("architecture = \"clipcap-mlp\"", "architecture = \"vqgan\""),
+        original.replace("num_heads = 2", "num_heads = 0"),
+        original.replace("path = \"mapper.onnx\"", "path = \"../../etc/passwd\""),
+        original[..original.len() / 2].to_string(),
+        "\u{0}\u{1}binary".to_string(),
+    ];
+    for v in &variants {
+        assert_ne!(v, &original, "every variant must change the manifest");
+        std::fs::write(bundle.join("bundle.toml"), v).unwrap();
+        let e = load_error(&bundle);
+        assert!(e.contains("bundle.toml"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+    std::fs::remove_file(bundle.join("bundle.toml")).unwrap();
+    let e = load_error(&bundle);
+    assert!(e.contains("not a bundle directory"), "{e}");
+}
+
+#[test]
+fn cli_exits_2_with_one_line_for_a_bad_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = fresh_bundle(dir.path());
+    std::fs::remove_file(bundle.join("vocab.json")).unwrap();
+    let out = std::process::Command::new(binary("edgecap"))
+        .args(["caption", "--bundle"])
+        .arg(&bundle)
+        .arg(fixtures().join("images/astronaut.jpg"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("vocab.json"), "{}", errors[0]);
+}
