@@ -15,9 +15,9 @@ use crate::exit;
 
 #[derive(Args, Debug)]
 pub struct CaptionArgs {
-    /// Model bundle directory (bundle.toml + files).
+    /// Model bundle directory (bundle.toml + files); default: the built-in model (see below).
     #[arg(long)]
-    bundle: PathBuf,
+    bundle: Option<PathBuf>,
     /// Most tokens per caption (default: the bundle's).
     #[arg(long)]
     max_tokens: Option<usize>,
@@ -75,8 +75,11 @@ pub fn run(args: &CaptionArgs) -> u8 {
 }
 
 fn load(args: &CaptionArgs) -> Result<(CaptionModel, GenerationOptions)> {
-    let model =
-        CaptionModel::load(&args.bundle).with_context(|| format!("cannot load bundle {}", args.bundle.display()))?;
+    let bundle = match &args.bundle {
+        Some(b) => b.clone(),
+        None => default_bundle()?,
+    };
+    let model = CaptionModel::load(&bundle).with_context(|| format!("cannot load bundle {}", bundle.display()))?;
     let mut opts = model.default_options();
     if let Some(n) = args.max_tokens {
         opts.max_tokens = n;
@@ -86,6 +89,24 @@ fn load(args: &CaptionArgs) -> Result<(CaptionModel, GenerationOptions)> {
     }
     model.check_options(&opts)?;
     Ok((model, opts))
+}
+
+/// The built-in model when no `--bundle` is given: `$EDGECAP_BUNDLE`, else `models/default` in
+/// the working directory, next to the installed binary (`<prefix>/share/edgecap/default`), or in
+/// the source tree the binary was built in (`target/<profile>/edgecap` → `models/default`).
+fn default_bundle() -> Result<PathBuf> {
+    if let Some(env) = std::env::var_os("EDGECAP_BUNDLE") {
+        return Ok(PathBuf::from(env));
+    }
+    let mut candidates = vec![PathBuf::from("models/default")];
+    if let Some(bin_dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(PathBuf::from)) {
+        candidates.push(bin_dir.join("../share/edgecap/default"));
+        candidates.push(bin_dir.join("../../models/default"));
+    }
+    candidates.into_iter().find(|c| c.join("bundle.toml").is_file()).context(
+        "no --bundle given and no default model found ($EDGECAP_BUNDLE, ./models/default, \
+         <prefix>/share/edgecap/default); run scripts/demo.sh or pass --bundle DIR",
+    )
 }
 
 fn success_line(args: &CaptionArgs, image: &std::path::Path, caption: &Caption, started: Instant) -> String {
