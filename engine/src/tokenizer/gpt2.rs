@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::bpe::{parse_merges_txt, split_rule, ByteSymbols, MergeLocation, MergeRule, MergeTable};
-use super::TokenizerError;
+use super::{read_json, read_text, TokenizerError};
 
 /// GPT-2's pre-tokenization pattern without its `\s+(?!\S)` alternative. The lookahead would need
 /// the backtracking engine (which has a backtrack limit and can fail on long whitespace runs);
@@ -289,15 +289,6 @@ fn decoding_table(vocab: &HashMap<String, u32>, symbols: &ByteSymbols) -> Result
         table.insert(id, bytes.into_boxed_slice());
     }
     Ok(table)
-}
-
-fn read_text(path: &Path) -> Result<String, TokenizerError> {
-    std::fs::read_to_string(path).map_err(|source| TokenizerError::Read { path: path.to_owned(), source })
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, TokenizerError> {
-    let text = read_text(path)?;
-    serde_json::from_str(&text).map_err(|source| TokenizerError::Json { path: path.to_owned(), source })
 }
 
 /// The parts of a Hugging Face `tokenizer.json` that matter here; other fields are ignored.

@@ -4,6 +4,10 @@
 //! * [`Gpt2Tokenizer`]: GPT-2's byte-level BPE, loaded from `vocab.json` + `merges.txt` or from a
 //!   Hugging Face `tokenizer.json`. It produces the same ids as Hugging Face's `GPT2TokenizerFast`
 //!   (checked against fixtures in `tests/fixtures/tokenizer/`).
+//! * [`ClipTokenizer`]: CLIP's BPE (lower-cased, whitespace-collapsed, `</w>` word ends), loaded
+//!   from an HF CLIP directory's `vocab.json` + `merges.txt`, or built from open_clip's
+//!   `bpe_simple_vocab_16e6.txt.gz` with [`clip_vocab_from_bpe`]. Same ids as transformers'
+//!   `CLIPTokenizer`.
 //! * `bpe` (private): the merge algorithm and the byte-to-symbol table, shared with the CLIP BPE
 //!   tokenizer.
 //!
@@ -11,11 +15,15 @@
 //! one line naming the file and what is wrong with it.
 
 mod bpe;
+mod clip;
 mod gpt2;
 
+pub use clip::{clip_vocab_from_bpe, ClipTokenizer, CLIP_CONTEXT_LENGTH};
 pub use gpt2::Gpt2Tokenizer;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
 
 /// Everything that can go wrong while loading a tokenizer or decoding ids.
 #[derive(Debug, thiserror::Error)]
@@ -50,4 +58,13 @@ pub enum TokenizerError {
     /// `decode` was given an id that no token has.
     #[error("token id {id} is not in the tokenizer's vocabulary ({vocab_size} tokens)")]
     UnknownId { id: u32, vocab_size: usize },
+}
+
+pub(crate) fn read_text(path: &Path) -> Result<String, TokenizerError> {
+    std::fs::read_to_string(path).map_err(|source| TokenizerError::Read { path: path.to_owned(), source })
+}
+
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, TokenizerError> {
+    let text = read_text(path)?;
+    serde_json::from_str(&text).map_err(|source| TokenizerError::Json { path: path.to_owned(), source })
 }
