@@ -178,7 +178,7 @@ impl ClipTokenizer {
         self.end_id
     }
 
-    fn next_special<'t>(&self, text: &'t str) -> Option<(usize, &'static str, u32)> {
+    fn next_special(&self, text: &str) -> Option<(usize, &'static str, u32)> {
         [(START_OF_TEXT, self.start_id), (END_OF_TEXT, self.end_id)]
             .into_iter()
             .filter_map(|(s, id)| text.find(s).map(|at| (at, s, id)))
