@@ -4,4 +4,5 @@ pub mod checkpoint;
 pub mod export;
 pub mod onnx;
 pub mod tensor;
+pub mod text_encoder;
 pub mod trace;

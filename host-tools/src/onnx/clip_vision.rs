@@ -68,17 +68,8 @@ impl ClipVisionConfig {
             }
             _ => int("projection_dim", d.projection_dim)?,
         };
-        let layer_norm_eps = match vision.get("layer_norm_eps") {
-            None | Some(Value::Null) => d.layer_norm_eps,
-            Some(v) => {
-                v.as_f64().with_context(|| format!("config field `{path}layer_norm_eps` is not a number: {v}"))? as f32
-            }
-        };
-        let hidden_act = match vision.get("hidden_act").and_then(Value::as_str) {
-            None | Some("quick_gelu") => Activation::QuickGelu,
-            Some("gelu") => Activation::Gelu,
-            Some(other) => bail!("config field `{path}hidden_act` = {other:?} is not supported (quick_gelu or gelu)"),
-        };
+        let layer_norm_eps = layer_norm_eps(vision, path, d.layer_norm_eps)?;
+        let hidden_act = activation(vision, path)?;
         if let Some(c) = vision.get("num_channels").and_then(Value::as_u64) {
             if c != 3 {
                 bail!("config field `{path}num_channels` = {c}: only RGB (3) images are supported");
@@ -135,9 +126,34 @@ impl ClipVisionConfig {
         grid * grid + 1
     }
 
-    fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads
+    fn encoder_shape(&self) -> EncoderShape {
+        EncoderShape {
+            hidden: self.hidden_size,
+            intermediate: self.intermediate_size,
+            heads: self.num_attention_heads,
+            eps: self.layer_norm_eps,
+            act: self.hidden_act,
+        }
     }
+}
+
+/// `layer_norm_eps` of a CLIP tower config, `default` when absent.
+pub(crate) fn layer_norm_eps(tower: &Value, path: &str, default: f32) -> Result<f32> {
+    match tower.get("layer_norm_eps") {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => {
+            Ok(v.as_f64().with_context(|| format!("config field `{path}layer_norm_eps` is not a number: {v}"))? as f32)
+        }
+    }
+}
+
+/// `hidden_act` of a CLIP tower config (quick_gelu when absent, as in OpenAI's checkpoints).
+pub(crate) fn activation(tower: &Value, path: &str) -> Result<Activation> {
+    Ok(match tower.get("hidden_act").and_then(Value::as_str) {
+        None | Some("quick_gelu") => Activation::QuickGelu,
+        Some("gelu") => Activation::Gelu,
+        Some(other) => bail!("config field `{path}hidden_act` = {other:?} is not supported (quick_gelu or gelu)"),
+    })
 }
 
 /// Reads a non-negative integer field, falling back to `default` when absent or null.
@@ -162,7 +178,7 @@ pub fn build(cfg: &ClipVisionConfig, w: &TensorMap) -> Result<pb::ModelProto> {
     let mut x = embeddings(&mut g, cfg, w, &pixels)?;
     x = g.layer_norm(&x, w, "vision_model.pre_layrnorm", d, eps)?;
     for i in 0..cfg.num_hidden_layers {
-        x = encoder_layer(&mut g, cfg, w, &x, &format!("vision_model.encoder.layers.{i}"))?;
+        x = encoder_layer(&mut g, cfg.encoder_shape(), w, &x, &format!("vision_model.encoder.layers.{i}"), None)?;
     }
 
     // The pooled output is the class token (position 0) after the final LayerNorm.
@@ -206,34 +222,79 @@ fn embeddings(g: &mut GraphBuilder, cfg: &ClipVisionConfig, w: &TensorMap, pixel
     Ok(g.add(&tokens, &table, "vision_model.embeddings"))
 }
 
-/// One pre-LN encoder layer: x + attn(ln1(x)), then + mlp(ln2(x)).
-fn encoder_layer(g: &mut GraphBuilder, cfg: &ClipVisionConfig, w: &TensorMap, x: &str, p: &str) -> Result<String> {
-    let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+/// What a CLIP transformer layer needs to know; the vision and text towers share the layer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EncoderShape {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    pub eps: f32,
+    pub act: Activation,
+}
+
+/// One pre-LN encoder layer: x + attn(ln1(x)), then + mlp(ln2(x)); `bias` masks attention
+/// (the text tower's causal mask), broadcast against [N, H, S, S] scores.
+pub(crate) fn encoder_layer(
+    g: &mut GraphBuilder,
+    shape: EncoderShape,
+    w: &TensorMap,
+    x: &str,
+    p: &str,
+    bias: Option<&str>,
+) -> Result<String> {
+    let (d, eps) = (shape.hidden, shape.eps);
     let h = g.layer_norm(x, w, &format!("{p}.layer_norm1"), d, eps)?;
-    let h = self_attention(g, cfg, w, &h, &format!("{p}.self_attn"))?;
+    let h = self_attention(g, shape, w, &h, &format!("{p}.self_attn"), bias)?;
     let x = g.add(x, &h, &format!("{p}.attn_residual"));
 
     let h = g.layer_norm(&x, w, &format!("{p}.layer_norm2"), d, eps)?;
-    let h = g.linear(&h, w, &format!("{p}.mlp.fc1"), (d, cfg.intermediate_size), true)?;
-    let h = match cfg.hidden_act {
+    let h = g.linear(&h, w, &format!("{p}.mlp.fc1"), (d, shape.intermediate), true)?;
+    let h = match shape.act {
         Activation::QuickGelu => g.quick_gelu(&h, &format!("{p}.mlp.act")),
         Activation::Gelu => g.gelu_erf(&h, &format!("{p}.mlp.act")),
     };
-    let h = g.linear(&h, w, &format!("{p}.mlp.fc2"), (cfg.intermediate_size, d), true)?;
+    let h = g.linear(&h, w, &format!("{p}.mlp.fc2"), (shape.intermediate, d), true)?;
     Ok(g.add(&x, &h, &format!("{p}.mlp_residual")))
 }
 
-/// Unmasked multi-head self-attention with separate q/k/v projections.
-fn self_attention(g: &mut GraphBuilder, cfg: &ClipVisionConfig, w: &TensorMap, x: &str, p: &str) -> Result<String> {
-    let (d, heads, hd) = (cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim());
+/// Multi-head self-attention with separate q/k/v projections.
+fn self_attention(
+    g: &mut GraphBuilder,
+    shape: EncoderShape,
+    w: &TensorMap,
+    x: &str,
+    p: &str,
+    bias: Option<&str>,
+) -> Result<String> {
+    let (d, heads) = (shape.hidden, shape.heads);
+    let hd = d / heads;
     let mut project = |name: &str| -> Result<String> {
         let y = g.linear(x, w, &format!("{p}.{name}"), (d, d), true)?;
         Ok(g.split_heads(&y, &format!("{p}.{name}.heads"), heads, hd))
     };
     let (q, k, v) = (project("q_proj")?, project("k_proj")?, project("v_proj")?);
-    let ctx = g.attention(p, (&q, &k, &v), (hd as f32).powf(-0.5), None);
+    let ctx = g.attention(p, (&q, &k, &v), (hd as f32).powf(-0.5), bias);
     let ctx = g.merge_heads(&ctx, &format!("{p}.merged"), d);
     g.linear(&ctx, w, &format!("{p}.out_proj"), (d, d), true)
+}
+
+/// The weights of encoder layer `p` (`…encoder.layers.N`).
+pub(crate) fn encoder_layer_weight_names(p: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for m in [
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.out_proj",
+        "layer_norm1",
+        "mlp.fc1",
+        "mlp.fc2",
+        "layer_norm2",
+    ] {
+        names.push(format!("{p}.{m}.weight"));
+        names.push(format!("{p}.{m}.bias"));
+    }
+    names
 }
 
 /// The weights `build` reads, for callers that want to report unused tensors.
@@ -252,20 +313,7 @@ pub fn weight_names(cfg: &ClipVisionConfig) -> Vec<String> {
     .map(|s| s.to_string())
     .collect();
     for i in 0..cfg.num_hidden_layers {
-        let p = format!("vision_model.encoder.layers.{i}");
-        for m in [
-            "self_attn.q_proj",
-            "self_attn.k_proj",
-            "self_attn.v_proj",
-            "self_attn.out_proj",
-            "layer_norm1",
-            "mlp.fc1",
-            "mlp.fc2",
-            "layer_norm2",
-        ] {
-            names.push(format!("{p}.{m}.weight"));
-            names.push(format!("{p}.{m}.bias"));
-        }
+        names.extend(encoder_layer_weight_names(&format!("vision_model.encoder.layers.{i}")));
     }
     names
 }

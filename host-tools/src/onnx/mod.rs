@@ -5,6 +5,7 @@
 //! sequence dimensions; [`save`] writes one to disk.
 
 pub mod builder;
+pub mod clip_text;
 pub mod clip_vision;
 pub mod gpt2;
 pub mod mapper;
