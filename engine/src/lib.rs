@@ -11,6 +11,7 @@ pub mod fsutil;
 pub mod generate;
 pub mod image_load;
 pub mod manifest;
+pub mod memory;
 pub mod model;
 pub mod npy;
 pub mod pipeline;

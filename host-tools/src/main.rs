@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use edgecap_engine::model::CaptionModel;
 use host_tools::export::{export_clipcap, ExportOptions};
+use host_tools::memory::{build_memory, MemoryOptions};
 
 #[derive(Parser)]
 #[command(name = "host-tools", version, about = "Export, inspect and check edgecap model bundles")]
@@ -38,6 +39,9 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// DeCap support memories.
+    #[command(subcommand)]
+    Memory(MemoryCommand),
     /// Caption one image and write its intermediate tensors as .npy files.
     Trace {
         #[arg(long)]
@@ -49,6 +53,36 @@ enum Command {
         /// Beam width (default: the bundle's).
         #[arg(long)]
         beam: Option<usize>,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemoryCommand {
+    /// Embed a caption corpus (one caption per line) with CLIP's text tower into a support memory.
+    Build {
+        /// HF CLIP directory (config.json + weights; vocab.json + merges.txt unless --tokenizer).
+        #[arg(long)]
+        clip: PathBuf,
+        /// UTF-8 text file, one caption per line; blank lines are skipped.
+        #[arg(long)]
+        captions: PathBuf,
+        /// CLIP BPE vocabulary: open_clip's bpe_simple_vocab_16e6.txt.gz or a vocab.json + merges.txt dir.
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        /// Keep a random sample of N captions (seeded), to fit the board's memory.
+        #[arg(long)]
+        size: Option<usize>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Store int8 rows with per-row scales (4× smaller) instead of f32.
+        #[arg(long)]
+        int8: bool,
+        /// Captions per text-encoder batch.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Memory file to write (safetensors).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -78,6 +112,22 @@ fn run(cli: Cli) -> Result<()> {
                 m.num_layers,
                 m.hidden_size,
                 m.vocab_size
+            );
+            Ok(())
+        }
+        Command::Memory(MemoryCommand::Build { clip, captions, tokenizer, size, seed, int8, batch, out }) => {
+            let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let opts = MemoryOptions { clip, captions, tokenizer, out: out.clone(), size, seed, int8, batch, progress };
+            let s = build_memory(&opts)?;
+            println!(
+                "{}: {} captions × {} ({}) from {} lines; {} blank lines skipped, {} captions cut to CLIP's context",
+                out.display(),
+                s.rows,
+                s.dim,
+                if int8 { "int8" } else { "f32" },
+                s.corpus_lines,
+                s.blank_lines,
+                s.truncated
             );
             Ok(())
         }
