@@ -160,7 +160,7 @@ pub fn safetensors_header(rows: usize, dim: usize, dtype: &str, metadata: &HashM
             serde_json::json!({"dtype": "F32", "shape": [rows], "data_offsets": [data_end, data_end + rows * 4]});
     }
     let mut json = header.to_string().into_bytes();
-    while (json.len() + 8) % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let mut out = (json.len() as u64).to_le_bytes().to_vec();

@@ -88,7 +88,7 @@ impl TextEncoder {
 fn optimise(graph: &tract_onnx::pb::ModelProto) -> Result<Arc<TypedRunnableModel>> {
     let bytes = graph.encode_to_vec();
     let model = tract_onnx::onnx().model_for_read(&mut bytes.as_slice())?;
-    Ok(model.into_typed()?.into_optimized()?.into_runnable()?)
+    model.into_typed()?.into_optimized()?.into_runnable()
 }
 
 /// The CLIP BPE tokenizer from `explicit` (open_clip's `bpe_simple_vocab_16e6.txt[.gz]`, or a
