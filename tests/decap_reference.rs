@@ -2,9 +2,13 @@
 //! embeddings, the support memory, the projection, and greedy captions of exported bundles.
 
 use std::path::PathBuf;
+use std::process::Command;
 
 use edgecap_engine::memory::{MemoryValues, SupportMemory};
-use edgecap_tests::{cosine, fixtures, floats, max_abs_diff};
+use edgecap_engine::model::CaptionModel;
+use edgecap_engine::npy;
+use edgecap_tests::{binary, cosine, fixtures, floats, ids, max_abs_diff};
+use host_tools::export_decap::{export_decap, DecapExportOptions};
 use host_tools::memory::{build_memory, MemoryOptions};
 use host_tools::text_encoder::TextEncoder;
 
@@ -118,4 +122,123 @@ fn bad_corpora_get_one_line_errors_and_leave_no_file() {
         assert!(!out.exists());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), cases.iter().position(|c| c.0 == name).unwrap() + 1);
     }
+}
+
+fn export_options(out: PathBuf) -> DecapExportOptions {
+    DecapExportOptions {
+        clip: decap_dir().join("clip-tiny"),
+        decap: decap_dir().join("decap.pt"),
+        memory: None,
+        memory_captions: Some(decap_dir().join("captions.txt")),
+        tokenizer: Some(clip_bpe()),
+        decoder_heads: Some(reference()["decoder_heads"].as_u64().unwrap() as usize),
+        temperature: reference()["temperature"].as_f64().unwrap() as f32,
+        top_k: 0,
+        out,
+        progress: false,
+    }
+}
+
+/// The 224×224 crop PIL made (see clipcap_reference.rs for why crops, not files).
+fn crop(file: &str) -> image::RgbImage {
+    let name = std::path::Path::new(file).file_name().unwrap().to_string_lossy().into_owned();
+    let (shape, data) = npy::read::<u8>(&fixtures().join("reference/pixels").join(format!("{name}.npy"))).unwrap();
+    image::RgbImage::from_raw(shape[1] as u32, shape[0] as u32, data).unwrap()
+}
+
+fn relative_diff(got: &[f32], want: &[f32]) -> f32 {
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    max_abs_diff(got, want) / scale
+}
+
+#[test]
+fn exported_decap_bundles_caption_like_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = reference();
+    let manifest = export_decap(&export_options(dir.path().join("bundle"))).unwrap();
+    assert_eq!(manifest.model.vocab_size, 49408, "LM head trimmed to CLIP's vocabulary");
+    let model = CaptionModel::load(&dir.path().join("bundle")).unwrap();
+    let mut opts = model.default_options();
+    assert_eq!((opts.max_tokens, opts.stop_token_ids.clone()), (30, vec![49407]));
+    let (shape, logits) = npy::read::<f32>(&decap_dir().join("logits_step0.npy")).unwrap();
+    for (i, case) in reference["images"].as_array().unwrap().iter().enumerate() {
+        let file = case["file"].as_str().unwrap();
+        opts.projection_top_k = None;
+        let t = model.trace(&crop(file), &opts).unwrap();
+        let projected = t.projected.as_ref().expect("DeCap traces carry the projection");
+        let mut stages = vec![
+            ("image_embeds", &t.image_embeds, floats(&case["image_embeds"])),
+            ("projected", projected, floats(&case["projected"])),
+            ("prefix", &t.prefix, floats(&case["prefix"])),
+        ];
+        if i < shape[0] {
+            stages.push(("logits_step0", &t.logits_step0, logits[i * shape[1]..(i + 1) * shape[1]].to_vec()));
+        }
+        for (stage, got, want) in stages {
+            let rel = relative_diff(got, &want);
+            println!("{file}: {stage} max abs diff {:.2e} (relative {rel:.1e})", max_abs_diff(got, &want));
+            assert!(rel < 1e-4, "{file}: {stage} differs by {rel:.1e} relative");
+        }
+        assert_eq!(t.caption.tokens, ids(&case["greedy"]), "{file}: greedy tokens");
+        assert!(!t.caption.text.contains("<|"), "start/end tokens are not caption text");
+
+        opts.projection_top_k = Some(8);
+        let top = model.trace(&crop(file), &opts).unwrap();
+        assert!(max_abs_diff(top.projected.as_ref().unwrap(), &floats(&case["projected_top8"])) < 1e-5);
+        assert_eq!(top.caption.tokens, ids(&case["greedy_top8"]), "{file}: top-8 greedy tokens");
+    }
+}
+
+#[test]
+fn a_memory_from_another_clip_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    // A memory 16 wide, while this CLIP embeds in 32 dimensions.
+    let memory = SupportMemory { rows: 2, dim: 16, values: MemoryValues::F32(vec![0.25; 32]) };
+    let path = dir.path().join("other-clip.safetensors");
+    std::fs::write(&path, memory.to_bytes(&Default::default())).unwrap();
+    let mut opts = export_options(dir.path().join("bundle"));
+    (opts.memory, opts.memory_captions) = (Some(path), None);
+    let e = format!("{:#}", export_decap(&opts).unwrap_err());
+    assert!(e.contains("other-clip.safetensors") && e.contains("16 wide"), "{e}");
+    assert!(!dir.path().join("bundle/bundle.toml").exists());
+}
+
+#[test]
+fn caption_and_trace_commands_work_on_decap_bundles() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    let mut opts = export_options(bundle.clone());
+    // A memory file built beforehand, int8 this time.
+    let memory = dir.path().join("m.safetensors");
+    let mut mopts = memory_options(decap_dir().join("captions.txt"), memory.clone());
+    mopts.int8 = true;
+    build_memory(&mopts).unwrap();
+    (opts.memory, opts.memory_captions) = (Some(memory), None);
+    export_decap(&opts).unwrap();
+
+    let image = fixtures().join("images/chelsea.png");
+    let out = Command::new(binary("edgecap"))
+        .args(["caption", "--json", "--bundle"])
+        .arg(&bundle)
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tokens = ids(&line["tokens"]);
+    assert!(!tokens.is_empty() && tokens.iter().all(|&t| t < 49408), "{tokens:?}");
+
+    let trace_dir = dir.path().join("trace");
+    let out = Command::new(binary("host-tools"))
+        .args(["trace", "--bundle"])
+        .arg(&bundle)
+        .arg("--image")
+        .arg(&image)
+        .arg("--out")
+        .arg(&trace_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (shape, _) = npy::read::<f32>(&trace_dir.join("projected.npy")).unwrap();
+    assert_eq!(shape, vec![1, 32]);
 }

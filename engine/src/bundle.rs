@@ -163,6 +163,20 @@ impl BundleWriter {
         Ok(())
     }
 
+    /// Moves an already written file (e.g. a large memory streamed to a temporary path on the
+    /// same file system) into the bundle as `name` and records its hash.
+    pub fn add_file(&mut self, role: FileRole, name: &str, src: &Path) -> std::io::Result<()> {
+        let dest = self.dir.join(name);
+        if std::fs::rename(src, &dest).is_err() {
+            std::fs::copy(src, &dest)?;
+        }
+        let sha256 = sha256_file(&dest)?;
+        let bytes = std::fs::metadata(&dest)?.len();
+        self.files.retain(|f| f.role != role);
+        self.files.push(FileEntry { role, path: name.to_string(), sha256, bytes });
+        Ok(())
+    }
+
     /// Writes `bundle.toml` with the recorded files; `manifest.files` is replaced.
     pub fn finish(self, mut manifest: Manifest) -> Result<PathBuf, BundleError> {
         let path = self.dir.join(MANIFEST_FILE);

@@ -14,6 +14,9 @@ pub struct GenerationOptions {
     /// 1 = greedy.
     pub beam_width: usize,
     pub stop_token_ids: Vec<u32>,
+    /// DeCap only: project onto the k most similar memory entries (`Some(0)` = all of them);
+    /// `None` = the bundle's setting.
+    pub projection_top_k: Option<usize>,
 }
 
 impl GenerationOptions {
@@ -194,7 +197,7 @@ mod tests {
 
     #[test]
     fn stopped_beam_keeps_score_and_length() {
-        let opts = GenerationOptions { max_tokens: 10, beam_width: 2, stop_token_ids: vec![2] };
+        let opts = GenerationOptions { max_tokens: 10, beam_width: 2, stop_token_ids: vec![2], projection_top_k: None };
         let beams = vec![
             Beam { tokens: vec![2], score: -0.1, length: 1.0, stopped: true },
             Beam { tokens: vec![1], score: -1.0, length: 1.0, stopped: false },

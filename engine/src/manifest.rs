@@ -22,6 +22,9 @@ pub enum Architecture {
     ClipcapMlp,
     /// ClipCap with the transformer mapping network (learned constant queries).
     ClipcapTransformer,
+    /// DeCap: the image embedding is projected onto a memory of caption embeddings, then mapped
+    /// to a one-token prefix of a decoder trained on text only.
+    Decap,
 }
 
 impl Architecture {
@@ -29,6 +32,7 @@ impl Architecture {
         match self {
             Architecture::ClipcapMlp => "clipcap-mlp",
             Architecture::ClipcapTransformer => "clipcap-transformer",
+            Architecture::Decap => "decap",
         }
     }
 }
@@ -69,6 +73,8 @@ impl ModelDims {
 pub enum TokenizerKind {
     /// GPT-2 byte-level BPE (`vocab.json` + `merges.txt`).
     Gpt2Bpe,
+    /// CLIP's BPE (`vocab.json` + `merges.txt` with `</w>` word ends), for DeCap decoders.
+    ClipBpe,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +95,17 @@ pub struct GenerationConfig {
     pub beam_width: usize,
 }
 
+/// DeCap's projection of the image embedding onto the support memory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecapConfig {
+    /// Softmax temperature τ over the similarities (DeCap: 0.01).
+    pub temperature: f32,
+    /// Only the k most similar memory entries contribute; 0 = all of them (DeCap's projection).
+    #[serde(default)]
+    pub top_k: usize,
+}
+
 /// What a file in the bundle is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -105,6 +122,8 @@ pub enum FileRole {
     TokenizerVocab,
     /// GPT-2 `merges.txt`.
     TokenizerMerges,
+    /// DeCap support memory (safetensors, see [`crate::memory`]).
+    Memory,
 }
 
 impl FileRole {
@@ -141,6 +160,9 @@ pub struct Manifest {
     pub preprocess: PreprocessConfig,
     pub tokenizer: TokenizerSpec,
     pub generation: GenerationConfig,
+    /// Present exactly when `architecture = "decap"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decap: Option<DecapConfig>,
     pub files: Vec<FileEntry>,
 }
 
@@ -182,7 +204,25 @@ impl Manifest {
             return Err(format!("generation.stop_token_ids has {bad}, outside the vocabulary of {}", m.vocab_size));
         }
         self.preprocess.validate().map_err(|e| format!("preprocess: {e}"))?;
-        for role in FileRole::CLIPCAP {
+        let is_decap = self.architecture == Architecture::Decap;
+        match (&self.decap, is_decap) {
+            (None, true) => return Err("a decap bundle needs a [decap] section".into()),
+            (Some(_), false) => return Err(format!("[decap] section in a {} bundle", self.architecture.name())),
+            (Some(d), true) if !(d.temperature > 0.0 && d.temperature.is_finite()) => {
+                return Err(format!("decap.temperature must be positive, got {}", d.temperature));
+            }
+            _ => {}
+        }
+        let expected_tokenizer = if is_decap { TokenizerKind::ClipBpe } else { TokenizerKind::Gpt2Bpe };
+        if self.tokenizer.kind != expected_tokenizer {
+            return Err(format!(
+                "tokenizer.kind {:?} does not suit a {} bundle",
+                self.tokenizer.kind,
+                self.architecture.name()
+            ));
+        }
+        let decap_roles: &[FileRole] = if is_decap { &[FileRole::Memory] } else { &[] };
+        for &role in FileRole::CLIPCAP.iter().chain(decap_roles) {
             if self.file(role).is_none() {
                 return Err(format!("files: no entry for role `{}`", role_name(role)));
             }
@@ -208,5 +248,6 @@ pub fn role_name(role: FileRole) -> &'static str {
         FileRole::TokenEmbeddings => "token_embeddings",
         FileRole::TokenizerVocab => "tokenizer_vocab",
         FileRole::TokenizerMerges => "tokenizer_merges",
+        FileRole::Memory => "memory",
     }
 }

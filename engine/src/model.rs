@@ -11,8 +11,9 @@ use tract_onnx::prelude::*;
 use crate::bundle::Bundle;
 use crate::error::EngineError;
 use crate::manifest::{FileRole, Manifest, ModelDims};
+use crate::memory::SupportMemory;
 use crate::npy;
-use crate::tokenizer::Gpt2Tokenizer;
+use crate::tokenizer::TextTokenizer;
 
 type Plan = Arc<TypedRunnableModel>;
 
@@ -24,7 +25,9 @@ pub struct CaptionModel {
     /// [vocab, hidden] row-major: the decoder's input embeddings, looked up here rather than in
     /// the graph so that the graph's LM head is an untied matrix tract can pack once.
     token_embeddings: Vec<f32>,
-    pub tokenizer: Gpt2Tokenizer,
+    pub tokenizer: TextTokenizer,
+    /// DeCap's support memory (DeCap bundles only).
+    pub memory: Option<SupportMemory>,
 }
 
 impl CaptionModel {
@@ -55,9 +58,16 @@ impl CaptionModel {
             &[&[None, Some(dims.vocab_size)], &[l, Some(2), None, h, None, hd]],
         )?;
         let token_embeddings = load_token_embeddings(&bundle.path(FileRole::TokenEmbeddings), dims)?;
-        let tokenizer =
-            Gpt2Tokenizer::from_files(&bundle.path(FileRole::TokenizerVocab), &bundle.path(FileRole::TokenizerMerges))?;
-        Ok(CaptionModel { manifest: m.clone(), image_encoder, mapper, decoder, token_embeddings, tokenizer })
+        let tokenizer = TextTokenizer::from_files(
+            m.tokenizer.kind,
+            &bundle.path(FileRole::TokenizerVocab),
+            &bundle.path(FileRole::TokenizerMerges),
+        )?;
+        let memory = match m.file(FileRole::Memory) {
+            Some(_) => Some(load_memory(&bundle.path(FileRole::Memory), dims)?),
+            None => None,
+        };
+        Ok(CaptionModel { manifest: m.clone(), image_encoder, mapper, decoder, token_embeddings, tokenizer, memory })
     }
 
     pub fn dims(&self) -> &ModelDims {
@@ -176,6 +186,19 @@ fn load_token_embeddings(path: &Path, dims: &ModelDims) -> Result<Vec<f32>, Engi
         });
     }
     Ok(data)
+}
+
+fn load_memory(path: &Path, dims: &ModelDims) -> Result<SupportMemory, EngineError> {
+    let shown = path.display().to_string();
+    let memory =
+        SupportMemory::read(path).map_err(|e| EngineError::Graph { path: shown.clone(), message: e.problem })?;
+    if memory.dim != dims.embed_dim {
+        return Err(EngineError::Graph {
+            path: shown,
+            message: format!("memory rows are {} wide, the image embedding is {}", memory.dim, dims.embed_dim),
+        });
+    }
+    Ok(memory)
 }
 
 pub(crate) fn tensor_from<T: Datum + Copy>(

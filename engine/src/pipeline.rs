@@ -38,6 +38,8 @@ pub struct Caption {
 pub struct Trace {
     pub pixel_values: Vec<f32>,
     pub image_embeds: Vec<f32>,
+    /// DeCap: the image embedding projected onto the support memory (the mapper's input).
+    pub projected: Option<Vec<f32>>,
     pub prefix: Vec<f32>,
     /// Logits predicting the first token (at the last prefix position).
     pub logits_step0: Vec<f32>,
@@ -52,6 +54,7 @@ impl CaptionModel {
             max_tokens: g.max_tokens,
             beam_width: g.beam_width,
             stop_token_ids: g.stop_token_ids.clone(),
+            projection_top_k: None,
         }
     }
 
@@ -89,13 +92,22 @@ impl CaptionModel {
         let image_embeds = self.embed_image(&pixel_values)?;
         timings.image_encoder = t.elapsed();
         let t = Instant::now();
-        let prefix = self.map_prefix(&image_embeds)?;
+        let projected = self.project(&image_embeds, opts);
+        let prefix = self.map_prefix(projected.as_deref().unwrap_or(&image_embeds))?;
         timings.mapper = t.elapsed();
         let t = Instant::now();
         let generated = generate(&mut DecoderState::new(self, 1)?, &prefix, self.dims().prefix_length, opts)?;
         timings.decoder = t.elapsed();
         let (tokens, logits_step0) = (generated.tokens, generated.first_logits);
-        let text = self.tokenizer.decode(&tokens)?.trim().to_string();
-        Ok(Trace { pixel_values, image_embeds, prefix, logits_step0, caption: Caption { text, tokens, timings } })
+        let text = self.tokenizer.decode(&tokens)?;
+        let caption = Caption { text, tokens, timings };
+        Ok(Trace { pixel_values, image_embeds, projected, prefix, logits_step0, caption })
+    }
+
+    /// DeCap's projection onto the support memory; `None` for ClipCap bundles.
+    pub fn project(&self, image_embeds: &[f32], opts: &GenerationOptions) -> Option<Vec<f32>> {
+        let (memory, decap) = (self.memory.as_ref()?, self.manifest.decap.as_ref()?);
+        let top_k = opts.projection_top_k.unwrap_or(decap.top_k);
+        Some(memory.project(image_embeds, decap.temperature, (top_k > 0).then_some(top_k)))
     }
 }

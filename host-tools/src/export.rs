@@ -49,10 +49,7 @@ pub fn export_clipcap(opts: &ExportOptions) -> Result<Manifest> {
     let steps = Steps::new(opts.progress, 7);
 
     steps.next("reading CLIP");
-    let clip_config = read_json(&opts.clip.join("config.json"))?;
-    let vision_cfg = ClipVisionConfig::from_hf_config(&clip_config)
-        .with_context(|| format!("{}: unusable CLIP config", opts.clip.join("config.json").display()))?;
-    let clip_weights = checkpoint::read_hf_dir(&opts.clip)?;
+    let (vision_cfg, clip_weights) = read_clip_vision(&opts.clip)?;
 
     steps.next("reading ClipCap checkpoint");
     let ckpt = checkpoint::read_tensors(&opts.clipcap)?;
@@ -140,6 +137,7 @@ pub fn export_clipcap(opts: &ExportOptions) -> Result<Manifest> {
             stop_token_ids: vec![stop],
             beam_width: 1,
         },
+        decap: None,
         files: Vec::new(),
     };
     let path = writer.finish(manifest)?;
@@ -148,6 +146,14 @@ pub fn export_clipcap(opts: &ExportOptions) -> Result<Manifest> {
         .with_context(|| format!("{}: the new bundle does not load", opts.out.display()))?;
     log::info!("wrote {}", path.display());
     Ok(model.manifest)
+}
+
+/// The vision config and all weights of an HF CLIP directory.
+pub(crate) fn read_clip_vision(clip: &Path) -> Result<(ClipVisionConfig, TensorMap)> {
+    let clip_config = read_json(&clip.join("config.json"))?;
+    let vision_cfg = ClipVisionConfig::from_hf_config(&clip_config)
+        .with_context(|| format!("{}: unusable CLIP config", clip.join("config.json").display()))?;
+    Ok((vision_cfg, checkpoint::read_hf_dir(clip)?))
 }
 
 /// Every key of a ClipCap checkpoint belongs to the mapper or the language model.
@@ -197,7 +203,7 @@ fn lm_config(weights: &TensorMap, opts: &ExportOptions) -> Result<Gpt2Config> {
 
 /// Accepts `GPT2LMHeadModel` (`transformer.*` + `lm_head.weight`) and `GPT2Model` (bare) names;
 /// drops the stale attention-mask buffers old transformers versions saved; unties the LM head.
-fn normalise_gpt2_names(raw: TensorMap) -> Result<TensorMap> {
+pub(crate) fn normalise_gpt2_names(raw: TensorMap) -> Result<TensorMap> {
     let mut out = TensorMap::new();
     for (name, t) in raw.iter() {
         let name = name.strip_prefix("transformer.").unwrap_or(name);
@@ -213,7 +219,7 @@ fn normalise_gpt2_names(raw: TensorMap) -> Result<TensorMap> {
     Ok(out)
 }
 
-fn infer_gpt2_config(w: &TensorMap, heads: Option<usize>) -> Result<Gpt2Config> {
+pub(crate) fn infer_gpt2_config(w: &TensorMap, heads: Option<usize>) -> Result<Gpt2Config> {
     let wte = w.get("wte.weight")?;
     let wpe = w.get("wpe.weight")?;
     let (&[vocab_size, n_embd], &[n_positions, _]) = (&wte.shape[..], &wpe.shape[..]) else {
@@ -232,7 +238,7 @@ fn infer_gpt2_config(w: &TensorMap, heads: Option<usize>) -> Result<Gpt2Config> 
 }
 
 /// Refuses unknown tensors: they mean a different architecture, not something to drop silently.
-fn check_gpt2_keys(w: &TensorMap, cfg: &Gpt2Config) -> Result<()> {
+pub(crate) fn check_gpt2_keys(w: &TensorMap, cfg: &Gpt2Config) -> Result<()> {
     let mut expected: Vec<String> =
         ["wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias", "lm_head.weight"].map(String::from).to_vec();
     for i in 0..cfg.n_layer {
@@ -282,7 +288,7 @@ fn read_tokenizer_files(dir: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
 }
 
 /// Preprocessing from the CLIP directory's `preprocessor_config.json` when present, else CLIP's.
-fn clip_preprocess(clip_dir: &Path) -> Result<PreprocessConfig> {
+pub(crate) fn clip_preprocess(clip_dir: &Path) -> Result<PreprocessConfig> {
     let path = clip_dir.join("preprocessor_config.json");
     let mut cfg = PreprocessConfig::default();
     if !path.is_file() {
@@ -309,22 +315,22 @@ fn clip_preprocess(clip_dir: &Path) -> Result<PreprocessConfig> {
     Ok(cfg)
 }
 
-fn read_json(path: &Path) -> Result<serde_json::Value> {
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
 }
 
-fn file_name(p: &Path) -> String {
+pub(crate) fn file_name(p: &Path) -> String {
     p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 /// A step counter shown as a progress bar on a terminal, as log lines otherwise.
-struct Steps {
+pub(crate) struct Steps {
     bar: Option<ProgressBar>,
 }
 
 impl Steps {
-    fn new(show: bool, total: u64) -> Steps {
+    pub(crate) fn new(show: bool, total: u64) -> Steps {
         let bar = show.then(|| {
             let bar = ProgressBar::new(total);
             bar.set_style(
@@ -337,7 +343,7 @@ impl Steps {
         Steps { bar }
     }
 
-    fn next(&self, what: &str) {
+    pub(crate) fn next(&self, what: &str) {
         log::info!("export: {what}");
         if let Some(bar) = &self.bar {
             bar.inc(1);
@@ -345,7 +351,7 @@ impl Steps {
         }
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_with_message("done");
         }

@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod export;
+pub mod export_decap;
 pub mod memory;
 pub mod onnx;
 pub mod tensor;

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use edgecap_engine::model::CaptionModel;
 use host_tools::export::{export_clipcap, ExportOptions};
+use host_tools::export_decap::{export_decap, DecapExportOptions};
 use host_tools::memory::{build_memory, MemoryOptions};
 
 #[derive(Parser)]
@@ -18,23 +19,44 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Convert ClipCap weights (HF CLIP dir + ClipCap checkpoint [+ HF GPT-2 dir]) into an fp32 bundle.
+    /// Convert weights into an fp32 bundle: HF CLIP dir + a ClipCap checkpoint [+ HF GPT-2 dir],
+    /// or HF CLIP dir + a DeCap checkpoint + a support memory.
+    #[command(group(clap::ArgGroup::new("model").required(true).args(["clipcap", "decap"])))]
     Export {
         /// HF CLIP directory (config.json + model.safetensors), as save_pretrained writes it.
         #[arg(long)]
         clip: PathBuf,
         /// ClipCap checkpoint saved with torch.save(model.state_dict()).
         #[arg(long)]
-        clipcap: PathBuf,
-        /// HF GPT-2 directory: config always; weights when the checkpoint has no gpt.* keys.
+        clipcap: Option<PathBuf>,
+        /// DeCap checkpoint saved with torch.save(model.state_dict()).
         #[arg(long)]
+        decap: Option<PathBuf>,
+        /// HF GPT-2 directory: config always; weights when the checkpoint has no gpt.* keys (ClipCap).
+        #[arg(long, conflicts_with = "decap")]
         lm: Option<PathBuf>,
-        /// Directory with GPT-2 vocab.json + merges.txt, or tokenizer.json (default: --lm).
+        /// ClipCap: GPT-2 vocab.json + merges.txt or tokenizer.json dir (default: --lm). DeCap: CLIP's
+        /// bpe_simple_vocab_16e6.txt.gz or a vocab.json + merges.txt dir (default: --clip).
         #[arg(long)]
         tokenizer: Option<PathBuf>,
-        /// GPT-2 attention heads when no config.json says (default: width / 64).
-        #[arg(long)]
+        /// ClipCap: GPT-2 attention heads when no config.json says (default: width / 64).
+        #[arg(long, conflicts_with = "decap")]
         heads: Option<usize>,
+        /// DeCap: support memory from `host-tools memory build`.
+        #[arg(long, requires = "decap", conflicts_with = "memory_captions")]
+        memory: Option<PathBuf>,
+        /// DeCap: build the support memory from these captions (one per line).
+        #[arg(long, requires = "decap")]
+        memory_captions: Option<PathBuf>,
+        /// DeCap: decoder attention heads (the checkpoint does not say; the released model has 4).
+        #[arg(long, requires = "decap")]
+        decoder_heads: Option<usize>,
+        /// DeCap: softmax temperature of the projection onto the memory.
+        #[arg(long, requires = "decap", default_value_t = host_tools::export_decap::DECAP_TEMPERATURE)]
+        temperature: f32,
+        /// DeCap: project onto the K most similar memory entries only (0 = all).
+        #[arg(long, requires = "decap", default_value_t = 0)]
+        top_k: usize,
         /// Bundle directory to write.
         #[arg(long)]
         out: PathBuf,
@@ -99,13 +121,42 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Export { clip, clipcap, lm, tokenizer, heads, out } => {
+        Command::Export {
+            clip,
+            clipcap,
+            decap,
+            lm,
+            tokenizer,
+            heads,
+            memory,
+            memory_captions,
+            decoder_heads,
+            temperature,
+            top_k,
+            out,
+        } => {
             let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let manifest =
-                export_clipcap(&ExportOptions { clip, clipcap, lm, tokenizer, heads, out: out.clone(), progress })?;
+            let manifest = match (clipcap, decap) {
+                (Some(clipcap), _) => {
+                    export_clipcap(&ExportOptions { clip, clipcap, lm, tokenizer, heads, out: out.clone(), progress })?
+                }
+                (None, Some(decap)) => export_decap(&DecapExportOptions {
+                    clip,
+                    decap,
+                    memory,
+                    memory_captions,
+                    tokenizer,
+                    decoder_heads,
+                    temperature,
+                    top_k,
+                    out: out.clone(),
+                    progress,
+                })?,
+                (None, None) => unreachable!("clap requires --clipcap or --decap"),
+            };
             let m = &manifest.model;
             println!(
-                "{}: {} bundle, prefix {}, GPT-2 {} layers × {} wide, vocabulary {}",
+                "{}: {} bundle, prefix {}, decoder {} layers × {} wide, vocabulary {}",
                 out.display(),
                 manifest.architecture.name(),
                 m.prefix_length,

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use edgecap_engine::tokenizer::ClipTokenizer;
+use edgecap_engine::tokenizer::{clip_vocab_from_bpe, ClipTokenizer};
 use prost::Message;
 use tract_onnx::prelude::*;
 
@@ -107,6 +107,26 @@ pub fn load_clip_tokenizer(clip_dir: &Path, explicit: Option<&Path>) -> Result<C
         );
     }
     Ok(ClipTokenizer::from_files(&vocab, &merges)?)
+}
+
+/// The CLIP tokenizer as the `vocab.json` + `merges.txt` bytes a bundle stores, from the same
+/// sources as [`load_clip_tokenizer`].
+pub fn clip_tokenizer_files(clip_dir: &Path, explicit: Option<&Path>) -> Result<(Vec<u8>, Vec<u8>)> {
+    if let Some(file) = explicit.filter(|p| !p.is_dir()) {
+        let (vocab, merges) = clip_vocab_from_bpe(&read_maybe_gz(file)?, file)?;
+        return Ok((serde_json::to_vec(&vocab)?, merges.into_bytes()));
+    }
+    let dir = explicit.unwrap_or(clip_dir);
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read(&p).with_context(|| {
+            format!(
+                "{}: cannot read (pass --tokenizer bpe_simple_vocab_16e6.txt.gz for open_clip's vocabulary)",
+                p.display()
+            )
+        })
+    };
+    Ok((read("vocab.json")?, read("merges.txt")?))
 }
 
 fn read_maybe_gz(path: &Path) -> Result<String> {

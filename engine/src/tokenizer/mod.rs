@@ -23,7 +23,41 @@ pub use gpt2::Gpt2Tokenizer;
 
 use std::path::{Path, PathBuf};
 
+use crate::manifest::TokenizerKind;
+
 use serde::Deserialize;
+
+/// The tokenizer a bundle's decoder speaks.
+#[derive(Debug, Clone)]
+pub enum TextTokenizer {
+    Gpt2(Gpt2Tokenizer),
+    Clip(ClipTokenizer),
+}
+
+impl TextTokenizer {
+    /// Loads `vocab.json` + `merges.txt` of the given kind.
+    pub fn from_files(kind: TokenizerKind, vocab: &Path, merges: &Path) -> Result<Self, TokenizerError> {
+        Ok(match kind {
+            TokenizerKind::Gpt2Bpe => TextTokenizer::Gpt2(Gpt2Tokenizer::from_files(vocab, merges)?),
+            TokenizerKind::ClipBpe => TextTokenizer::Clip(ClipTokenizer::from_files(vocab, merges)?),
+        })
+    }
+
+    /// Caption text of generated ids (CLIP's start/end tokens dropped), trimmed.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        Ok(match self {
+            TextTokenizer::Gpt2(t) => t.decode(ids)?.trim().to_string(),
+            TextTokenizer::Clip(t) => t.decode(ids)?,
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            TextTokenizer::Gpt2(t) => t.vocab_size(),
+            TextTokenizer::Clip(t) => t.vocab_size(),
+        }
+    }
+}
 
 /// Everything that can go wrong while loading a tokenizer or decoding ids.
 #[derive(Debug, thiserror::Error)]

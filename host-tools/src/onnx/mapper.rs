@@ -184,6 +184,22 @@ pub fn build(cfg: &MapperConfig, w: &TensorMap) -> Result<pb::ModelProto> {
     Ok(g.finish())
 }
 
+/// DeCap's `clip_project`: one `Linear(E → D)` (weights `model.0.*`) giving a one-token prefix,
+/// `image_embeds` [N, E] (the projected embedding) → `prefix` [N, 1, D].
+pub fn build_decap(w: &TensorMap) -> Result<(pb::ModelProto, usize, usize)> {
+    let (_, hidden, embed_dim) = matrix(w, "model.0.weight")?;
+    let expected: BTreeSet<&str> = ["model.0.weight", "model.0.bias"].into();
+    if let Some(extra) = w.names().find(|n| !expected.contains(*n)) {
+        bail!("unexpected tensor `clip_project.{extra}` in a DeCap projection (only model.0.weight/bias)");
+    }
+    let mut g = GraphBuilder::new("decap_projection");
+    let emb = g.input("image_embeds", Elem::F32, &[Dim::sym("batch"), embed_dim.into()])?;
+    let h = g.linear(&emb, w, "model.0", (embed_dim, hidden), true)?;
+    let prefix = g.reshape(&h, "prefix_tokens", &[0, 1, hidden as i64]);
+    g.output(&prefix, "prefix", Elem::F32, &[Dim::sym("batch"), 1.into(), hidden.into()])?;
+    Ok((g.finish(), embed_dim, hidden))
+}
+
 fn mlp(g: &mut GraphBuilder, cfg: &MapperConfig, w: &TensorMap, x: &str) -> Result<String> {
     let out = cfg.prefix_length * cfg.hidden_size;
     let h = g.linear(x, w, "model.0", (cfg.embed_dim, out / 2), true)?;
