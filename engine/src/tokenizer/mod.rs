@@ -30,16 +30,16 @@ use serde::Deserialize;
 /// The tokenizer a bundle's decoder speaks.
 #[derive(Debug, Clone)]
 pub enum TextTokenizer {
-    Gpt2(Gpt2Tokenizer),
-    Clip(ClipTokenizer),
+    Gpt2(Box<Gpt2Tokenizer>),
+    Clip(Box<ClipTokenizer>),
 }
 
 impl TextTokenizer {
     /// Loads `vocab.json` + `merges.txt` of the given kind.
     pub fn from_files(kind: TokenizerKind, vocab: &Path, merges: &Path) -> Result<Self, TokenizerError> {
         Ok(match kind {
-            TokenizerKind::Gpt2Bpe => TextTokenizer::Gpt2(Gpt2Tokenizer::from_files(vocab, merges)?),
-            TokenizerKind::ClipBpe => TextTokenizer::Clip(ClipTokenizer::from_files(vocab, merges)?),
+            TokenizerKind::Gpt2Bpe => TextTokenizer::Gpt2(Box::new(Gpt2Tokenizer::from_files(vocab, merges)?)),
+            TokenizerKind::ClipBpe => TextTokenizer::Clip(Box::new(ClipTokenizer::from_files(vocab, merges)?)),
         })
     }
 
