@@ -10,6 +10,7 @@ use edgecap_engine::npy;
 use edgecap_tests::{binary, cosine, fixtures, floats, ids, max_abs_diff};
 use host_tools::export_decap::{export_decap, DecapExportOptions};
 use host_tools::memory::{build_memory, MemoryOptions};
+use host_tools::projection::{compare_top_k, TopKAgreement};
 use host_tools::text_encoder::TextEncoder;
 
 fn decap_dir() -> PathBuf {
@@ -241,4 +242,34 @@ fn caption_and_trace_commands_work_on_decap_bundles() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (shape, _) = npy::read::<f32>(&trace_dir.join("projected.npy")).unwrap();
     assert_eq!(shape, vec![1, 32]);
+}
+
+#[test]
+fn top_k_projection_report_counts_changed_captions() {
+    let dir = tempfile::tempdir().unwrap();
+    export_decap(&export_options(dir.path().join("bundle"))).unwrap();
+    let model = CaptionModel::load(&dir.path().join("bundle")).unwrap();
+    let rows = model.memory.as_ref().unwrap().rows;
+    let images = vec![
+        fixtures().join("images/chelsea.png"),
+        fixtures().join("bad/truncated.jpg"),
+        fixtures().join("images/rocket.bmp"),
+    ];
+    let report = compare_top_k(&model, &images, &[1, rows]).unwrap();
+    assert_eq!(report.rows, rows);
+    assert_eq!(report.failed.len(), 1);
+    assert!(report.failed[0].1.contains("truncated.jpg"));
+    // Top-"all" is the full projection: nothing may change.
+    assert_eq!(report.per_k[1], TopKAgreement { k: rows, images: 2, changed: 0 });
+    // Top-1 changes a caption exactly when its greedy tokens differ from the full projection's.
+    let mut opts = model.default_options();
+    let mut changed = 0;
+    for path in [&images[0], &images[2]] {
+        let rgb = edgecap_engine::image_load::load_rgb(path).unwrap();
+        opts.projection_top_k = Some(0);
+        let full = model.caption(&rgb, &opts).unwrap().tokens;
+        opts.projection_top_k = Some(1);
+        changed += usize::from(model.caption(&rgb, &opts).unwrap().tokens != full);
+    }
+    assert_eq!(report.per_k[0].changed, changed);
 }

@@ -5,6 +5,7 @@ pub mod export;
 pub mod export_decap;
 pub mod memory;
 pub mod onnx;
+pub mod projection;
 pub mod tensor;
 pub mod text_encoder;
 pub mod trace;

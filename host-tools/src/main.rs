@@ -9,6 +9,7 @@ use edgecap_engine::model::CaptionModel;
 use host_tools::export::{export_clipcap, ExportOptions};
 use host_tools::export_decap::{export_decap, DecapExportOptions};
 use host_tools::memory::{build_memory, MemoryOptions};
+use host_tools::projection::{compare_top_k, image_paths};
 
 #[derive(Parser)]
 #[command(name = "host-tools", version, about = "Export, inspect and check edgecap model bundles")]
@@ -64,6 +65,17 @@ enum Command {
     /// DeCap support memories.
     #[command(subcommand)]
     Memory(MemoryCommand),
+    /// DeCap: how often a top-k projection changes the caption against the full projection.
+    Projection {
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Values of k to compare (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,8,64,512")]
+        top_k: Vec<usize>,
+        /// Image files or directories.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
     /// Caption one image and write its intermediate tensors as .npy files.
     Trace {
         #[arg(long)]
@@ -180,6 +192,20 @@ fn run(cli: Cli) -> Result<()> {
                 s.blank_lines,
                 s.truncated
             );
+            Ok(())
+        }
+        Command::Projection { bundle, top_k, images } => {
+            let model = CaptionModel::load(&bundle).with_context(|| format!("loading {}", bundle.display()))?;
+            let report = compare_top_k(&model, &image_paths(&images)?, &top_k)?;
+            for (path, e) in &report.failed {
+                eprintln!("skipped {}: {e}", path.display());
+            }
+            println!("{:>8}  {:>8}  {:>16}", "top-k", "images", "caption changed");
+            for r in &report.per_k {
+                let pct = 100.0 * r.changed as f64 / r.images.max(1) as f64;
+                println!("{:>8}  {:>8}  {:>8} ({pct:5.1}%)", r.k, r.images, r.changed);
+            }
+            println!("(memory of {} captions; full projection = all of them)", report.rows);
             Ok(())
         }
         Command::Trace { bundle, image, out, beam } => {
