@@ -22,7 +22,11 @@ fn clip_bpe() -> PathBuf {
 }
 
 fn reference() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(decap_dir().join("reference.json")).unwrap()).unwrap()
+    reference_in(&decap_dir())
+}
+
+fn reference_in(dir: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap()
 }
 
 #[test]
@@ -126,14 +130,19 @@ fn bad_corpora_get_one_line_errors_and_leave_no_file() {
 }
 
 fn export_options(out: PathBuf) -> DecapExportOptions {
+    export_options_in(&decap_dir(), out)
+}
+
+fn export_options_in(dir: &std::path::Path, out: PathBuf) -> DecapExportOptions {
+    let reference = reference_in(dir);
     DecapExportOptions {
-        clip: decap_dir().join("clip-tiny"),
-        decap: decap_dir().join("decap.pt"),
+        clip: dir.join("clip-tiny"),
+        decap: dir.join("decap.pt"),
         memory: None,
-        memory_captions: Some(decap_dir().join("captions.txt")),
+        memory_captions: Some(dir.join("captions.txt")),
         tokenizer: Some(clip_bpe()),
-        decoder_heads: Some(reference()["decoder_heads"].as_u64().unwrap() as usize),
-        temperature: reference()["temperature"].as_f64().unwrap() as f32,
+        decoder_heads: Some(reference["decoder_heads"].as_u64().unwrap() as usize),
+        temperature: reference["temperature"].as_f64().unwrap() as f32,
         top_k: 0,
         out,
         progress: false,
@@ -154,14 +163,27 @@ fn relative_diff(got: &[f32], want: &[f32]) -> f32 {
 
 #[test]
 fn exported_decap_bundles_caption_like_the_reference() {
+    check_export(&decap_dir());
+}
+
+/// Full-size layouts (ViT-B/32 CLIP, the released decoder's shape); needs
+/// `make_decap_fixtures.py --full DIR` (torch) first, so opt-in.
+#[test]
+#[ignore = "set EDGECAP_FULL_DECAP_FIXTURES to the output of make_decap_fixtures.py --full"]
+fn full_size_decap_matches_pytorch() {
+    let dir = PathBuf::from(std::env::var("EDGECAP_FULL_DECAP_FIXTURES").expect("EDGECAP_FULL_DECAP_FIXTURES"));
+    check_export(&dir);
+}
+
+fn check_export(fixture_dir: &std::path::Path) {
     let dir = tempfile::tempdir().unwrap();
-    let reference = reference();
-    let manifest = export_decap(&export_options(dir.path().join("bundle"))).unwrap();
+    let reference = reference_in(fixture_dir);
+    let manifest = export_decap(&export_options_in(fixture_dir, dir.path().join("bundle"))).unwrap();
     assert_eq!(manifest.model.vocab_size, 49408, "LM head trimmed to CLIP's vocabulary");
     let model = CaptionModel::load(&dir.path().join("bundle")).unwrap();
     let mut opts = model.default_options();
     assert_eq!((opts.max_tokens, opts.stop_token_ids.clone()), (30, vec![49407]));
-    let (shape, logits) = npy::read::<f32>(&decap_dir().join("logits_step0.npy")).unwrap();
+    let (shape, logits) = npy::read::<f32>(&fixture_dir.join("logits_step0.npy")).unwrap();
     for (i, case) in reference["images"].as_array().unwrap().iter().enumerate() {
         let file = case["file"].as_str().unwrap();
         opts.projection_top_k = None;
