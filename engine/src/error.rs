@@ -38,3 +38,19 @@ impl EngineError {
         matches!(self, EngineError::Image(_))
     }
 }
+
+/// An error and its chain of causes on one line, outermost first, skipping a cause whose text
+/// an earlier part already contains (wrappers often repeat their source). Both binaries print
+/// user-facing errors this way.
+pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(cause) = next {
+        let text = cause.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = cause.source();
+    }
+    parts.join(": ")
+}

@@ -36,7 +36,7 @@ pub fn run(args: &CaptionArgs) -> u8 {
     let (model, opts) = match load(args) {
         Ok(loaded) => loaded,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            eprintln!("error: {}", edgecap_engine::error::one_line(e.as_ref()));
             return exit::FATAL;
         }
     };
@@ -121,15 +121,4 @@ fn success_line(args: &CaptionArgs, image: &std::path::Path, caption: &Caption, 
     } else {
         format!("{}: {}", image.display(), caption.text)
     }
-}
-
-fn one_line(e: &anyhow::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for cause in e.chain() {
-        let text = cause.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-    }
-    parts.join(": ")
 }
