@@ -120,3 +120,31 @@ fn export_refuses_a_file_that_is_not_a_checkpoint() {
     let line = stderr.lines().find(|l| l.starts_with("error: ")).expect("an error line");
     assert!(line.contains("not_an_image.jpg"), "{line}");
 }
+
+#[test]
+fn caption_without_bundle_uses_the_default_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = tiny_bundle(dir.path());
+    let image = fixtures().join("images/coffee.webp");
+    // From an unrelated working directory, the bundle named by EDGECAP_BUNDLE.
+    let (out, stdout, stderr) = run(Command::new(binary("edgecap"))
+        .current_dir(dir.path())
+        .env("EDGECAP_BUNDLE", &bundle)
+        .arg("caption")
+        .arg(&image));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.starts_with(&format!("{}: ", image.display())), "{stdout}");
+    // ./models/default in the working directory.
+    std::fs::create_dir_all(dir.path().join("models")).unwrap();
+    std::fs::rename(&bundle, dir.path().join("models/default")).unwrap();
+    let (out, _, stderr) = run(Command::new(binary("edgecap")).current_dir(dir.path()).arg("caption").arg(&image));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // A named bundle that is not there is an error naming it, not a silent fallback.
+    let (out, _, stderr) = run(Command::new(binary("edgecap"))
+        .current_dir(dir.path())
+        .env("EDGECAP_BUNDLE", dir.path().join("gone"))
+        .arg("caption")
+        .arg(&image));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("gone"), "{stderr}");
+}
