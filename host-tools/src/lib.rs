@@ -1,7 +1,14 @@
 //! host-tools: turn users' weights into edgecap bundles and inspect what the engine computes.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod export;
+pub mod images;
+pub mod metrics;
 pub mod onnx;
+pub mod progress;
+pub mod quantize;
+pub mod references;
 pub mod tensor;
 pub mod trace;
+pub mod validate;
