@@ -32,6 +32,7 @@ fn quantize_options(fp32: &Path, out: &Path, scheme: QuantScheme) -> QuantizeOpt
         calibration: fixtures().join("images"),
         scheme,
         float_lm_head: false,
+        all_int8: true,
         progress: false,
     }
 }

@@ -56,6 +56,9 @@ enum Command {
         /// Keep the decoder's LM head in float.
         #[arg(long)]
         float_lm_head: bool,
+        /// Write every graph in int8, even one that measures slower than fp32 on this machine.
+        #[arg(long)]
+        all_int8: bool,
     },
     /// Compare an int8 bundle with its fp32 original; exit 0 pass, 1 fail, 2 error.
     Validate {
@@ -142,24 +145,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Quantize { bundle, out, calibration, scheme, float_lm_head } => {
+        Command::Quantize { bundle, out, calibration, scheme, float_lm_head, all_int8 } => {
             let scheme = match scheme {
                 SchemeArg::StaticMinmax => QuantScheme::StaticMinMax,
                 SchemeArg::StaticPercentile => QuantScheme::StaticPercentile,
                 SchemeArg::Dynamic => QuantScheme::Dynamic,
             };
             let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let opts = QuantizeOptions { bundle, out: out.clone(), calibration, scheme, float_lm_head, progress };
+            let opts =
+                QuantizeOptions { bundle, out: out.clone(), calibration, scheme, float_lm_head, all_int8, progress };
             let report = quantize_bundle(&opts)?;
             for g in &report.graphs {
                 println!(
-                    "{:<20} {:>8.1} MiB → {:>7.1} MiB  ({} linear layers int8, {} blocks, {} float)",
+                    "{:<20} {:>8.1} MiB → {:>7.1} MiB  {:>8.2} ms fp32 {:>8.2} ms int8  {}",
                     g.file,
                     mib(g.fp32_bytes),
                     mib(g.int8_bytes),
-                    g.stats.sites,
-                    g.stats.blocks,
-                    g.stats.kept_float
+                    g.fp32_ms,
+                    g.int8_ms,
+                    if g.kept_fp32 {
+                        "fp32 kept (int8 not faster here)".to_string()
+                    } else {
+                        format!("int8: {} linear layers in {} blocks", g.stats.sites, g.stats.blocks)
+                    }
                 );
             }
             println!(

@@ -59,6 +59,8 @@ pub struct QuantizeOptions {
     pub scheme: QuantScheme,
     /// Keep the decoder's LM head in float.
     pub float_lm_head: bool,
+    /// Write int8 graphs even where they measure slower than fp32 here.
+    pub all_int8: bool,
     pub progress: bool,
 }
 
@@ -69,6 +71,11 @@ pub struct GraphReport {
     pub fp32_bytes: u64,
     pub int8_bytes: u64,
     pub stats: RewriteStats,
+    /// Median run time of one input (the decoder: one token step) on this machine.
+    pub fp32_ms: f64,
+    pub int8_ms: f64,
+    /// int8 measured slower, so the bundle holds the fp32 graph.
+    pub kept_fp32: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -95,28 +102,24 @@ pub fn quantize_bundle(opts: &QuantizeOptions) -> Result<QuantizeReport> {
     let model = CaptionModel::from_bundle(&bundle).with_context(|| format!("cannot load bundle {shown}"))?;
     let steps = Steps::new(opts.progress, "quantize", 2 + GRAPHS.len() as u64);
 
+    // The fp32 bundle's activations on the calibration photographs (also the timing inputs).
+    steps.next("running the fp32 bundle on the calibration images");
+    let samples = images::load_dir(&opts.calibration)?;
     let mut inputs: Vec<Vec<TVec<TValue>>> = vec![Vec::new(); GRAPHS.len()];
-    let mut calibration_images = 0;
-    if opts.scheme.method().is_some() {
-        steps.next("running the fp32 bundle on the calibration images");
-        let samples = images::load_dir(&opts.calibration)?;
-        calibration_images = samples.len();
-        for s in &samples {
-            let per_graph = calibration_inputs(&model, &s.image)
-                .with_context(|| format!("{}: calibration run failed", s.path.display()))?;
-            for (all, one) in inputs.iter_mut().zip(per_graph) {
-                all.push(one);
-            }
+    for s in &samples {
+        let per_graph = calibration_inputs(&model, &s.image)
+            .with_context(|| format!("{}: calibration run failed", s.path.display()))?;
+        for (all, one) in inputs.iter_mut().zip(per_graph) {
+            all.push(one);
         }
-    } else {
-        steps.next("dynamic scheme: no calibration");
     }
+    let timing = timing_inputs(&model, &inputs)?;
 
     let mut writer =
         BundleWriter::create(&opts.out).with_context(|| format!("{}: cannot create bundle", opts.out.display()))?;
     let write_err = || format!("{}: cannot write bundle", opts.out.display());
     let mut graphs = Vec::new();
-    for ((role, label), graph_inputs) in GRAPHS.iter().zip(&inputs) {
+    for (((role, label), graph_inputs), timing) in GRAPHS.iter().zip(&inputs).zip(&timing) {
         steps.next(&format!("quantizing the {label}"));
         let entry = bundle.manifest.file(*role).context("manifest checked at open")?;
         let bytes = std::fs::read(bundle.path(*role)).with_context(|| format!("{}: cannot read", entry.path))?;
@@ -125,20 +128,31 @@ pub fn quantize_bundle(opts: &QuantizeOptions) -> Result<QuantizeReport> {
         let (int8, stats) = quantize_graph(&fp32, graph_inputs, opts, *role == FileRole::Decoder)
             .with_context(|| format!("{}: cannot quantize the {label}", bundle.path(*role).display()))?;
         let encoded = int8.encode_to_vec();
-        writer.add(*role, &entry.path, &encoded).with_context(write_err)?;
+        let fp32_ms = median_run_ms(&bytes, timing).with_context(|| format!("timing the fp32 {label}"))?;
+        let int8_ms = median_run_ms(&encoded, timing).with_context(|| format!("timing the int8 {label}"))?;
+        // tract's int8 kernels are not faster everywhere (x86 AVX-512 at 50-row products is
+        // ~3x slower than fp32): keep the fp32 graph where int8 measures slower, unless asked.
+        let kept_fp32 = int8_ms >= fp32_ms && !opts.all_int8;
+        let written = if kept_fp32 { &bytes } else { &encoded };
+        writer.add(*role, &entry.path, written).with_context(write_err)?;
         log::info!(
-            "{label}: {} linear layers int8 in {} blocks, {} kept float, {:.1} MiB → {:.1} MiB",
+            "{label}: {} linear layers int8 in {} blocks ({} matmuls left float), {:.1} MiB → {:.1} MiB, \
+             {fp32_ms:.2} ms fp32 vs {int8_ms:.2} ms int8{}",
             stats.sites,
             stats.blocks,
-            stats.kept_float,
+            stats.float_matmuls,
             mib(bytes.len() as u64),
-            mib(encoded.len() as u64)
+            mib(encoded.len() as u64),
+            if kept_fp32 { ": int8 is not faster here, fp32 kept" } else { "" }
         );
         graphs.push(GraphReport {
             file: entry.path.clone(),
             fp32_bytes: bytes.len() as u64,
-            int8_bytes: encoded.len() as u64,
+            int8_bytes: written.len() as u64,
             stats,
+            fp32_ms,
+            int8_ms,
+            kept_fp32,
         });
     }
 
@@ -150,7 +164,21 @@ pub fn quantize_bundle(opts: &QuantizeOptions) -> Result<QuantizeReport> {
     }
     let mut manifest = bundle.manifest.clone();
     manifest.precision = Precision::Int8;
-    manifest.source = format!("{}; int8 ({}) by host-tools quantize", manifest.source, opts.scheme.name());
+    let names = |kept: bool| {
+        let v: Vec<&str> = graphs.iter().filter(|g| g.kept_fp32 == kept).map(|g| g.file.as_str()).collect();
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    manifest.source = format!(
+        "{}; int8 ({}) by host-tools quantize: int8 {}; fp32 (faster in tract) {}",
+        manifest.source,
+        opts.scheme.name(),
+        names(false),
+        names(true)
+    );
     writer.finish(manifest)?;
     steps.finish();
     let int8 = CaptionModel::load(&opts.out)
@@ -159,7 +187,7 @@ pub fn quantize_bundle(opts: &QuantizeOptions) -> Result<QuantizeReport> {
         graphs,
         fp32_bundle_bytes: bundle.manifest.files.iter().map(|f| f.bytes).sum(),
         int8_bundle_bytes: int8.manifest.files.iter().map(|f| f.bytes).sum(),
-        calibration_images,
+        calibration_images: samples.len(),
     })
 }
 
@@ -232,6 +260,36 @@ fn calibration_inputs(model: &CaptionModel, image: &image::RgbImage) -> Result<V
         Tensor::zero::<f32>(&[d.num_layers, 2, 1, d.num_heads, 0, d.head_dim()])?.into_tvalue(),
     );
     Ok(vec![tvec!(pixels.into_tvalue()), tvec!(embeds.into_tvalue()), decoder])
+}
+
+/// Timing inputs per graph: the first calibration image for the encoder and mapper; for the
+/// decoder, the step that dominates captioning: one new token after the prefix and 19 tokens.
+fn timing_inputs(model: &CaptionModel, calibration: &[Vec<TVec<TValue>>]) -> Result<Vec<TVec<TValue>>> {
+    let d = model.dims();
+    let past = (d.prefix_length + 19).min(d.max_positions - 1);
+    let step = tvec!(
+        Tensor::zero::<f32>(&[1, 1, d.hidden_size])?.into_tvalue(),
+        Tensor::from_shape(&[1], &[past as i64])?.into_tvalue(),
+        Tensor::zero::<f32>(&[1, past + 1])?.into_tvalue(),
+        Tensor::zero::<f32>(&[d.num_layers, 2, 1, d.num_heads, past, d.head_dim()])?.into_tvalue(),
+    );
+    let first = |g: usize| calibration[g].first().cloned().context("no calibration input");
+    Ok(vec![first(0)?, first(1)?, step])
+}
+
+/// Loads and optimises an ONNX graph as the engine does, then returns the median of repeated runs.
+fn median_run_ms(onnx: &[u8], inputs: &TVec<TValue>) -> Result<f64> {
+    const RUNS: usize = 7;
+    let plan = tract_onnx::onnx().model_for_read(&mut &onnx[..])?.into_optimized()?.into_runnable()?;
+    plan.run(inputs.clone())?;
+    let mut ms: Vec<f64> = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let t = std::time::Instant::now();
+        plan.run(inputs.clone())?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok(ms[RUNS / 2])
 }
 
 pub fn mib(bytes: u64) -> f64 {

@@ -73,7 +73,8 @@ impl Default for RewriteOptions {
 pub struct RewriteStats {
     pub sites: usize,
     pub blocks: usize,
-    pub kept_float: usize,
+    /// MatMuls left in float: attention's activation×activation products and layers kept float.
+    pub float_matmuls: usize,
 }
 
 /// The linear sites of `model` that `opts` will quantize, in graph order.
@@ -180,7 +181,7 @@ pub fn quantize_model(
     let mut model = model.clone();
     let graph = model.graph.as_mut().context("ONNX model has no graph")?;
     let mut stats = RewriteStats { sites: sites.len(), ..Default::default() };
-    stats.kept_float = graph.node.iter().filter(|n| n.op_type == "MatMul").count() - sites.len();
+    stats.float_matmuls = graph.node.iter().filter(|n| n.op_type == "MatMul").count() - sites.len();
 
     let weights: HashMap<String, pb::TensorProto> =
         graph.initializer.iter().map(|t| (t.name.clone(), t.clone())).collect();
