@@ -399,13 +399,16 @@ pub fn render(r: &Report) -> String {
         line(format!("references ({} images)            {:>12} {:>12} {:>10}", refs.images, "fp32", "int8", "drop"));
         for k in 0..4 {
             let (a, b) = (refs.fp32.bleu[k], refs.int8.bleu[k]);
-            line(format!("{:<34} {:>12.4} {:>12.4} {:>10.4}", format!("BLEU-{}", k + 1), a, b, a - b));
+            line(format!("{:<34} {:>12.4} {:>12.4} {:>10.4}", format!("BLEU-{}", k + 1), a, b, a - b + 0.0));
         }
         let (a, b) = (refs.fp32.rouge_l, refs.int8.rouge_l);
-        line(format!("{:<34} {:>12.4} {:>12.4} {:>10.4}", "ROUGE-L", a, b, a - b));
+        line(format!("{:<34} {:>12.4} {:>12.4} {:>10.4}", "ROUGE-L", a, b, a - b + 0.0));
         line(format!(
             "{:<34} {:>12.4} {:>12.4} {:>10.4}",
-            "CIDEr-D", refs.fp32.cider, refs.int8.cider, refs.cider_drop
+            "CIDEr-D",
+            refs.fp32.cider,
+            refs.int8.cider,
+            refs.cider_drop + 0.0
         ));
         line(format!("{:<34} {}", "METEOR", refs.meteor));
     }

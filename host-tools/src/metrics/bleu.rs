@@ -27,8 +27,8 @@ pub fn corpus_bleu(candidates: &[String], references: &[Vec<String>]) -> [f64; M
         let closest = lens.iter().map(|&l| ((l as i64 - len as i64).abs(), l)).min().map_or(0, |(_, l)| l);
         test_len += len as f64;
         ref_len += closest as f64;
-        for k in 0..MAX_N {
-            guess[k] += len.saturating_sub(k) as f64;
+        for (k, g) in guess.iter_mut().enumerate() {
+            *g += len.saturating_sub(k) as f64;
         }
         for (g, c) in ngram_counts(cand, MAX_N) {
             correct[g.len() - 1] += c.min(max_counts.get(&g).copied().unwrap_or(0)) as f64;

@@ -75,15 +75,15 @@ fn similarity(hyp: &Vector, reference: &Vector) -> [f64; MAX_N] {
     let delta = hyp.length - reference.length;
     let penalty = (-(delta * delta) / (2.0 * SIGMA * SIGMA)).exp();
     let mut val = [0f64; MAX_N];
-    for n in 0..MAX_N {
+    for (n, v) in val.iter_mut().enumerate() {
         for (g, &w) in &hyp.weights[n] {
             let r = reference.weights[n].get(g).copied().unwrap_or(0.0);
-            val[n] += w.min(r) * r;
+            *v += w.min(r) * r;
         }
         if hyp.norms[n] != 0.0 && reference.norms[n] != 0.0 {
-            val[n] /= hyp.norms[n] * reference.norms[n];
+            *v /= hyp.norms[n] * reference.norms[n];
         }
-        val[n] *= penalty;
+        *v *= penalty;
     }
     val
 }
