@@ -63,11 +63,18 @@ fn int8_bundle_loads_captions_and_keeps_embeddings() {
 }
 
 #[test]
-fn dynamic_scheme_bundle_captions() {
+fn dynamic_and_percentile_scheme_bundles_caption() {
     let (dir, fp32, _) = bundles();
-    let out = dir.path().join("dynamic");
-    quantize_bundle(&quantize_options(fp32, &out, QuantScheme::Dynamic)).expect("quantize dynamic");
-    let m = CaptionModel::load(&out).unwrap();
+    for (name, scheme) in [("dynamic", QuantScheme::Dynamic), ("percentile", QuantScheme::StaticPercentile)] {
+        let out = dir.path().join(name);
+        quantize_bundle(&quantize_options(fp32, &out, scheme)).expect("quantize");
+        check_close_to_fp32(fp32, &out);
+    }
+}
+
+fn check_close_to_fp32(fp32: &Path, out: &Path) {
+    let m = CaptionModel::load(out).unwrap();
+    assert_eq!(m.manifest.precision, Precision::Int8);
     let img = images::load_dir(&images_dir()).unwrap().remove(0);
     let fp = CaptionModel::load(fp32).unwrap();
     let (a, b) =

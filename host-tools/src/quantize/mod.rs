@@ -163,7 +163,13 @@ pub fn quantize_bundle(opts: &QuantizeOptions) -> Result<QuantizeReport> {
         writer.add(role, &entry.path, &bytes).with_context(write_err)?;
     }
     let mut manifest = bundle.manifest.clone();
-    manifest.precision = Precision::Int8;
+    // A bundle whose graphs all stayed fp32 (int8 slower everywhere) is still an fp32 bundle.
+    manifest.precision = if graphs.iter().any(|g| !g.kept_fp32) { Precision::Int8 } else { Precision::Fp32 };
+    if manifest.precision == Precision::Fp32 {
+        log::warn!(
+            "int8 was slower than fp32 for every graph on this machine: the bundle stays fp32 (--all-int8 forces int8)"
+        );
+    }
     let names = |kept: bool| {
         let v: Vec<&str> = graphs.iter().filter(|g| g.kept_fp32 == kept).map(|g| g.file.as_str()).collect();
         if v.is_empty() {
