@@ -180,3 +180,18 @@ fn validate_verdict_and_exit_codes() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not a quantization"), "{err}");
 }
+
+#[test]
+fn bench_reports_every_stage_and_peak_memory() {
+    let (_, _, int8) = bundles();
+    let opts = host_tools::bench::BenchOptions { bundle: int8.clone(), images: images_dir(), runs: 1 };
+    let r = host_tools::bench::bench(&opts).unwrap();
+    assert_eq!(r.captions, images::load_dir(&images_dir()).unwrap().len());
+    assert_eq!(r.precision, "int8");
+    for s in [&r.preprocess, &r.image_encoder, &r.mapper, &r.decoder, &r.total] {
+        assert!(s.median_ms > 0.0 && s.p90_ms >= s.median_ms, "{s:?}");
+    }
+    assert!(r.total.median_ms >= r.decoder.median_ms);
+    assert!(r.tokens_per_s > 0.0);
+    assert!(r.peak_rss_mib.is_some_and(|m| m > 1.0));
+}
