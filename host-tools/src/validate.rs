@@ -399,16 +399,16 @@ pub fn render(r: &Report) -> String {
         line(format!("references ({} images)            {:>12} {:>12} {:>10}", refs.images, "fp32", "int8", "drop"));
         for k in 0..4 {
             let (a, b) = (refs.fp32.bleu[k], refs.int8.bleu[k]);
-            line(format!("{:<34} {:>12.4} {:>12.4} {:>10.4}", format!("BLEU-{}", k + 1), a, b, a - b + 0.0));
+            line(format!("{:<34} {:>12.4} {:>12.4} {:>10.4}", format!("BLEU-{}", k + 1), a, b, shown_drop(a - b)));
         }
         let (a, b) = (refs.fp32.rouge_l, refs.int8.rouge_l);
-        line(format!("{:<34} {:>12.4} {:>12.4} {:>10.4}", "ROUGE-L", a, b, a - b + 0.0));
+        line(format!("{:<34} {:>12.4} {:>12.4} {:>10.4}", "ROUGE-L", a, b, shown_drop(a - b)));
         line(format!(
             "{:<34} {:>12.4} {:>12.4} {:>10.4}",
             "CIDEr-D",
             refs.fp32.cider,
             refs.int8.cider,
-            refs.cider_drop + 0.0
+            shown_drop(refs.cider_drop)
         ));
         line(format!("{:<34} {}", "METEOR", refs.meteor));
     }
@@ -435,6 +435,15 @@ pub fn render(r: &Report) -> String {
     }
     line(format!("verdict: {}", if r.pass { "PASS" } else { "FAIL" }));
     out
+}
+
+/// A drop for the table: differences below the printed precision show as 0, not -0.0000.
+fn shown_drop(d: f64) -> f64 {
+    if d.abs() < 5e-5 {
+        0.0
+    } else {
+        d
+    }
 }
 
 fn mib(bytes: u64) -> f64 {
