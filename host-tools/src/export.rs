@@ -16,13 +16,13 @@ use edgecap_engine::model::CaptionModel;
 use edgecap_engine::npy;
 use edgecap_engine::preprocess::PreprocessConfig;
 use edgecap_engine::tokenizer::Gpt2Tokenizer;
-use indicatif::{ProgressBar, ProgressStyle};
 use prost::Message;
 
 use crate::checkpoint;
 use crate::onnx::clip_vision::{self, ClipVisionConfig};
 use crate::onnx::gpt2::{self, Gpt2Config};
 use crate::onnx::mapper::{self, MapperKind};
+use crate::progress::Steps;
 use crate::tensor::TensorMap;
 
 /// The reference ClipCap decoding defaults: at most 67 tokens, greedy, stop at '.'.
@@ -46,7 +46,7 @@ pub struct ExportOptions {
 
 /// Exports a ClipCap bundle; returns the manifest written.
 pub fn export_clipcap(opts: &ExportOptions) -> Result<Manifest> {
-    let steps = Steps::new(opts.progress, 7);
+    let steps = Steps::new(opts.progress, "export", 7);
 
     steps.next("reading CLIP");
     let (vision_cfg, clip_weights) = read_clip_vision(&opts.clip)?;
@@ -322,38 +322,4 @@ pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
 
 pub(crate) fn file_name(p: &Path) -> String {
     p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
-}
-
-/// A step counter shown as a progress bar on a terminal, as log lines otherwise.
-pub(crate) struct Steps {
-    bar: Option<ProgressBar>,
-}
-
-impl Steps {
-    pub(crate) fn new(show: bool, total: u64) -> Steps {
-        let bar = show.then(|| {
-            let bar = ProgressBar::new(total);
-            bar.set_style(
-                ProgressStyle::with_template("{prefix} [{bar:20}] {pos}/{len} {msg} ({elapsed})")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            bar.set_prefix("export");
-            bar
-        });
-        Steps { bar }
-    }
-
-    pub(crate) fn next(&self, what: &str) {
-        log::info!("export: {what}");
-        if let Some(bar) = &self.bar {
-            bar.inc(1);
-            bar.set_message(what.to_string());
-        }
-    }
-
-    pub(crate) fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_with_message("done");
-        }
-    }
 }

@@ -22,10 +22,11 @@ use prost::Message;
 
 use crate::checkpoint;
 use crate::export::{
-    check_gpt2_keys, clip_preprocess, file_name, infer_gpt2_config, normalise_gpt2_names, read_clip_vision, Steps,
+    check_gpt2_keys, clip_preprocess, file_name, infer_gpt2_config, normalise_gpt2_names, read_clip_vision,
 };
 use crate::memory::{build_memory, MemoryOptions};
 use crate::onnx::{clip_vision, gpt2, mapper};
+use crate::progress::Steps;
 use crate::tensor::{Tensor, TensorMap};
 use crate::text_encoder::clip_tokenizer_files;
 
@@ -53,7 +54,7 @@ pub struct DecapExportOptions {
 }
 
 pub fn export_decap(opts: &DecapExportOptions) -> Result<Manifest> {
-    let steps = Steps::new(opts.progress, 6);
+    let steps = Steps::new(opts.progress, "export", 6);
     let shown = opts.decap.display().to_string();
 
     steps.next("reading CLIP");

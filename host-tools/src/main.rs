@@ -4,12 +4,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use edgecap_engine::model::CaptionModel;
+use host_tools::bench::{bench, BenchOptions};
 use host_tools::export::{export_clipcap, ExportOptions};
 use host_tools::export_decap::{export_decap, DecapExportOptions};
+use host_tools::images::image_paths;
 use host_tools::memory::{build_memory, MemoryOptions};
-use host_tools::projection::{compare_top_k, image_paths};
+use host_tools::projection::compare_top_k;
+use host_tools::quantize::{mib, quantize_bundle, QuantScheme, QuantizeOptions};
+use host_tools::validate::{validate, Thresholds, ValidateOptions};
 
 #[derive(Parser)]
 #[command(name = "host-tools", version, about = "Export, inspect and check edgecap model bundles")]
@@ -76,6 +80,57 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// Post-training int8 quantization of a bundle's image encoder, mapper and decoder.
+    Quantize {
+        /// The fp32 bundle.
+        bundle: PathBuf,
+        /// The int8 bundle to write (a new directory).
+        #[arg(long)]
+        out: PathBuf,
+        /// Calibration photographs (static schemes).
+        #[arg(long, default_value = "tests/fixtures/images")]
+        calibration: PathBuf,
+        #[arg(long, value_enum, default_value_t = SchemeArg::StaticMinmax)]
+        scheme: SchemeArg,
+        /// Keep the decoder's LM head in float.
+        #[arg(long)]
+        float_lm_head: bool,
+        /// Write every graph in int8, even one that measures slower than fp32 on this machine.
+        #[arg(long)]
+        all_int8: bool,
+    },
+    /// Compare an int8 bundle with its fp32 original; exit 0 pass, 1 fail, 2 error.
+    Validate {
+        fp32: PathBuf,
+        int8: PathBuf,
+        /// Photographs to caption with both bundles.
+        #[arg(long)]
+        images: PathBuf,
+        /// Reference captions: COCO-style annotations JSON or image<TAB>caption lines.
+        #[arg(long)]
+        references: Option<PathBuf>,
+        /// One JSON object on stdout instead of the table.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 0.99)]
+        min_embedding_cosine: f64,
+        #[arg(long, default_value_t = 0.9)]
+        min_token_agreement: f64,
+        /// Largest allowed CIDEr-D drop (needs --references).
+        #[arg(long)]
+        max_cider_drop: Option<f64>,
+    },
+    /// Load time, per-stage latency (median, p90), tokens/s and peak RSS of a bundle.
+    Bench {
+        bundle: PathBuf,
+        #[arg(long, default_value = "tests/fixtures/images")]
+        images: PathBuf,
+        /// Timed captions per image.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Caption one image and write its intermediate tensors as .npy files.
     Trace {
         #[arg(long)]
@@ -120,10 +175,20 @@ enum MemoryCommand {
     },
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum SchemeArg {
+    /// Calibrated per-tensor min/max activation ranges (QLinearMatMul).
+    StaticMinmax,
+    /// Calibrated 0.01/99.99 percentile activation ranges (QLinearMatMul).
+    StaticPercentile,
+    /// Ranges measured on each input at run time (MatMulInteger).
+    Dynamic,
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", edgecap_engine::error::one_line(e.as_ref()));
             ExitCode::from(2)
@@ -131,7 +196,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Export {
             clip,
@@ -176,7 +241,73 @@ fn run(cli: Cli) -> Result<()> {
                 m.hidden_size,
                 m.vocab_size
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Quantize { bundle, out, calibration, scheme, float_lm_head, all_int8 } => {
+            let scheme = match scheme {
+                SchemeArg::StaticMinmax => QuantScheme::StaticMinMax,
+                SchemeArg::StaticPercentile => QuantScheme::StaticPercentile,
+                SchemeArg::Dynamic => QuantScheme::Dynamic,
+            };
+            let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let opts =
+                QuantizeOptions { bundle, out: out.clone(), calibration, scheme, float_lm_head, all_int8, progress };
+            let report = quantize_bundle(&opts)?;
+            for g in &report.graphs {
+                println!(
+                    "{:<20} {:>8.1} MiB → {:>7.1} MiB  {:>8.2} ms fp32 {:>8.2} ms int8  {}",
+                    g.file,
+                    mib(g.fp32_bytes),
+                    mib(g.int8_bytes),
+                    g.fp32_ms,
+                    g.int8_ms,
+                    if g.kept_fp32 {
+                        "fp32 kept (int8 not faster here)".to_string()
+                    } else {
+                        format!("int8: {} linear layers in {} blocks", g.stats.sites, g.stats.blocks)
+                    }
+                );
+            }
+            println!(
+                "{}: int8 bundle ({}, {} calibration images), {:.1} MiB → {:.1} MiB",
+                out.display(),
+                scheme.name(),
+                report.calibration_images,
+                mib(report.fp32_bundle_bytes),
+                mib(report.int8_bundle_bytes)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate {
+            fp32,
+            int8,
+            images,
+            references,
+            json,
+            min_embedding_cosine,
+            min_token_agreement,
+            max_cider_drop,
+        } => {
+            if max_cider_drop.is_some() && references.is_none() {
+                anyhow::bail!("--max-cider-drop needs --references FILE");
+            }
+            let thresholds = Thresholds { min_embedding_cosine, min_token_agreement, max_cider_drop };
+            let report = validate(&ValidateOptions { fp32, int8, images, references, thresholds })?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", host_tools::validate::render(&report));
+            }
+            Ok(if report.pass { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Bench { bundle, images, runs, json } => {
+            let report = bench(&BenchOptions { bundle, images, runs })?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", host_tools::bench::render(&report));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Memory(MemoryCommand::Build { clip, captions, tokenizer, size, seed, int8, batch, out }) => {
             let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -192,7 +323,7 @@ fn run(cli: Cli) -> Result<()> {
                 s.blank_lines,
                 s.truncated
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Projection { bundle, top_k, images } => {
             let model = CaptionModel::load(&bundle).with_context(|| format!("loading {}", bundle.display()))?;
@@ -206,7 +337,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{:>8}  {:>8}  {:>8} ({pct:5.1}%)", r.k, r.images, r.changed);
             }
             println!("(memory of {} captions; full projection = all of them)", report.rows);
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Trace { bundle, image, out, beam } => {
             let model = CaptionModel::load(&bundle).with_context(|| format!("loading {}", bundle.display()))?;
@@ -219,7 +350,7 @@ fn run(cli: Cli) -> Result<()> {
                 "{}: wrote pixel_values, image_embeds, prefix, logits_step0 (.npy) and caption.json",
                 out.display()
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `host-tools projection`: how often DeCap's cheaper top-k projection (only the k most similar
 //! memory entries contribute) changes the caption, against the full softmax projection.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use edgecap_engine::image_load::load_rgb;
@@ -47,27 +47,4 @@ pub fn compare_top_k(model: &CaptionModel, images: &[PathBuf], ks: &[usize]) -> 
         }
     }
     Ok(ProjectionReport { rows: memory.rows, per_k, failed })
-}
-
-/// The image files of `inputs`: files as given, directories' files in name order (not recursive).
-pub fn image_paths(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for input in inputs {
-        if input.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(input)
-                .map_err(|e| anyhow::anyhow!("{}: cannot list: {e}", input.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && !is_hidden(p))
-                .collect();
-            files.sort();
-            out.extend(files);
-        } else {
-            out.push(input.clone());
-        }
-    }
-    Ok(out)
-}
-
-fn is_hidden(p: &Path) -> bool {
-    p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
 }

@@ -5,8 +5,7 @@
 //! PyTorch computed. Every graph is saved with `onnx::save`, then loaded, optimised and run the way
 //! the engine does, with symbolic batch/sequence dimensions.
 //!
-//! `full_size_timings` (ignored by default) measures a ViT-B/32 encoder and a 6-layer GPT-2 step
-//! with random weights: `cargo test --release -p host-tools --test onnx_graphs -- --ignored --nocapture`.
+//! Full-size speed is measured by `cargo run --release -p host-tools --example int8_speed`, not here.
 
 use std::path::{Path, PathBuf};
 

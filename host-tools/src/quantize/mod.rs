@@ -1,0 +1,310 @@
+//! `host-tools quantize`: an fp32 bundle → an int8 bundle (post-training quantization).
+//!
+//! The fp32 weights are read back from the bundle's own ONNX initializers, so quantization needs
+//! nothing but the bundle. Activation ranges come from running the fp32 bundle on calibration
+//! photographs: the image encoder on their pixels, the mapper on their embeddings, the decoder on
+//! each prefix followed by the fp32 greedy caption (teacher forcing, one call per image, which
+//! sees the same activations as step-by-step decoding).
+
+pub mod calibrate;
+pub mod rewrite;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use edgecap_engine::bundle::{Bundle, BundleWriter};
+use edgecap_engine::manifest::{FileRole, Precision};
+use edgecap_engine::model::CaptionModel;
+use prost::Message;
+use tract_onnx::pb;
+use tract_onnx::prelude::*;
+
+use crate::images;
+use crate::progress::Steps;
+use calibrate::{Calibrator, Method, Range};
+use rewrite::{linear_sites, quantize_model, RewriteOptions, RewriteStats, Scheme};
+
+/// The activation scheme asked for on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantScheme {
+    StaticMinMax,
+    StaticPercentile,
+    Dynamic,
+}
+
+impl QuantScheme {
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantScheme::StaticMinMax => "static-minmax",
+            QuantScheme::StaticPercentile => "static-percentile",
+            QuantScheme::Dynamic => "dynamic",
+        }
+    }
+
+    fn method(self) -> Option<Method> {
+        match self {
+            QuantScheme::StaticMinMax => Some(Method::MinMax),
+            QuantScheme::StaticPercentile => Some(Method::Percentile(99.99)),
+            QuantScheme::Dynamic => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct QuantizeOptions {
+    pub bundle: PathBuf,
+    pub out: PathBuf,
+    pub calibration: PathBuf,
+    pub scheme: QuantScheme,
+    /// Keep the decoder's LM head in float.
+    pub float_lm_head: bool,
+    /// Write int8 graphs even where they measure slower than fp32 here.
+    pub all_int8: bool,
+    pub progress: bool,
+}
+
+/// One graph's result.
+#[derive(Debug, Clone)]
+pub struct GraphReport {
+    pub file: String,
+    pub fp32_bytes: u64,
+    pub int8_bytes: u64,
+    pub stats: RewriteStats,
+    /// Median run time of one input (the decoder: one token step) on this machine.
+    pub fp32_ms: f64,
+    pub int8_ms: f64,
+    /// int8 measured slower, so the bundle holds the fp32 graph.
+    pub kept_fp32: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct QuantizeReport {
+    pub graphs: Vec<GraphReport>,
+    pub fp32_bundle_bytes: u64,
+    pub int8_bundle_bytes: u64,
+    pub calibration_images: usize,
+}
+
+/// The three graphs of a bundle, in pipeline order.
+const GRAPHS: [(FileRole, &str); 3] =
+    [(FileRole::ImageEncoder, "image encoder"), (FileRole::Mapper, "mapper"), (FileRole::Decoder, "decoder")];
+
+pub fn quantize_bundle(opts: &QuantizeOptions) -> Result<QuantizeReport> {
+    let shown = opts.bundle.display().to_string();
+    let bundle = Bundle::open(&opts.bundle).with_context(|| format!("cannot open bundle {shown}"))?;
+    if bundle.manifest.precision != Precision::Fp32 {
+        bail!("{shown}: already quantized (precision {:?}); quantize an fp32 bundle", bundle.manifest.precision);
+    }
+    if same_dir(&opts.bundle, &opts.out) {
+        bail!("{}: the output must be a new directory, not the input bundle", opts.out.display());
+    }
+    let model = CaptionModel::from_bundle(&bundle).with_context(|| format!("cannot load bundle {shown}"))?;
+    let steps = Steps::new(opts.progress, "quantize", 2 + GRAPHS.len() as u64);
+
+    // The fp32 bundle's activations on the calibration photographs (also the timing inputs).
+    steps.next("running the fp32 bundle on the calibration images");
+    let samples = images::load_dir(&opts.calibration)?;
+    let mut inputs: Vec<Vec<TVec<TValue>>> = vec![Vec::new(); GRAPHS.len()];
+    for s in &samples {
+        let per_graph = calibration_inputs(&model, &s.image)
+            .with_context(|| format!("{}: calibration run failed", s.path.display()))?;
+        for (all, one) in inputs.iter_mut().zip(per_graph) {
+            all.push(one);
+        }
+    }
+    let timing = timing_inputs(&model, &inputs)?;
+
+    let mut writer =
+        BundleWriter::create(&opts.out).with_context(|| format!("{}: cannot create bundle", opts.out.display()))?;
+    let write_err = || format!("{}: cannot write bundle", opts.out.display());
+    let mut graphs = Vec::new();
+    for (((role, label), graph_inputs), timing) in GRAPHS.iter().zip(&inputs).zip(&timing) {
+        steps.next(&format!("quantizing the {label}"));
+        let entry = bundle.manifest.file(*role).context("manifest checked at open")?;
+        let bytes = std::fs::read(bundle.path(*role)).with_context(|| format!("{}: cannot read", entry.path))?;
+        let fp32 = pb::ModelProto::decode(bytes.as_slice())
+            .with_context(|| format!("{}: not an ONNX model", bundle.path(*role).display()))?;
+        let (int8, stats) = quantize_graph(&fp32, graph_inputs, opts, *role == FileRole::Decoder)
+            .with_context(|| format!("{}: cannot quantize the {label}", bundle.path(*role).display()))?;
+        let encoded = int8.encode_to_vec();
+        let fp32_ms = median_run_ms(&bytes, timing).with_context(|| format!("timing the fp32 {label}"))?;
+        let int8_ms = median_run_ms(&encoded, timing).with_context(|| format!("timing the int8 {label}"))?;
+        // tract's int8 kernels are not faster everywhere (x86 AVX-512 at 50-row products is
+        // ~3x slower than fp32): keep the fp32 graph where int8 measures slower, unless asked.
+        let kept_fp32 = int8_ms >= fp32_ms && !opts.all_int8;
+        let written = if kept_fp32 { &bytes } else { &encoded };
+        writer.add(*role, &entry.path, written).with_context(write_err)?;
+        log::info!(
+            "{label}: {} linear layers int8 in {} blocks ({} matmuls left float), {:.1} MiB → {:.1} MiB, \
+             {fp32_ms:.2} ms fp32 vs {int8_ms:.2} ms int8{}",
+            stats.sites,
+            stats.blocks,
+            stats.float_matmuls,
+            mib(bytes.len() as u64),
+            mib(encoded.len() as u64),
+            if kept_fp32 { ": int8 is not faster here, fp32 kept" } else { "" }
+        );
+        graphs.push(GraphReport {
+            file: entry.path.clone(),
+            fp32_bytes: bytes.len() as u64,
+            int8_bytes: written.len() as u64,
+            stats,
+            fp32_ms,
+            int8_ms,
+            kept_fp32,
+        });
+    }
+
+    steps.next("copying the other files and checking the new bundle");
+    for role in [FileRole::TokenEmbeddings, FileRole::TokenizerVocab, FileRole::TokenizerMerges] {
+        let entry = bundle.manifest.file(role).context("manifest checked at open")?;
+        let bytes = std::fs::read(bundle.path(role)).with_context(|| format!("{}: cannot read", entry.path))?;
+        writer.add(role, &entry.path, &bytes).with_context(write_err)?;
+    }
+    let mut manifest = bundle.manifest.clone();
+    // A bundle whose graphs all stayed fp32 (int8 slower everywhere) is still an fp32 bundle.
+    manifest.precision = if graphs.iter().any(|g| !g.kept_fp32) { Precision::Int8 } else { Precision::Fp32 };
+    if manifest.precision == Precision::Fp32 {
+        log::warn!(
+            "int8 was slower than fp32 for every graph on this machine: the bundle stays fp32 (--all-int8 forces int8)"
+        );
+    }
+    let names = |kept: bool| {
+        let v: Vec<&str> = graphs.iter().filter(|g| g.kept_fp32 == kept).map(|g| g.file.as_str()).collect();
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    manifest.source = format!(
+        "{}; int8 ({}) by host-tools quantize: int8 {}; fp32 (faster in tract) {}",
+        manifest.source,
+        opts.scheme.name(),
+        names(false),
+        names(true)
+    );
+    writer.finish(manifest)?;
+    steps.finish();
+    let int8 = CaptionModel::load(&opts.out)
+        .with_context(|| format!("{}: the quantized bundle does not load", opts.out.display()))?;
+    Ok(QuantizeReport {
+        graphs,
+        fp32_bundle_bytes: bundle.manifest.files.iter().map(|f| f.bytes).sum(),
+        int8_bundle_bytes: int8.manifest.files.iter().map(|f| f.bytes).sum(),
+        calibration_images: samples.len(),
+    })
+}
+
+/// Calibrates (static schemes) and rewrites one graph.
+fn quantize_graph(
+    fp32: &pb::ModelProto,
+    calibration: &[TVec<TValue>],
+    opts: &QuantizeOptions,
+    is_decoder: bool,
+) -> Result<(pb::ModelProto, RewriteStats)> {
+    let mut rewrite = RewriteOptions::default();
+    if is_decoder && opts.float_lm_head {
+        rewrite.keep_float.push("lm_head".into());
+    }
+    let ranges = match opts.scheme.method() {
+        None => {
+            rewrite.scheme = Scheme::Dynamic;
+            HashMap::new()
+        }
+        Some(method) => calibrate_graph(fp32, calibration, &rewrite, method)?,
+    };
+    quantize_model(fp32, &ranges, &rewrite)
+}
+
+/// Activation ranges of every linear site's input and output over the calibration inputs.
+pub fn calibrate_graph(
+    fp32: &pb::ModelProto,
+    calibration: &[TVec<TValue>],
+    rewrite: &RewriteOptions,
+    method: Method,
+) -> Result<HashMap<String, Range>> {
+    let names: BTreeSet<String> = linear_sites(fp32, rewrite)?.into_iter().flat_map(|s| [s.input, s.output]).collect();
+    if names.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut calibrator = Calibrator::new(fp32, names.into_iter().collect(), method)?;
+    for inputs in calibration {
+        calibrator.observe(inputs.clone())?;
+    }
+    Ok(calibrator.ranges)
+}
+
+/// The inputs each graph sees when the fp32 bundle captions `image`: pixels, embedding, and the
+/// prefix followed by the greedy caption's tokens in one decoder call.
+fn calibration_inputs(model: &CaptionModel, image: &image::RgbImage) -> Result<Vec<TVec<TValue>>> {
+    let trace = model.trace(image, &model.default_options())?;
+    let d = model.dims();
+    let s = model.manifest.preprocess.image_size as usize;
+    let pixels = Tensor::from_shape(&[1, 3, s, s], &trace.pixel_values)?;
+    let embeds = Tensor::from_shape(&[1, d.embed_dim], &trace.image_embeds)?;
+
+    // The last generated token is never fed back, so it is left out.
+    let fed = &trace.caption.tokens[..trace.caption.tokens.len().saturating_sub(1)];
+    let mut sequence = trace.prefix.clone();
+    for &t in fed {
+        sequence.extend_from_slice(model.token_embedding(t)?);
+    }
+    let total = d.prefix_length + fed.len();
+    let positions: Vec<i64> = (0..total as i64).collect();
+    let mut bias = vec![0f32; total * total];
+    for i in 0..total {
+        for j in i + 1..total {
+            bias[i * total + j] = f32::NEG_INFINITY;
+        }
+    }
+    let decoder = tvec!(
+        Tensor::from_shape(&[1, total, d.hidden_size], &sequence)?.into_tvalue(),
+        Tensor::from_shape(&[total], &positions)?.into_tvalue(),
+        Tensor::from_shape(&[total, total], &bias)?.into_tvalue(),
+        Tensor::zero::<f32>(&[d.num_layers, 2, 1, d.num_heads, 0, d.head_dim()])?.into_tvalue(),
+    );
+    Ok(vec![tvec!(pixels.into_tvalue()), tvec!(embeds.into_tvalue()), decoder])
+}
+
+/// Timing inputs per graph: the first calibration image for the encoder and mapper; for the
+/// decoder, the step that dominates captioning: one new token after the prefix and 19 tokens.
+fn timing_inputs(model: &CaptionModel, calibration: &[Vec<TVec<TValue>>]) -> Result<Vec<TVec<TValue>>> {
+    let d = model.dims();
+    let past = (d.prefix_length + 19).min(d.max_positions - 1);
+    let step = tvec!(
+        Tensor::zero::<f32>(&[1, 1, d.hidden_size])?.into_tvalue(),
+        Tensor::from_shape(&[1], &[past as i64])?.into_tvalue(),
+        Tensor::zero::<f32>(&[1, past + 1])?.into_tvalue(),
+        Tensor::zero::<f32>(&[d.num_layers, 2, 1, d.num_heads, past, d.head_dim()])?.into_tvalue(),
+    );
+    let first = |g: usize| calibration[g].first().cloned().context("no calibration input");
+    Ok(vec![first(0)?, first(1)?, step])
+}
+
+/// Loads and optimises an ONNX graph as the engine does, then returns the median of repeated runs.
+fn median_run_ms(onnx: &[u8], inputs: &TVec<TValue>) -> Result<f64> {
+    const RUNS: usize = 7;
+    let plan = tract_onnx::onnx().model_for_read(&mut &onnx[..])?.into_optimized()?.into_runnable()?;
+    plan.run(inputs.clone())?;
+    let mut ms: Vec<f64> = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let t = std::time::Instant::now();
+        plan.run(inputs.clone())?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok(ms[RUNS / 2])
+}
+
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
