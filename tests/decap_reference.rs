@@ -11,6 +11,7 @@ use edgecap_tests::{binary, cosine, fixtures, floats, ids, max_abs_diff};
 use host_tools::export_decap::{export_decap, DecapExportOptions};
 use host_tools::memory::{build_memory, MemoryOptions};
 use host_tools::projection::{compare_top_k, TopKAgreement};
+use host_tools::quantize::{quantize_bundle, QuantScheme, QuantizeOptions};
 use host_tools::text_encoder::TextEncoder;
 
 fn decap_dir() -> PathBuf {
@@ -294,4 +295,29 @@ fn top_k_projection_report_counts_changed_captions() {
         changed += usize::from(model.caption(&rgb, &opts).unwrap().tokens != full);
     }
     assert_eq!(report.per_k[0].changed, changed);
+}
+
+#[test]
+fn decap_bundles_quantize_with_their_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let fp32 = dir.path().join("fp32");
+    export_decap(&export_options(fp32.clone())).unwrap();
+    let int8 = dir.path().join("int8");
+    let opts = QuantizeOptions {
+        bundle: fp32.clone(),
+        out: int8.clone(),
+        calibration: fixtures().join("images"),
+        scheme: QuantScheme::StaticMinMax,
+        float_lm_head: false,
+        all_int8: true,
+        progress: false,
+    };
+    quantize_bundle(&opts).unwrap();
+    let (a, b) = (CaptionModel::load(&fp32).unwrap(), CaptionModel::load(&int8).unwrap());
+    assert_eq!(a.memory, b.memory, "the support memory travels unchanged");
+    let rgb = crop("images/chelsea.png");
+    let (ta, tb) = (a.trace(&rgb, &a.default_options()).unwrap(), b.trace(&rgb, &b.default_options()).unwrap());
+    let cos = cosine(&ta.image_embeds, &tb.image_embeds);
+    assert!(cos > 0.99, "int8 image embedding cosine {cos}");
+    assert!(tb.caption.tokens.iter().all(|&t| t < 49408));
 }

@@ -157,8 +157,10 @@ pub fn quantize_bundle(opts: &QuantizeOptions) -> Result<QuantizeReport> {
     }
 
     steps.next("copying the other files and checking the new bundle");
-    for role in [FileRole::TokenEmbeddings, FileRole::TokenizerVocab, FileRole::TokenizerMerges] {
-        let entry = bundle.manifest.file(role).context("manifest checked at open")?;
+    // Every file that is not a graph travels unchanged (a DeCap memory included).
+    let graph_roles = [FileRole::ImageEncoder, FileRole::Mapper, FileRole::Decoder];
+    for entry in bundle.manifest.files.iter().filter(|f| !graph_roles.contains(&f.role)) {
+        let role = entry.role;
         let bytes = std::fs::read(bundle.path(role)).with_context(|| format!("{}: cannot read", entry.path))?;
         writer.add(role, &entry.path, &bytes).with_context(write_err)?;
     }
