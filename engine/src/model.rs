@@ -110,12 +110,7 @@ impl CaptionModel {
         let s = embeds.shape()[1];
         let total = start + s;
         let positions: Vec<i64> = (start as i64..total as i64).collect();
-        let mut bias = vec![0f32; s * total];
-        for i in 0..s {
-            for j in start + i + 1..total {
-                bias[i * total + j] = f32::NEG_INFINITY;
-            }
-        }
+        let bias = causal_bias(s, start);
         let inputs = tvec!(
             embeds.into(),
             tensor_from(&[s], &positions, "decoder")?.into(),
@@ -127,6 +122,18 @@ impl CaptionModel {
         let logits = out.pop().ok_or_else(|| EngineError::inference("decoder", "no logits output"))?;
         Ok((logits.into_tensor(), present.into_tensor()))
     }
+}
+
+/// The causal attention mask for `seq` new positions after `past` cached ones, [seq, past+seq]
+/// row-major: 0 where query i may attend key j (j ≤ past + i), -inf elsewhere. The decoder, the
+/// CLIP text tower and teacher-forced validation all feed this as `attention_bias`.
+pub fn causal_bias(seq: usize, past: usize) -> Vec<f32> {
+    let total = past + seq;
+    let mut bias = vec![0f32; seq * total];
+    for i in 0..seq {
+        bias[i * total + past + i + 1..(i + 1) * total].fill(f32::NEG_INFINITY);
+    }
+    bias
 }
 
 /// Loads an ONNX graph, checks its input and output shapes against what the manifest implies

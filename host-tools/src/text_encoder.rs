@@ -67,12 +67,7 @@ impl TextEncoder {
             pooled.push((row * s + seq.len() - 1) as i64);
         }
         let positions: Vec<i64> = (0..s as i64).collect();
-        let mut bias = vec![0f32; s * s];
-        for i in 0..s {
-            for j in i + 1..s {
-                bias[i * s + j] = f32::NEG_INFINITY;
-            }
-        }
+        let bias = edgecap_engine::model::causal_bias(s, 0);
         let inputs = tvec!(
             Tensor::from_shape(&[n, s], &input)?.into(),
             Tensor::from_shape(&[s], &positions)?.into(),

@@ -255,12 +255,7 @@ fn calibration_inputs(model: &CaptionModel, image: &image::RgbImage) -> Result<V
     }
     let total = d.prefix_length + fed.len();
     let positions: Vec<i64> = (0..total as i64).collect();
-    let mut bias = vec![0f32; total * total];
-    for i in 0..total {
-        for j in i + 1..total {
-            bias[i * total + j] = f32::NEG_INFINITY;
-        }
-    }
+    let bias = edgecap_engine::model::causal_bias(total, 0);
     let decoder = tvec!(
         Tensor::from_shape(&[1, total, d.hidden_size], &sequence)?.into_tvalue(),
         Tensor::from_shape(&[total], &positions)?.into_tvalue(),
