@@ -322,11 +322,11 @@ impl Link {
                     }
                 }
             }
-            Event::Incoming(Packet::Publish(p)) if Some(&p.topic) == self.topics.ha_status.as_ref() => {
-                if &p.payload[..] == b"online" {
-                    log::info!("mqtt: Home Assistant is online; announcing the sensor again");
-                    self.announce(false)?;
-                }
+            Event::Incoming(Packet::Publish(p))
+                if Some(&p.topic) == self.topics.ha_status.as_ref() && &p.payload[..] == b"online" =>
+            {
+                log::info!("mqtt: Home Assistant is online; announcing the sensor again");
+                self.announce(false)?;
             }
             _ => {}
         }
@@ -408,5 +408,29 @@ impl Link {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{state_text, BrokerUrl};
+
+    #[test]
+    fn parses_broker_urls() {
+        let plain = BrokerUrl::parse("mqtt://127.0.0.1:18830").unwrap();
+        assert_eq!(plain, BrokerUrl { host: "127.0.0.1".into(), port: 18830, credentials: None });
+        let auth = BrokerUrl::parse("mqtt://ha:s3cret@homeassistant.local").unwrap();
+        assert_eq!((auth.host.as_str(), auth.port), ("homeassistant.local", 1883));
+        assert_eq!(auth.credentials, Some(("ha".into(), "s3cret".into())));
+        for bad in ["http://x:1", "mqtt://:1883", "mqtt://host:port", "mqtts://host", "host:1883"] {
+            assert!(BrokerUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn state_is_cut_to_255_characters_on_a_character_boundary() {
+        let long = "é".repeat(300);
+        assert_eq!(state_text(&long).chars().count(), 255);
+        assert_eq!(state_text("a dog."), "a dog.");
     }
 }
