@@ -94,7 +94,7 @@ fn load(args: &CaptionArgs) -> Result<(CaptionModel, GenerationOptions)> {
 /// The built-in model when no `--bundle` is given: `$EDGECAP_BUNDLE`, else `models/default` in
 /// the working directory, next to the installed binary (`<prefix>/share/edgecap/default`), or in
 /// the source tree the binary was built in (`target/<profile>/edgecap` → `models/default`).
-fn default_bundle() -> Result<PathBuf> {
+pub fn default_bundle() -> Result<PathBuf> {
     if let Some(env) = std::env::var_os("EDGECAP_BUNDLE") {
         return Ok(PathBuf::from(env));
     }

@@ -1,6 +1,8 @@
-//! `edgecap`: the device program. `edgecap caption` describes image files in sentences.
+//! `edgecap`: the device program. `edgecap caption` describes image files in sentences;
+//! `edgecap run` is the service: camera frames in, captions out over stdout, serial and MQTT.
 
 mod caption;
+mod service;
 
 use std::process::ExitCode;
 
@@ -10,10 +12,13 @@ use clap::{Parser, Subcommand};
 pub mod exit {
     /// Every image was captioned.
     pub const OK: u8 = 0;
-    /// Some inputs failed (each reported on stderr); the others were captioned.
+    /// Some inputs failed (each reported on stderr); the others were captioned. For `run`: some
+    /// captions could not be delivered before shutdown (an output stayed away).
     pub const SOME_FAILED: u8 = 1;
-    /// Nothing could run: bad bundle, bad options.
+    /// Nothing could run: bad bundle, bad options, bad configuration.
     pub const FATAL: u8 = 2;
+    /// `run` stopped on an engine failure that no later frame could avoid.
+    pub const RUNTIME: u8 = 3;
 }
 
 #[derive(Parser)]
@@ -27,12 +32,18 @@ struct Cli {
 enum Command {
     /// Caption image files: one line per image on stdout.
     Caption(caption::CaptionArgs),
+    /// The service: caption frames from a source, send captions to stdout, serial, MQTT.
+    Run(service::config::RunArgs),
+    /// Check the configuration and the bundle, print the resolved configuration, do not run.
+    CheckConfig(service::config::RunArgs),
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let code = match Cli::parse().command {
         Command::Caption(args) => caption::run(&args),
+        Command::Run(args) => service::run(&args),
+        Command::CheckConfig(args) => service::check(&args),
     };
     ExitCode::from(code)
 }

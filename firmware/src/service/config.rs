@@ -1,0 +1,311 @@
+//! Service configuration: a TOML file (`--config`, default `/etc/edgecap/edgecap.toml` when
+//! present) with command-line flags layered on top. Plain data only; nothing here opens devices.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use super::source::SourceSpec;
+
+/// Used when `--config` is not given and this file exists.
+pub const DEFAULT_CONFIG: &str = "/etc/edgecap/edgecap.toml";
+
+/// Everything `edgecap run` needs, as the TOML file spells it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Model bundle directory; none = the built-in default model.
+    pub bundle: Option<PathBuf>,
+    /// `camera[:INDEX]`, `dir:PATH`, `file:PATH`, `-` (stdin) or `test-pattern`.
+    pub source: String,
+    /// Name of this camera in MQTT topics and records.
+    pub camera: String,
+    /// At most one caption per this many seconds (0 = as fast as the model goes).
+    pub interval: f64,
+    /// Mean absolute grayscale difference (0..1) below which a frame counts as the same scene
+    /// and is skipped; 0 turns the check off.
+    pub scene_threshold: f64,
+    /// Frames per second asked of the camera, or made by `test-pattern` (0 = as fast as possible).
+    pub fps: u32,
+    /// Resolution asked of the camera, `WIDTHxHEIGHT`.
+    pub resolution: String,
+    /// Process what the source has now, then exit.
+    pub once: bool,
+    /// Stop after this many captions (0 = no limit).
+    pub max_captions: u64,
+    pub max_tokens: Option<usize>,
+    pub beam: Option<usize>,
+    /// One JSON object per caption on stdout.
+    pub stdout: bool,
+    /// Seconds to wait at shutdown for outputs to deliver what they hold.
+    pub flush_timeout: f64,
+    pub serial: Option<SerialConfig>,
+    pub mqtt: Option<MqttConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    pub device: PathBuf,
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    /// Captions held while the port is away (oldest dropped first).
+    #[serde(default = "default_serial_queue")]
+    pub queue: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://[user:pass@]host[:port]`.
+    pub url: String,
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Captions held while the broker is away (oldest dropped first).
+    #[serde(default = "default_mqtt_buffer")]
+    pub buffer: usize,
+    /// Home Assistant discovery prefix; empty turns discovery off.
+    #[serde(default = "default_discovery_prefix")]
+    pub discovery_prefix: String,
+    /// MQTT client id and Home Assistant node id; default `edgecap_<camera>`.
+    pub client_id: Option<String>,
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive: u64,
+}
+
+fn default_baud() -> u32 {
+    115_200
+}
+fn default_serial_queue() -> usize {
+    64
+}
+fn default_prefix() -> String {
+    "edgecap".into()
+}
+fn default_mqtt_buffer() -> usize {
+    256
+}
+fn default_discovery_prefix() -> String {
+    "homeassistant".into()
+}
+fn default_keep_alive() -> u64 {
+    30
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bundle: None,
+            source: "camera:0".into(),
+            camera: "camera".into(),
+            interval: 5.0,
+            scene_threshold: 0.02,
+            fps: 5,
+            resolution: "640x480".into(),
+            once: false,
+            max_captions: 0,
+            max_tokens: None,
+            beam: None,
+            stdout: true,
+            flush_timeout: 10.0,
+            serial: None,
+            mqtt: None,
+        }
+    }
+}
+
+/// Command-line flags of `edgecap run` / `edgecap check-config`; each one given overrides the file.
+#[derive(Args, Debug, Default)]
+pub struct RunArgs {
+    /// TOML configuration file (default: /etc/edgecap/edgecap.toml when present).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Model bundle directory.
+    #[arg(long)]
+    pub bundle: Option<PathBuf>,
+    /// Frame source: camera[:INDEX], dir:PATH, file:PATH, - (images on stdin), test-pattern.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Camera name used in MQTT topics and records.
+    #[arg(long)]
+    pub camera: Option<String>,
+    /// At most one caption per this many seconds.
+    #[arg(long)]
+    pub interval: Option<f64>,
+    /// Scene-change threshold (0..1 mean grayscale difference); 0 = caption every frame.
+    #[arg(long)]
+    pub scene_threshold: Option<f64>,
+    /// Camera / test-pattern frames per second (0 = as fast as possible).
+    #[arg(long)]
+    pub fps: Option<u32>,
+    /// Camera resolution, WIDTHxHEIGHT.
+    #[arg(long)]
+    pub resolution: Option<String>,
+    /// Process what the source has now, then exit 0.
+    #[arg(long)]
+    pub once: bool,
+    /// Stop after this many captions.
+    #[arg(long)]
+    pub max_captions: Option<u64>,
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    #[arg(long)]
+    pub beam: Option<usize>,
+    /// No JSON lines on stdout.
+    #[arg(long)]
+    pub no_stdout: bool,
+    /// Seconds to wait at shutdown for the outputs to deliver.
+    #[arg(long)]
+    pub flush_timeout: Option<f64>,
+    /// Serial device for JSON lines (e.g. /dev/ttyUSB0, /dev/ttyGS0).
+    #[arg(long)]
+    pub serial: Option<PathBuf>,
+    #[arg(long)]
+    pub baud: Option<u32>,
+    /// MQTT broker: mqtt://[user:pass@]host[:port].
+    #[arg(long)]
+    pub mqtt: Option<String>,
+    /// MQTT topic prefix (default edgecap).
+    #[arg(long)]
+    pub mqtt_prefix: Option<String>,
+    /// Captions buffered while the broker is away.
+    #[arg(long)]
+    pub mqtt_buffer: Option<usize>,
+}
+
+impl RunArgs {
+    /// The file (if any), then the flags, then validation.
+    pub fn resolve(&self) -> Result<Config> {
+        let mut config = match self.config_path() {
+            Some(path) => load_file(&path)?,
+            None => Config::default(),
+        };
+        self.apply(&mut config)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn config_path(&self) -> Option<PathBuf> {
+        self.config.clone().or_else(|| Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.is_file()))
+    }
+
+    fn apply(&self, c: &mut Config) -> Result<()> {
+        set(&mut c.bundle, self.bundle.clone().map(Some));
+        set(&mut c.source, self.source.clone());
+        set(&mut c.camera, self.camera.clone());
+        set(&mut c.interval, self.interval);
+        set(&mut c.scene_threshold, self.scene_threshold);
+        set(&mut c.fps, self.fps);
+        set(&mut c.resolution, self.resolution.clone());
+        c.once |= self.once;
+        set(&mut c.max_captions, self.max_captions);
+        set(&mut c.max_tokens, self.max_tokens.map(Some));
+        set(&mut c.beam, self.beam.map(Some));
+        c.stdout &= !self.no_stdout;
+        set(&mut c.flush_timeout, self.flush_timeout);
+        if let Some(device) = &self.serial {
+            let baud = c.serial.as_ref().map_or_else(default_baud, |s| s.baud);
+            let queue = c.serial.as_ref().map_or_else(default_serial_queue, |s| s.queue);
+            c.serial = Some(SerialConfig { device: device.clone(), baud, queue });
+        }
+        if let Some(baud) = self.baud {
+            c.serial.as_mut().context("--baud needs --serial (or [serial] in the config)")?.baud = baud;
+        }
+        if let Some(url) = &self.mqtt {
+            match &mut c.mqtt {
+                Some(m) => m.url = url.clone(),
+                None => c.mqtt = Some(MqttConfig::new(url)),
+            }
+        }
+        if let Some(prefix) = &self.mqtt_prefix {
+            c.mqtt.as_mut().context("--mqtt-prefix needs --mqtt (or [mqtt] in the config)")?.prefix = prefix.clone();
+        }
+        if let Some(n) = self.mqtt_buffer {
+            c.mqtt.as_mut().context("--mqtt-buffer needs --mqtt (or [mqtt] in the config)")?.buffer = n;
+        }
+        Ok(())
+    }
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
+    }
+}
+
+fn load_file(path: &Path) -> Result<Config> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        let detail = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+        let at = e.span().map(|s| line_of(&text, s.start)).map(|l| format!(" (line {l})")).unwrap_or_default();
+        anyhow::anyhow!("{}: invalid config{at}: {detail}", path.display())
+    })
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+impl MqttConfig {
+    pub fn new(url: &str) -> MqttConfig {
+        MqttConfig {
+            url: url.into(),
+            prefix: default_prefix(),
+            buffer: default_mqtt_buffer(),
+            discovery_prefix: default_discovery_prefix(),
+            client_id: None,
+            keep_alive: default_keep_alive(),
+        }
+    }
+}
+
+impl Config {
+    /// Checks every value that can be checked without opening anything.
+    pub fn validate(&self) -> Result<()> {
+        SourceSpec::parse(&self.source)?;
+        if !(self.interval.is_finite() && self.interval >= 0.0) {
+            bail!("interval must be a number of seconds >= 0, got {}", self.interval);
+        }
+        if !(0.0..=1.0).contains(&self.scene_threshold) {
+            bail!("scene_threshold must be between 0 and 1, got {}", self.scene_threshold);
+        }
+        if !(self.flush_timeout.is_finite() && self.flush_timeout >= 0.0) {
+            bail!("flush_timeout must be a number of seconds >= 0, got {}", self.flush_timeout);
+        }
+        self.resolution_pair()?;
+        if self.camera.is_empty() || self.camera.contains(['/', '+', '#']) {
+            bail!(
+                "camera name {:?} must be non-empty and free of '/', '+', '#' (it is an MQTT topic level)",
+                self.camera
+            );
+        }
+        if let Some(s) = &self.serial {
+            if s.baud == 0 || s.queue == 0 {
+                bail!("serial: baud and queue must be > 0");
+            }
+        }
+        if let Some(m) = &self.mqtt {
+            super::output::mqtt::BrokerUrl::parse(&m.url)?;
+            if m.buffer == 0 {
+                bail!("mqtt buffer must be > 0");
+            }
+            if m.prefix.is_empty() || m.prefix.contains(['+', '#']) {
+                bail!("mqtt prefix {:?} must be non-empty and free of '+', '#'", m.prefix);
+            }
+        }
+        Ok(())
+    }
+
+    /// `resolution` as (width, height).
+    pub fn resolution_pair(&self) -> Result<(u32, u32)> {
+        let bad = || anyhow::anyhow!("resolution {:?} is not WIDTHxHEIGHT (e.g. 640x480)", self.resolution);
+        let (w, h) = self.resolution.split_once(['x', 'X']).ok_or_else(bad)?;
+        let (w, h) = (w.trim().parse::<u32>().map_err(|_| bad())?, h.trim().parse::<u32>().map_err(|_| bad())?);
+        if w == 0 || h == 0 {
+            return Err(bad());
+        }
+        Ok((w, h))
+    }
+}

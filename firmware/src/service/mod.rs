@@ -1,0 +1,170 @@
+//! `edgecap run`: frames from a source → the newest one, at most once per interval, when the
+//! scene changed → a caption → every output. The pieces, one module each: configuration
+//! ([`config`]), sources ([`source`]), the newest-frame slot ([`slot`]), scheduling
+//! ([`scheduler`], [`scene`]), outputs ([`output`]).
+
+pub mod config;
+pub mod output;
+mod queue;
+mod record;
+mod scene;
+mod scheduler;
+mod slot;
+pub mod source;
+mod stats;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use edgecap_engine::generate::GenerationOptions;
+use edgecap_engine::model::CaptionModel;
+
+use crate::exit;
+use config::{Config, RunArgs};
+use output::Sink;
+use slot::Slot;
+use source::{SourceContext, SourceSpec};
+use stats::Stats;
+
+/// `edgecap run`.
+pub fn run(args: &RunArgs) -> u8 {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+            eprintln!("error: cannot install the signal handler: {e}");
+            return exit::FATAL;
+        }
+    }
+    let service = match Service::start(args, Arc::clone(&stop)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {}", edgecap_engine::error::one_line(e.as_ref()));
+            return exit::FATAL;
+        }
+    };
+    service.run()
+}
+
+/// `edgecap check-config`: everything `run` checks before it starts, without starting.
+pub fn check(args: &RunArgs) -> u8 {
+    let result = args.resolve().and_then(|config| {
+        let (model, _) = load_model(&config)?;
+        drop(model);
+        Ok(config)
+    });
+    match result {
+        Ok(config) => {
+            match toml::to_string(&config) {
+                Ok(text) => print!("{text}"),
+                Err(e) => log::warn!("cannot print the configuration: {e}"),
+            }
+            eprintln!("configuration OK");
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {}", edgecap_engine::error::one_line(e.as_ref()));
+            exit::FATAL
+        }
+    }
+}
+
+struct Service {
+    config: Config,
+    model: CaptionModel,
+    opts: GenerationOptions,
+    model_name: String,
+    slot: Arc<Slot>,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+    sinks: Vec<Box<dyn Sink>>,
+    source: std::thread::JoinHandle<()>,
+}
+
+impl Service {
+    fn start(args: &RunArgs, stop: Arc<AtomicBool>) -> Result<Service> {
+        let config = args.resolve()?;
+        let (model, opts) = load_model(&config)?;
+        let model_name = model_name(&config);
+        let stats = Arc::new(Stats::default());
+        let spec = SourceSpec::parse(&config.source)?;
+        let sinks = start_sinks(&config, &stats)?;
+        let slot = Arc::new(Slot::new(spec.lossless(&config)));
+        let ctx = SourceContext {
+            slot: Arc::clone(&slot),
+            stats: Arc::clone(&stats),
+            stop: Arc::clone(&stop),
+            once: config.once,
+        };
+        let source = source::spawn(&spec, &config, ctx)?;
+        log::info!("running: source {}, interval {}s, model {model_name}", config.source, config.interval);
+        Ok(Service { config, model, opts, model_name, slot, stats, stop, sinks, source })
+    }
+
+    fn run(mut self) -> u8 {
+        let mut scheduler = scheduler::Scheduler::new(&self.config, &self.model, &self.opts, &self.model_name);
+        let outcome = scheduler.run(&self.slot, &self.stats, &self.stop, &mut self.sinks);
+        // Unblock a source waiting on the slot; a source blocked reading stdin ends with the process.
+        self.slot.close();
+        if self.stop.load(Ordering::Relaxed) {
+            log::info!("stopping on signal");
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs_f64(self.config.flush_timeout);
+        let undelivered: u64 = self.sinks.into_iter().map(|s| s.finish(deadline)).sum();
+        if self.source.is_finished() {
+            let _ = self.source.join();
+        }
+        eprintln!("edgecap: stopped: {}", self.stats);
+        match outcome {
+            Err(e) => {
+                eprintln!("error: {}", edgecap_engine::error::one_line(e.as_ref()));
+                exit::RUNTIME
+            }
+            Ok(()) if undelivered > 0 => exit::SOME_FAILED,
+            Ok(()) => exit::OK,
+        }
+    }
+}
+
+fn load_model(config: &Config) -> Result<(CaptionModel, GenerationOptions)> {
+    let bundle = match &config.bundle {
+        Some(b) => b.clone(),
+        None => crate::caption::default_bundle()?,
+    };
+    let model = CaptionModel::load(&bundle).with_context(|| format!("cannot load bundle {}", bundle.display()))?;
+    let mut opts = model.default_options();
+    if let Some(n) = config.max_tokens {
+        opts.max_tokens = n;
+    }
+    if let Some(b) = config.beam {
+        opts.beam_width = b;
+    }
+    model.check_options(&opts)?;
+    Ok((model, opts))
+}
+
+/// The `model` field of records: the bundle's directory name.
+fn model_name(config: &Config) -> String {
+    let dir = config.bundle.clone().or_else(|| crate::caption::default_bundle().ok()).unwrap_or_default();
+    let dir = dir.canonicalize().unwrap_or(dir);
+    dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "default".into())
+}
+
+fn start_sinks(config: &Config, stats: &Arc<Stats>) -> Result<Vec<Box<dyn Sink>>> {
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if config.stdout {
+        sinks.push(Box::new(output::Stdout::default()));
+    }
+    if let Some(serial) = &config.serial {
+        let s = output::serial::Serial::start(serial, Arc::clone(stats))
+            .with_context(|| format!("serial {}", Path::new(&serial.device).display()))?;
+        sinks.push(Box::new(s));
+    }
+    if let Some(mqtt) = &config.mqtt {
+        sinks.push(Box::new(output::mqtt::Mqtt::start(mqtt, &config.camera, Arc::clone(stats))?));
+    }
+    Ok(sinks)
+}

@@ -1,0 +1,436 @@
+//! `--mqtt mqtt://[user:pass@]host[:port]`: captions to an MQTT broker, Home Assistant style.
+//!
+//! * `P/<camera>/caption`: the full JSON record, QoS 1 (the sensor's attributes);
+//!   `P/<camera>/state`: the caption cut to 255 characters, QoS 1 (the sensor's state).
+//! * `P/available`: `online` / `offline`, retained; `offline` is also the last will.
+//! * `homeassistant/sensor/<node>/caption/config`: discovery, retained, sent on every connect and
+//!   again whenever `homeassistant/status` says `online` (Home Assistant restarted).
+//!
+//! Delivery: every caption goes into our own bounded drop-oldest buffer and leaves it only when
+//! the broker acknowledges it (PUBACK). rumqttc forgets its pending queue on a clean-session
+//! reconnect, so each connection uses a fresh client and everything unacknowledged is sent again
+//! after reconnecting (at-least-once, as QoS 1 promises). Reconnects back off from 0.5 s to 30 s.
+
+use std::collections::VecDeque;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rumqttc::{Client, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+
+use super::Sink;
+use crate::service::config::MqttConfig;
+use crate::service::queue::DropOldest;
+use crate::service::record::CaptionRecord;
+use crate::service::stats::Stats;
+
+/// Home Assistant's limit for a sensor state.
+pub const MAX_STATE_CHARS: usize = 255;
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Captions handed to the client before waiting for acknowledgements.
+const MAX_INFLIGHT: usize = 16;
+const TICK: Duration = Duration::from_millis(50);
+
+/// A parsed broker address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+    pub credentials: Option<(String, String)>,
+}
+
+impl BrokerUrl {
+    pub fn parse(url: &str) -> Result<BrokerUrl> {
+        let rest = match url.split_once("://") {
+            Some(("mqtt", rest)) | Some(("tcp", rest)) => rest,
+            Some(("mqtts", _)) | Some(("ssl", _)) => {
+                bail!(
+                    "mqtt url {url:?}: TLS (mqtts://) is not supported by this build; use mqtt:// on a trusted network"
+                )
+            }
+            _ => bail!("mqtt url {url:?}: expected mqtt://[user:pass@]host[:port]"),
+        };
+        let rest = rest.trim_end_matches('/');
+        let (credentials, hostport) = match rest.rsplit_once('@') {
+            Some((userinfo, hostport)) => {
+                let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+                (Some((user.to_string(), pass.to_string())), hostport)
+            }
+            None => (None, rest),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => {
+                (h, p.parse::<u16>().with_context(|| format!("mqtt url {url:?}: bad port {p:?}"))?)
+            }
+            _ => (hostport, 1883),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains('/') {
+            bail!("mqtt url {url:?}: missing or bad host");
+        }
+        Ok(BrokerUrl { host: host.to_string(), port, credentials })
+    }
+}
+
+/// Topic names, fixed for a run.
+#[derive(Clone)]
+struct Topics {
+    caption: String,
+    state: String,
+    available: String,
+    discovery: Option<String>,
+    ha_status: Option<String>,
+    node: String,
+    camera: String,
+}
+
+impl Topics {
+    fn new(config: &MqttConfig, camera: &str, node: &str) -> Topics {
+        let p = &config.prefix;
+        let dp = &config.discovery_prefix;
+        let ha = !dp.is_empty();
+        Topics {
+            caption: format!("{p}/{camera}/caption"),
+            state: format!("{p}/{camera}/state"),
+            available: format!("{p}/available"),
+            discovery: ha.then(|| format!("{dp}/sensor/{node}/caption/config")),
+            ha_status: ha.then(|| format!("{dp}/status")),
+            node: node.to_string(),
+            camera: camera.to_string(),
+        }
+    }
+
+    /// The Home Assistant sensor: state = caption (≤255 chars), attributes = the full record.
+    fn discovery_payload(&self) -> String {
+        serde_json::json!({
+            "name": "Caption",
+            "unique_id": format!("{}_caption", self.node),
+            "object_id": format!("{}_caption", self.node),
+            "state_topic": self.state,
+            "json_attributes_topic": self.caption,
+            "availability_topic": self.available,
+            "payload_available": "online",
+            "payload_not_available": "offline",
+            "icon": "mdi:image-text",
+            "device": {
+                "identifiers": [self.node],
+                "name": format!("edgecap {}", self.camera),
+                "manufacturer": "edgecap",
+                "model": "edgecap",
+                "sw_version": env!("CARGO_PKG_VERSION"),
+            },
+        })
+        .to_string()
+    }
+}
+
+/// The caption cut to Home Assistant's state limit, on a character boundary.
+pub fn state_text(caption: &str) -> String {
+    caption.chars().take(MAX_STATE_CHARS).collect()
+}
+
+struct Shared {
+    buffer: Mutex<Buffer>,
+}
+
+struct Buffer {
+    records: DropOldest<Arc<CaptionRecord>>,
+    closing: bool,
+    /// Set by `finish` at its deadline.
+    abandon: bool,
+}
+
+pub struct Mqtt {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    stats: Arc<Stats>,
+}
+
+impl Mqtt {
+    pub fn start(config: &MqttConfig, camera: &str, stats: Arc<Stats>) -> Result<Mqtt> {
+        let url = BrokerUrl::parse(&config.url)?;
+        let node = config.client_id.clone().unwrap_or_else(|| format!("edgecap_{camera}"));
+        let topics = Topics::new(config, camera, &node);
+        let shared = Arc::new(Shared {
+            buffer: Mutex::new(Buffer { records: DropOldest::new(config.buffer), closing: false, abandon: false }),
+        });
+        let mut options = MqttOptions::new(node.clone(), url.host.clone(), url.port);
+        options.set_keep_alive(Duration::from_secs(config.keep_alive.max(5)));
+        options.set_clean_session(true);
+        options.set_max_packet_size(256 * 1024, 256 * 1024);
+        options.set_last_will(LastWill::new(&topics.available, "offline", QoS::AtLeastOnce, true));
+        if let Some((user, pass)) = &url.credentials {
+            options.set_credentials(user, pass);
+        }
+        let mut link = Link { options, topics, shared: Arc::clone(&shared), conn: None, backoff: BACKOFF_MIN };
+        let thread = std::thread::Builder::new()
+            .name("mqtt".into())
+            .spawn(move || link.run())
+            .context("cannot start mqtt thread")?;
+        log::info!("mqtt: broker {}:{} as {node}", url.host, url.port);
+        Ok(Mqtt { shared, thread: Some(thread), stats })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Buffer> {
+        self.shared.buffer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Sink for Mqtt {
+    fn send(&mut self, record: &Arc<CaptionRecord>) {
+        if let Some(dropped) = self.lock().records.push(Arc::clone(record)) {
+            self.stats.mqtt_dropped.inc();
+            log::warn!(
+                "mqtt: buffer full while the broker is away; dropped caption {} ({} dropped so far)",
+                dropped.id,
+                self.stats.mqtt_dropped.get()
+            );
+        }
+    }
+
+    fn finish(mut self: Box<Self>, deadline: Instant) -> u64 {
+        self.lock().closing = true;
+        while !self.lock().records.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(TICK);
+        }
+        let left = {
+            let mut buffer = self.lock();
+            buffer.abandon = true;
+            buffer.records.len() as u64
+        };
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if left > 0 {
+            self.stats.mqtt_dropped.add(left);
+            log::warn!("mqtt: {left} captions undelivered at shutdown");
+        }
+        left
+    }
+}
+
+/// One connection: a fresh client, and its event loop on a thread of its own.
+struct Conn {
+    client: Client,
+    events: Receiver<Result<Event, ConnectionError>>,
+    connected: bool,
+    /// Record id (0 for other messages) of each QoS 1 publish not yet acknowledged, in the
+    /// order sent; the broker acknowledges in that order.
+    inflight: VecDeque<u64>,
+    /// Highest record id handed to this connection.
+    last_sent: u64,
+}
+
+struct Link {
+    options: MqttOptions,
+    topics: Topics,
+    shared: Arc<Shared>,
+    conn: Option<Conn>,
+    backoff: Duration,
+}
+
+impl Link {
+    fn run(&mut self) {
+        let mut retry_at = Instant::now();
+        let mut warned = false;
+        loop {
+            let (closing, abandon, empty) = {
+                let b = self.shared.buffer.lock().unwrap_or_else(|e| e.into_inner());
+                (b.closing, b.abandon, b.records.is_empty())
+            };
+            let settled = match &self.conn {
+                Some(c) => c.inflight.is_empty(),
+                None => true,
+            };
+            if abandon || (closing && empty && settled) {
+                self.shutdown();
+                return;
+            }
+            if self.conn.is_none() {
+                if Instant::now() < retry_at {
+                    std::thread::sleep(TICK);
+                    continue;
+                }
+                self.conn = Some(self.connect());
+            }
+            match self.pump() {
+                Ok(()) => {}
+                Err(e) => {
+                    if !warned {
+                        log::warn!("mqtt: broker unreachable: {e}; captions are buffered, retrying with backoff");
+                        warned = true;
+                    }
+                    self.conn = None; // drops the client: its thread ends, its pending queue goes
+                    retry_at = Instant::now() + self.backoff;
+                    self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            }
+            if self.conn.as_ref().is_some_and(|c| c.connected) && warned {
+                log::info!("mqtt: reconnected");
+                warned = false;
+            }
+        }
+    }
+
+    fn connect(&self) -> Conn {
+        let (client, mut connection) = Client::new(self.options.clone(), 64);
+        let (tx, events) = mpsc::channel();
+        let spawned = std::thread::Builder::new().name("mqtt-conn".into()).spawn(move || {
+            for event in connection.iter() {
+                let failed = event.is_err();
+                if tx.send(event).is_err() || failed {
+                    return; // the link dropped this connection, or it failed: a fresh one comes next
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            log::error!("mqtt: cannot start connection thread: {e}");
+        }
+        Conn { client, events, connected: false, inflight: VecDeque::new(), last_sent: 0 }
+    }
+
+    /// Handles events for one tick and sends what the buffer holds.
+    fn pump(&mut self) -> Result<(), String> {
+        let conn = self.conn.as_mut().expect("connected before pumping");
+        match conn.events.recv_timeout(TICK) {
+            Ok(Ok(event)) => self.on_event(event)?,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Err("connection closed".into()),
+        }
+        self.send_buffered()
+    }
+
+    fn on_event(&mut self, event: Event) -> Result<(), String> {
+        let conn = self.conn.as_mut().expect("connected");
+        match event {
+            Event::Incoming(Packet::ConnAck(_)) => {
+                conn.connected = true;
+                self.backoff = BACKOFF_MIN;
+                self.announce(true)?;
+            }
+            Event::Incoming(Packet::PubAck(_)) => {
+                if let Some(id) = conn.inflight.pop_front().filter(|&id| id != 0) {
+                    let mut b = self.shared.buffer.lock().unwrap_or_else(|e| e.into_inner());
+                    // Usually the front; it may already be gone if the buffer overflowed meanwhile.
+                    if let Some(pos) = (0..b.records.len()).find(|&i| b.records.get(i).is_some_and(|r| r.id == id)) {
+                        b.records.remove(pos);
+                    }
+                }
+            }
+            Event::Incoming(Packet::Publish(p))
+                if Some(&p.topic) == self.topics.ha_status.as_ref() && &p.payload[..] == b"online" =>
+            {
+                log::info!("mqtt: Home Assistant is online; announcing the sensor again");
+                self.announce(false)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// After connecting: availability, discovery, and the Home Assistant status subscription.
+    fn announce(&mut self, first: bool) -> Result<(), String> {
+        let topics = self.topics.clone();
+        let conn = self.conn.as_mut().expect("connected");
+        let publish = |conn: &mut Conn, topic: &str, payload: String| -> Result<(), String> {
+            conn.client.try_publish(topic, QoS::AtLeastOnce, true, payload).map_err(|e| e.to_string())?;
+            conn.inflight.push_back(0);
+            Ok(())
+        };
+        if first {
+            publish(conn, &topics.available, "online".into())?;
+        }
+        if let Some(discovery) = &topics.discovery {
+            publish(conn, discovery, topics.discovery_payload())?;
+        }
+        if first {
+            if let Some(status) = &topics.ha_status {
+                conn.client.try_subscribe(status, QoS::AtLeastOnce).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands buffered captions not yet sent on this connection to the client.
+    fn send_buffered(&mut self) -> Result<(), String> {
+        let Some(conn) = self.conn.as_mut().filter(|c| c.connected) else { return Ok(()) };
+        let next: Vec<Arc<CaptionRecord>> = {
+            let b = self.shared.buffer.lock().unwrap_or_else(|e| e.into_inner());
+            let room = MAX_INFLIGHT.saturating_sub(conn.inflight.len());
+            (0..b.records.len())
+                .filter_map(|i| b.records.get(i))
+                .filter(|r| r.id > conn.last_sent)
+                .take(room)
+                .cloned()
+                .collect()
+        };
+        for record in next {
+            // The state first: its acknowledgement carries no record, the caption's removes it.
+            conn.client
+                .try_publish(&self.topics.state, QoS::AtLeastOnce, false, state_text(&record.caption))
+                .map_err(|e| e.to_string())?;
+            conn.inflight.push_back(0);
+            conn.client
+                .try_publish(&self.topics.caption, QoS::AtLeastOnce, false, record.json())
+                .map_err(|e| e.to_string())?;
+            conn.inflight.push_back(record.id);
+            conn.last_sent = record.id;
+        }
+        Ok(())
+    }
+
+    /// Publishes `offline` (retained) and disconnects cleanly, so the will is not needed.
+    fn shutdown(&mut self) {
+        let Some(conn) = self.conn.as_mut().filter(|c| c.connected) else { return };
+        if conn.client.try_publish(&self.topics.available, QoS::AtLeastOnce, true, "offline").is_err() {
+            return;
+        }
+        conn.inflight.push_back(0);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !conn.inflight.is_empty() && Instant::now() < deadline {
+            match conn.events.recv_timeout(TICK) {
+                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => {
+                    conn.inflight.pop_front();
+                }
+                Ok(Ok(_)) | Err(RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+        }
+        let _ = conn.client.try_disconnect();
+        // Let the event loop send DISCONNECT before the client is dropped.
+        while let Ok(Ok(event)) = conn.events.recv_timeout(Duration::from_millis(500)) {
+            if matches!(event, Event::Outgoing(Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{state_text, BrokerUrl};
+
+    #[test]
+    fn parses_broker_urls() {
+        let plain = BrokerUrl::parse("mqtt://127.0.0.1:18830").unwrap();
+        assert_eq!(plain, BrokerUrl { host: "127.0.0.1".into(), port: 18830, credentials: None });
+        let auth = BrokerUrl::parse("mqtt://ha:s3cret@homeassistant.local").unwrap();
+        assert_eq!((auth.host.as_str(), auth.port), ("homeassistant.local", 1883));
+        assert_eq!(auth.credentials, Some(("ha".into(), "s3cret".into())));
+        for bad in ["http://x:1", "mqtt://:1883", "mqtt://host:port", "mqtts://host", "host:1883"] {
+            assert!(BrokerUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn state_is_cut_to_255_characters_on_a_character_boundary() {
+        let long = "é".repeat(300);
+        assert_eq!(state_text(&long).chars().count(), 255);
+        assert_eq!(state_text("a dog."), "a dog.");
+    }
+}

@@ -1,0 +1,551 @@
+//! `edgecap run` end to end with real parts: a Mosquitto broker on a loopback port, a serial line
+//! through a socat pseudo-terminal pair, folders and stdin fed while the service runs, and a
+//! memory soak. Mosquitto and socat come from Debian (scripts/test.sh installs them).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use edgecap_tests::{binary, export_reference, fixtures, reference};
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+
+/// The tiny fixture bundle, exported once per test process.
+fn bundle() -> &'static Path {
+    static BUNDLE: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = BUNDLE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        export_reference(&reference("clipcap-mlp.json"), &fixtures(), &dir.path().join("tiny"));
+        dir
+    });
+    Box::leak(dir.path().join("tiny").into_boxed_path())
+}
+
+fn image(name: &str) -> PathBuf {
+    fixtures().join("images").join(name)
+}
+
+const PHOTOS: [&str; 5] = ["astronaut.jpg", "chelsea.png", "coffee.webp", "rocket.bmp", "camera_gray.png"];
+
+/// `edgecap run --bundle <tiny> --max-tokens 5 ARGS`, stdout and stderr piped.
+fn edgecap(args: &[&str]) -> Command {
+    let mut cmd = Command::new(binary("edgecap"));
+    cmd.arg("run").arg("--bundle").arg(bundle()).args(["--max-tokens", "5"]).args(args);
+    cmd.env("RUST_LOG", "warn").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs to completion; returns (exit code, stdout JSON records, stderr).
+fn finish(child: Child) -> (Option<i32>, Vec<Value>, String) {
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let records = stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect();
+    (out.status.code(), records, stderr)
+}
+
+fn signal(child: &Child, name: &str) {
+    let ok = Command::new("kill").args(["-s", name, &child.id().to_string()]).status().unwrap().success();
+    assert!(ok, "kill -s {name}");
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Lines of a child's stdout, collected on a thread.
+fn collect_lines(stream: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            match line {
+                Ok(l) => sink.lock().unwrap().push(l),
+                Err(_) => return,
+            }
+        }
+    });
+    lines
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn stat(stderr: &str, key: &str) -> u64 {
+    let summary =
+        stderr.lines().find(|l| l.contains("edgecap: stopped:")).unwrap_or_else(|| panic!("no summary: {stderr}"));
+    let field = summary.split_whitespace().find_map(|w| w.strip_prefix(&format!("{key}="))).expect("field");
+    field.parse().unwrap()
+}
+
+/// A Mosquitto broker on a free loopback port, with persistence so that a restart keeps the
+/// test subscriber's session (and the messages queued for it).
+struct Broker {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let mut broker = Broker { port: free_port(), dir, child: None };
+        broker.spawn();
+        broker
+    }
+
+    fn spawn(&mut self) {
+        let conf = self.dir.path().join("mosquitto.conf");
+        let text = format!(
+            "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n",
+            self.port,
+            self.dir.path().display()
+        );
+        std::fs::write(&conf, text).unwrap();
+        let exe =
+            ["/usr/sbin/mosquitto", "mosquitto"].into_iter().find(|p| !p.starts_with('/') || Path::new(p).exists());
+        let child = Command::new(exe.unwrap())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto is installed (scripts/test.sh installs it)");
+        self.child = Some(child);
+        wait_until("mosquitto to listen", Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        });
+    }
+
+    /// SIGTERM (mosquitto saves its sessions) and wait.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, "TERM");
+            child.wait().unwrap();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Message {
+    topic: String,
+    payload: String,
+    retain: bool,
+}
+
+/// A rumqttc subscriber with a persistent session, reconnecting on its own.
+struct Subscriber {
+    messages: Arc<Mutex<Vec<Message>>>,
+    client: Client,
+}
+
+impl Subscriber {
+    fn connect(broker: &Broker, filters: &[&str]) -> Subscriber {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut options = MqttOptions::new(format!("test-sub-{}-{n}", broker.port), "127.0.0.1", broker.port);
+        options.set_clean_session(false).set_keep_alive(Duration::from_secs(5));
+        let (client, mut connection) = Client::new(options, 16);
+        for f in filters {
+            client.subscribe(*f, QoS::AtLeastOnce).unwrap();
+        }
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&messages);
+        let subscribed = Arc::new(Mutex::new(0usize));
+        let acks = Arc::clone(&subscribed);
+        std::thread::spawn(move || loop {
+            match connection.recv() {
+                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => sink.lock().unwrap().push(Message {
+                    topic: p.topic.clone(),
+                    payload: String::from_utf8_lossy(&p.payload).into_owned(),
+                    retain: p.retain,
+                }),
+                Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => *acks.lock().unwrap() += 1,
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => std::thread::sleep(Duration::from_millis(100)), // broker away: retry
+                Err(_) => return,
+            }
+        });
+        wait_until("subscriptions", Duration::from_secs(10), || *subscribed.lock().unwrap() == filters.len());
+        Subscriber { messages, client }
+    }
+
+    fn on(&self, topic: &str) -> Vec<Message> {
+        self.messages.lock().unwrap().iter().filter(|m| m.topic == topic).cloned().collect()
+    }
+
+    /// Caption records by id (a QoS 1 redelivery may repeat one).
+    fn captions(&self, topic: &str) -> BTreeMap<u64, Value> {
+        self.on(topic)
+            .iter()
+            .map(|m| serde_json::from_str::<Value>(&m.payload).unwrap())
+            .map(|v| (v["id"].as_u64().unwrap(), v))
+            .collect()
+    }
+}
+
+/// A socat pseudo-terminal pair: edgecap writes to `device`, the test reads `peer`.
+struct PtyPair {
+    device: PathBuf,
+    peer: PathBuf,
+    child: Option<Child>,
+}
+
+impl PtyPair {
+    fn start(dir: &Path) -> PtyPair {
+        let mut pair = PtyPair { device: dir.join("ttyEDGECAP"), peer: dir.join("ttyPEER"), child: None };
+        pair.spawn();
+        pair
+    }
+
+    fn spawn(&mut self) {
+        let end = |p: &Path| format!("pty,raw,echo=0,link={}", p.display());
+        let child = Command::new("socat")
+            .args([end(&self.device), end(&self.peer)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat is installed (scripts/test.sh installs it)");
+        self.child = Some(child);
+        wait_until("socat ptys", Duration::from_secs(10), || self.device.exists() && self.peer.exists());
+    }
+
+    /// The device disappears, as a USB serial adapter pulled out.
+    fn vanish(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        let _ = std::fs::remove_file(&self.device);
+        let _ = std::fs::remove_file(&self.peer);
+    }
+
+    fn read_lines(&self) -> Arc<Mutex<Vec<String>>> {
+        collect_lines(std::fs::File::open(&self.peer).unwrap())
+    }
+}
+
+impl Drop for PtyPair {
+    fn drop(&mut self) {
+        self.vanish();
+    }
+}
+
+fn check_record(record: &Value, camera: &str) {
+    for key in ["id", "camera", "caption", "tokens", "frame_time", "model", "latency_ms"] {
+        assert!(record.get(key).is_some(), "{key} missing in {record}");
+    }
+    assert_eq!(record["camera"], camera);
+    assert_eq!(record["model"], "tiny");
+    assert!(!record["tokens"].as_array().unwrap().is_empty(), "{record}");
+    assert!(record["caption"].is_string() && record["latency_ms"].as_f64().unwrap() > 0.0, "{record}");
+    assert!(record["frame_time"].as_str().unwrap().ends_with('Z'), "{record}");
+}
+
+#[test]
+fn once_over_a_folder_publishes_one_caption_per_image_to_mqtt_and_serial() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    for (i, name) in PHOTOS.iter().enumerate() {
+        std::fs::copy(image(name), photos.join(format!("{i:02}-{name}"))).unwrap();
+    }
+    let broker = Broker::start();
+    let sub = Subscriber::connect(&broker, &["P/#", "homeassistant/#"]);
+    let pty = PtyPair::start(dir.path());
+    let serial_lines = pty.read_lines();
+
+    let source = format!("dir:{}", photos.display());
+    let device = pty.device.display().to_string();
+    let mqtt = broker.url();
+    let args =
+        ["--source", &source, "--once", "--mqtt", &mqtt, "--mqtt-prefix", "P", "--serial", &device, "--baud", "115200"];
+    let (code, stdout, stderr) = finish(edgecap(&[&args[..], &["--camera", "door"]].concat()).spawn().unwrap());
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout.len(), PHOTOS.len(), "one caption per image on stdout: {stdout:?}");
+
+    // MQTT: exactly one caption per image, with the documented payload.
+    wait_until("captions on MQTT", Duration::from_secs(10), || sub.on("P/door/caption").len() >= PHOTOS.len());
+    let published = sub.on("P/door/caption");
+    assert_eq!(published.len(), PHOTOS.len(), "{published:?}");
+    let by_id = sub.captions("P/door/caption");
+    assert_eq!(by_id.keys().copied().collect::<Vec<_>>(), (1..=PHOTOS.len() as u64).collect::<Vec<_>>());
+    for (record, printed) in by_id.values().zip(&stdout) {
+        check_record(record, "door");
+        assert_eq!(record, printed, "MQTT and stdout carry the same record");
+    }
+    // The sensor state is the caption (≤ 255 characters).
+    let states: Vec<String> = sub.on("P/door/state").into_iter().map(|m| m.payload).collect();
+    let captions: Vec<String> =
+        by_id.values().map(|r| r["caption"].as_str().unwrap().chars().take(255).collect()).collect();
+    assert_eq!(states, captions);
+    // Availability: online then offline on a clean stop, both retained for late subscribers.
+    let available: Vec<String> = sub.on("P/available").into_iter().map(|m| m.payload).collect();
+    assert_eq!(available.first().map(String::as_str), Some("online"), "{available:?}");
+    assert_eq!(available.last().map(String::as_str), Some("offline"), "{available:?}");
+    let late = Subscriber::connect(&broker, &["P/available"]);
+    wait_until("retained availability", Duration::from_secs(5), || !late.on("P/available").is_empty());
+    let retained = late.on("P/available");
+    assert!(retained[0].retain && retained[0].payload == "offline", "{retained:?}");
+    // Home Assistant discovery.
+    let config = sub.on("homeassistant/sensor/edgecap_door/caption/config");
+    assert!(!config.is_empty(), "discovery config published");
+    let config: Value = serde_json::from_str(&config[0].payload).unwrap();
+    assert_eq!(config["unique_id"], "edgecap_door_caption");
+    assert_eq!(config["state_topic"], "P/door/state");
+    assert_eq!(config["json_attributes_topic"], "P/door/caption");
+    assert_eq!(config["availability_topic"], "P/available");
+    assert!(config["device"]["identifiers"].as_array().is_some_and(|ids| ids[0] == "edgecap_door"), "{config}");
+
+    // Serial: the same records, one intact JSON line each.
+    wait_until("serial lines", Duration::from_secs(5), || serial_lines.lock().unwrap().len() >= PHOTOS.len());
+    let lines = serial_lines.lock().unwrap().clone();
+    let serial: Vec<Value> =
+        lines.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}"))).collect();
+    assert_eq!(serial, stdout);
+}
+
+#[test]
+fn last_will_on_kill_and_discovery_again_when_home_assistant_restarts() {
+    let broker = Broker::start();
+    let sub = Subscriber::connect(&broker, &["Q/#", "homeassistant/sensor/#"]);
+    let mqtt = broker.url();
+    let args = ["--source", "test-pattern", "--fps", "2", "--interval", "0", "--mqtt", &mqtt, "--mqtt-prefix", "Q"];
+    let mut child = edgecap(&args).spawn().unwrap();
+    let discovery = "homeassistant/sensor/edgecap_camera/caption/config";
+    wait_until("online and a caption", Duration::from_secs(20), || {
+        !sub.on("Q/camera/caption").is_empty() && !sub.on(discovery).is_empty()
+    });
+    assert_eq!(sub.on("Q/available")[0].payload, "online");
+
+    sub.client.publish("homeassistant/status", QoS::AtLeastOnce, false, "online").unwrap();
+    wait_until("discovery re-announced", Duration::from_secs(10), || sub.on(discovery).len() >= 2);
+
+    child.kill().unwrap(); // SIGKILL: no chance to say goodbye
+    child.wait().unwrap();
+    wait_until("the last will", Duration::from_secs(10), || {
+        sub.on("Q/available").last().is_some_and(|m| m.payload == "offline")
+    });
+}
+
+#[test]
+fn captions_made_while_the_broker_is_down_arrive_after_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start();
+    let sub = Subscriber::connect(&broker, &["R/#"]);
+    let source = format!("dir:{}", dir.path().display());
+    let mqtt = broker.url();
+    let args =
+        ["--source", &source, "--interval", "0", "--scene-threshold", "0", "--mqtt", &mqtt, "--mqtt-prefix", "R"];
+    let mut child = edgecap(&[&args[..], &["--mqtt-buffer", "50"]].concat()).spawn().unwrap();
+    let stdout = collect_lines(child.stdout.take().unwrap());
+    let feed =
+        |i: usize| std::fs::copy(image(PHOTOS[i % PHOTOS.len()]), dir.path().join(format!("{i:03}.img"))).unwrap();
+
+    for i in 0..3 {
+        feed(i);
+    }
+    wait_until("3 captions on MQTT", Duration::from_secs(20), || sub.captions("R/camera/caption").len() == 3);
+    broker.stop();
+    for i in 3..8 {
+        feed(i);
+    }
+    wait_until("8 captions made", Duration::from_secs(20), || stdout.lock().unwrap().len() == 8);
+    std::thread::sleep(Duration::from_secs(1)); // the service keeps failing to reconnect meanwhile
+    broker.spawn();
+    wait_until("every caption delivered", Duration::from_secs(40), || sub.captions("R/camera/caption").len() == 8);
+    assert_eq!(sub.captions("R/camera/caption").keys().copied().collect::<Vec<_>>(), (1..=8).collect::<Vec<_>>());
+
+    signal(&child, "TERM");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "a clean stop with everything delivered");
+    wait_until("offline", Duration::from_secs(5), || {
+        sub.on("R/available").last().is_some_and(|m| m.payload == "offline")
+    });
+}
+
+#[test]
+fn serial_port_that_vanishes_and_returns_gets_intact_lines_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pty = PtyPair::start(dir.path());
+    let device = pty.device.display().to_string();
+    let args = ["--source", "test-pattern", "--fps", "10", "--interval", "0.2", "--serial", &device, "--no-stdout"];
+    let mut child = edgecap(&args).spawn().unwrap();
+    let before = pty.read_lines();
+    wait_until("lines before", Duration::from_secs(20), || before.lock().unwrap().len() >= 3);
+    pty.vanish();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(child.try_wait().unwrap().is_none(), "the service survives the port vanishing");
+    pty.spawn();
+    let after = pty.read_lines();
+    wait_until("lines after the port returns", Duration::from_secs(20), || after.lock().unwrap().len() >= 3);
+    signal(&child, "TERM");
+    let (code, _, stderr) = finish(child);
+    assert!(code == Some(0) || code == Some(1), "{stderr}");
+
+    let ids = |lines: &[String]| -> Vec<u64> {
+        lines
+            .iter()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("intact JSON line {l:?}: {e}")))
+            .inspect(|r| check_record(r, "camera"))
+            .map(|r| r["id"].as_u64().unwrap())
+            .collect()
+    };
+    let (before, after) = (ids(&before.lock().unwrap()), ids(&after.lock().unwrap()));
+    assert!(after.windows(2).all(|w| w[0] < w[1]) && after[0] > *before.last().unwrap(), "{before:?} then {after:?}");
+}
+
+#[test]
+fn a_folder_fed_while_running_is_captioned_file_by_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = format!("dir:{}", dir.path().display());
+    let mut child = edgecap(&["--source", &source, "--interval", "0", "--scene-threshold", "0"]).spawn().unwrap();
+    let stdout = collect_lines(child.stdout.take().unwrap());
+    for (i, name) in PHOTOS.iter().enumerate() {
+        // Written in pieces, as a capture script over a slow card would: never read half-done.
+        let bytes = std::fs::read(image(name)).unwrap();
+        let mut file = std::fs::File::create(dir.path().join(format!("{i:02}-{name}"))).unwrap();
+        for piece in bytes.chunks(bytes.len() / 3 + 1) {
+            file.write_all(piece).unwrap();
+            file.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        drop(file);
+        wait_until("the new image's caption", Duration::from_secs(20), || stdout.lock().unwrap().len() == i + 1);
+    }
+    signal(&child, "INT");
+    let (code, _, stderr) = finish(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stat(&stderr, "corrupt"), 0, "{stderr}");
+    assert_eq!(stat(&stderr, "captioned"), PHOTOS.len() as u64, "{stderr}");
+}
+
+#[test]
+fn corrupt_and_truncated_frames_are_skipped_counted_and_the_service_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = fixtures().join("bad");
+    let files = [
+        (image("astronaut.jpg"), "a.jpg"),
+        (bad.join("truncated.jpg"), "b.jpg"),
+        (bad.join("not_an_image.jpg"), "c.jpg"),
+        (image("chelsea.png"), "d.png"),
+        (bad.join("empty.jpg"), "e.jpg"),
+        (image("coffee.webp"), "f.webp"),
+    ];
+    for (from, to) in &files {
+        std::fs::copy(from, dir.path().join(to)).unwrap();
+    }
+    let source = format!("dir:{}", dir.path().display());
+    let (code, stdout, stderr) = finish(edgecap(&["--source", &source, "--once"]).spawn().unwrap());
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout.len(), 3, "{stdout:?}");
+    assert_eq!(stat(&stderr, "corrupt"), 3, "{stderr}");
+    for name in ["b.jpg", "c.jpg", "e.jpg"] {
+        assert!(stderr.lines().any(|l| l.contains("skipped") && l.contains(name)), "a warning names {name}: {stderr}");
+    }
+}
+
+#[test]
+fn stdin_stream_of_concatenated_images_with_garbage_and_a_truncated_tail() {
+    let jpeg = std::fs::read(image("rocket_exif6.jpg")).unwrap();
+    let png = std::fs::read(image("chelsea.png")).unwrap();
+    let stream =
+        [jpeg.clone(), b"garbage between frames".to_vec(), png.clone(), jpeg[..jpeg.len() / 2].to_vec()].concat();
+    let mut child =
+        edgecap(&["--source", "-", "--interval", "0", "--scene-threshold", "0"]).stdin(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::spawn(move || stdin.write_all(&stream)); // closing stdin ends the stream
+    let (code, stdout, stderr) = finish(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout.len(), 2, "{stdout:?} {stderr}");
+    assert_eq!(stat(&stderr, "corrupt"), 2, "garbage and the truncated tail: {stderr}");
+}
+
+#[test]
+fn check_config_validates_files_and_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "source = \"test-pattern\"\ninterval = 2.5\n[mqtt]\nurl = \"mqtt://u:p@broker:1884\"\n")
+        .unwrap();
+    let check = |config: &Path, extra: &[&str]| {
+        let mut cmd = Command::new(binary("edgecap"));
+        cmd.arg("check-config").arg("--config").arg(config).arg("--bundle").arg(bundle()).args(extra);
+        cmd.output().unwrap()
+    };
+    let out = check(&good, &["--interval", "7"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let resolved: toml::Value = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(resolved["interval"].as_float(), Some(7.0), "the flag overrides the file");
+    assert_eq!(resolved["source"].as_str(), Some("test-pattern"));
+    assert_eq!(resolved["mqtt"]["prefix"].as_str(), Some("edgecap"));
+
+    let cases = [
+        ("source = \"webcam\"\n", "unknown source"),
+        ("intervall = 3\n", "line 1"),
+        ("[mqtt]\nurl = \"http://x\"\n", "mqtt url"),
+        ("scene_threshold = 4.0\n", "scene_threshold"),
+    ];
+    for (text, problem) in cases {
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, text).unwrap();
+        let out = check(&bad, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {stderr}");
+        assert!(stderr.contains(problem) && stderr.lines().count() == 1, "{text}: {stderr}");
+    }
+}
+
+/// Resident memory of a process in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn soak_resident_memory_stays_flat_over_thousands_of_frames() {
+    const CAPTIONS: u64 = 3000;
+    let max = CAPTIONS.to_string();
+    let args = ["--source", "test-pattern", "--resolution", "64x48", "--fps", "0", "--interval", "0"];
+    let more = ["--scene-threshold", "0", "--max-captions", &max, "--no-stdout"];
+    let mut child = edgecap(&[&args[..], &more[..]].concat()).spawn().unwrap();
+    let mut samples = Vec::new();
+    while child.try_wait().unwrap().is_none() {
+        if let Some(kib) = rss_kib(child.id()) {
+            samples.push(kib);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, _, stderr) = finish(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stat(&stderr, "captioned"), CAPTIONS, "{stderr}");
+    assert!(samples.len() >= 20, "enough samples ({}) to compare", samples.len());
+    // After warm-up (first fifth) vs the last fifth: no growth beyond allocator noise.
+    let fifth = samples.len() / 5;
+    let early = *samples[fifth..2 * fifth].iter().max().unwrap();
+    let late = *samples[samples.len() - fifth..].iter().max().unwrap();
+    eprintln!("soak: {} samples, early max {early} KiB, late max {late} KiB", samples.len());
+    assert!(late <= early + early / 10 + 4096, "resident memory grew from {early} KiB to {late} KiB");
+}
