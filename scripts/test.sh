@@ -1,20 +1,54 @@
 #!/usr/bin/env bash
-# Runs the whole edgecap test suite on a fresh Debian/Ubuntu machine with a Rust toolchain.
-# Installs what the tests need first, then runs every test once.
+# Runs the whole edgecap test suite on a fresh Debian/Ubuntu machine with a Rust toolchain
+# (rustup). Installs what the tests need first, then runs every test once:
+#   1. the workspace's tests on this machine (x86_64);
+#   2. the ARM device builds (aarch64, armv7), cross-compiled in release, with the engine's tests
+#      and end-to-end captions run under qemu-user on Cortex-A72, Cortex-A76 and Cortex-A7;
+#   3. the .deb packages, unpacked into an arm64 / armhf root and run from there.
+# Extra arguments go to step 1's `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The service tests use a real MQTT broker (mosquitto) and a real pseudo-terminal pair (socat).
-need=()
-command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
-command -v socat >/dev/null || need+=(socat)
-if [ ${#need[@]} -gt 0 ]; then
+# mosquitto + socat: the service tests' real broker and pseudo-terminal pairs. Cross gcc,
+# their C libraries and qemu-user: the ARM builds and their emulated runs. libclang: the camera
+# backend's V4L2 bindings (bindgen), built into the device binaries.
+packages=(mosquitto socat gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross
+    libc6-dev-armhf-cross qemu-user dpkg libclang-dev)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 fi
-# Debian starts a system mosquitto on 1883; the tests start their own on free ports, so it is
-# not needed (and harmless).
+# Debian starts a system mosquitto on 1883; the tests start their own on free ports.
+rustup target add aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
 
-# Dependencies are built with opt-level 3 even in the test profile (see Cargo.toml): the
+# 1. Dependencies are built with opt-level 3 even in the test profile (see Cargo.toml): the
 # numerical tests on unoptimised tract would be 10-50x slower.
 cargo test --workspace --locked "$@"
+
+# 2. ARM. The release binaries the boards run, with the camera backend, as packaged (and
+# host-tools, to run validate on the board).
+arm_targets=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
+for target in "${arm_targets[@]}"; do
+    cargo build --release --locked --target "$target" -p edgecap -p host-tools --features edgecap/camera
+done
+# An assembler without `sdot` makes tract silently leave its dot-product int8 kernel out.
+if ! grep -q arm64simd_mmm_i32_8x8_dot target/aarch64-unknown-linux-gnu/release/edgecap; then
+    echo "test.sh: the aarch64 edgecap lacks tract's SDOT int8 kernel (assembler too old?)" >&2
+    exit 1
+fi
+# The engine's own tests on each emulated CPU (qemu-user is the runner; see .cargo/config.toml).
+for cpu in cortex-a72 cortex-a76; do
+    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu $cpu -L /usr/aarch64-linux-gnu" \
+        cargo test --release --locked --target aarch64-unknown-linux-gnu -p edgecap-engine
+done
+TRACT_CPU_ARM32_NEON=true \
+    CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUNNER="qemu-arm -cpu cortex-a7 -L /usr/arm-linux-gnueabihf" \
+    cargo test --release --locked --target armv7-unknown-linux-gnueabihf -p edgecap-engine
+
+# 3. Packages, then the end-to-end emulated runs (captions, validate, the installed package).
+scripts/package-deb.sh "${arm_targets[@]}"
+cargo test --locked -p edgecap-tests --test arm_emulation --test packaging -- --ignored

@@ -15,6 +15,7 @@ pub mod memory;
 pub mod model;
 pub mod npy;
 pub mod pipeline;
+pub mod platform;
 pub mod preprocess;
 pub mod session;
 pub mod tokenizer;

@@ -36,6 +36,8 @@ enum Command {
     Run(service::config::RunArgs),
     /// Check the configuration and the bundle, print the resolved configuration, do not run.
     CheckConfig(service::config::RunArgs),
+    /// Print the version and the CPU features the inference kernels use on this board.
+    Info,
 }
 
 fn main() -> ExitCode {
@@ -44,6 +46,13 @@ fn main() -> ExitCode {
         Command::Caption(args) => caption::run(&args),
         Command::Run(args) => service::run(&args),
         Command::CheckConfig(args) => service::check(&args),
+        Command::Info => info(),
     };
     ExitCode::from(code)
+}
+
+fn info() -> u8 {
+    println!("edgecap {} ({}-{})", env!("CARGO_PKG_VERSION"), std::env::consts::ARCH, std::env::consts::OS);
+    println!("cpu {}", edgecap_engine::platform::CpuFeatures::detect());
+    exit::OK
 }

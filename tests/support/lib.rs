@@ -93,3 +93,68 @@ pub fn floats(v: &serde_json::Value) -> Vec<f32> {
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
     v.as_array().expect("array of ids").iter().map(|x| x.as_u64().expect("id") as u32).collect()
 }
+
+/// A board the device build runs on, emulated by qemu-user.
+pub struct Board {
+    pub name: &'static str,
+    pub triple: &'static str,
+    pub qemu: &'static str,
+    pub cpu: &'static str,
+    /// Where Debian's cross packages put the target's C library (qemu's `-L`).
+    pub sysroot: &'static str,
+    /// Whether tract should find the ARMv8.2 dot product (SDOT) on this CPU.
+    pub dotprod: bool,
+}
+
+/// Raspberry Pi 4 (no dot product), Pi 5 (dot product), and a 32-bit OS on a Pi 2/3-class core.
+pub const BOARDS: [Board; 3] = [
+    Board {
+        name: "Raspberry Pi 4",
+        triple: "aarch64-unknown-linux-gnu",
+        qemu: "qemu-aarch64",
+        cpu: "cortex-a72",
+        sysroot: "/usr/aarch64-linux-gnu",
+        dotprod: false,
+    },
+    Board {
+        name: "Raspberry Pi 5",
+        triple: "aarch64-unknown-linux-gnu",
+        qemu: "qemu-aarch64",
+        cpu: "cortex-a76",
+        sysroot: "/usr/aarch64-linux-gnu",
+        dotprod: true,
+    },
+    Board {
+        name: "armv7 (32-bit OS)",
+        triple: "armv7-unknown-linux-gnueabihf",
+        qemu: "qemu-arm",
+        cpu: "cortex-a7",
+        sysroot: "/usr/arm-linux-gnueabihf",
+        dotprod: false,
+    },
+];
+
+impl Board {
+    /// The release binary cross-built for this board (scripts/test.sh builds it).
+    pub fn binary(&self, name: &str) -> PathBuf {
+        let target = target_profile_dir().parent().expect("target dir").to_path_buf();
+        let path = target.join(self.triple).join("release").join(name);
+        assert!(
+            path.is_file(),
+            "{} is missing: cross-build it first (scripts/test.sh, or cargo build --release --target {} -p edgecap -p host-tools)",
+            path.display(),
+            self.triple
+        );
+        path
+    }
+
+    /// `qemu -cpu <cpu> <binary> args...` for this board.
+    pub fn command(&self, binary: &str) -> Command {
+        let mut cmd = Command::new(self.qemu);
+        cmd.args(["-cpu", self.cpu, "-L", self.sysroot]).arg(self.binary(binary));
+        // qemu-user shows the host's /proc/cpuinfo, where tract's armv7 NEON probe looks; every
+        // board armv7 builds target has NEON (the build assumes it: +neon in .cargo/config.toml).
+        cmd.env("TRACT_CPU_ARM32_NEON", "true");
+        cmd
+    }
+}

@@ -100,6 +100,7 @@ impl Service {
         };
         let source = source::spawn(&spec, &config, ctx)?;
         log::info!("running: source {}, interval {}s, model {model_name}", config.source, config.interval);
+        log::info!("cpu {}", edgecap_engine::platform::CpuFeatures::detect());
         Ok(Service { config, model, opts, model_name, slot, stats, stop, sinks, source })
     }
 

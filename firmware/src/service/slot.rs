@@ -19,6 +19,7 @@ pub struct Frame {
     pub data: FrameData,
 }
 
+#[derive(Debug)]
 pub enum FrameData {
     Encoded(Vec<u8>),
     Pixels(RgbImage),

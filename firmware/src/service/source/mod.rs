@@ -5,6 +5,9 @@
 mod camera;
 mod dir;
 mod pattern;
+// Used by the camera backend only; built (and tested) without it too.
+#[cfg_attr(not(feature = "camera"), allow(dead_code))]
+mod pixels;
 pub mod stream;
 
 use std::path::PathBuf;
