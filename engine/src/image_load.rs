@@ -91,6 +91,19 @@ pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<RgbImage, ImageError> {
         check_jpeg_complete(bytes, name)?;
     }
 
+    // The header alone first, without limits: on 32-bit boards the decoders apply the memory
+    // limit while reading the header already, and a huge image must still be named as such.
+    // The png crate refuses a huge header with "memory limit exceeded" on 32-bit targets even
+    // without limits, so PNG's IHDR (always the first chunk) is read directly.
+    let mut probe = ImageReader::with_format(Cursor::new(bytes), format);
+    probe.no_limits();
+    let header = if format == ImageFormat::Png { png_dimensions(bytes) } else { probe.into_dimensions().ok() };
+    if let Some((width, height)) = header {
+        if width > MAX_SIDE || height > MAX_SIDE {
+            return Err(ImageError::TooLarge { name: name.to_string(), width, height });
+        }
+    }
+
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     reader.limits(decoder_limits());
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
@@ -106,6 +119,16 @@ pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<RgbImage, ImageError> {
         DynamicImage::ImageRgb8(rgb) => rgb,
         other => other.to_rgb8(),
     })
+}
+
+/// Width and height from a PNG's IHDR chunk: 8-byte signature, length, "IHDR", then the two
+/// big-endian sizes.
+fn png_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    if bytes.len() < 24 || &bytes[12..16] != b"IHDR" {
+        return None;
+    }
+    let be = |at: usize| u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    Some((be(16), be(20)))
 }
 
 /// Limits handed to the image crate; the dimension check is ours (for a clearer message).
