@@ -127,7 +127,8 @@ fn packages_install_into_an_empty_root_and_caption_from_there() {
         assert!(!record["tokens"].as_array().unwrap().is_empty(), "{record}");
 
         // And the packaged configuration checks (its camera source aside, which needs a board).
-        let config = std::fs::read_to_string(r("etc/edgecap/edgecap.toml")).unwrap();
+        // Unpacked but not configured, dpkg leaves a conffile as .dpkg-new (renamed on configure).
+        let config = std::fs::read_to_string(r("etc/edgecap/edgecap.toml.dpkg-new")).unwrap();
         let test_config = root.path().join("test.toml");
         std::fs::write(&test_config, config.replace("source = \"camera:0\"", "source = \"test-pattern\"")).unwrap();
         let mut check = Command::new(board.qemu);
