@@ -33,7 +33,7 @@ pub struct CaptionArgs {
 }
 
 pub fn run(args: &CaptionArgs) -> u8 {
-    let (model, opts) = match load(args) {
+    let (model, opts) = match load_model(args.bundle.as_ref(), args.max_tokens, args.beam) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("error: {}", edgecap_engine::error::one_line(e.as_ref()));
@@ -74,17 +74,23 @@ pub fn run(args: &CaptionArgs) -> u8 {
     }
 }
 
-fn load(args: &CaptionArgs) -> Result<(CaptionModel, GenerationOptions)> {
-    let bundle = match &args.bundle {
+/// Loads the bundle (the default one when `bundle` is `None`) with the decoding options the
+/// command line / configuration override. Shared by `caption` and the service.
+pub fn load_model(
+    bundle: Option<&PathBuf>,
+    max_tokens: Option<usize>,
+    beam: Option<usize>,
+) -> Result<(CaptionModel, GenerationOptions)> {
+    let bundle = match bundle {
         Some(b) => b.clone(),
         None => default_bundle()?,
     };
     let model = CaptionModel::load(&bundle).with_context(|| format!("cannot load bundle {}", bundle.display()))?;
     let mut opts = model.default_options();
-    if let Some(n) = args.max_tokens {
+    if let Some(n) = max_tokens {
         opts.max_tokens = n;
     }
-    if let Some(b) = args.beam {
+    if let Some(b) = beam {
         opts.beam_width = b;
     }
     model.check_options(&opts)?;

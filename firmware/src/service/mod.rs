@@ -131,20 +131,7 @@ impl Service {
 }
 
 fn load_model(config: &Config) -> Result<(CaptionModel, GenerationOptions)> {
-    let bundle = match &config.bundle {
-        Some(b) => b.clone(),
-        None => crate::caption::default_bundle()?,
-    };
-    let model = CaptionModel::load(&bundle).with_context(|| format!("cannot load bundle {}", bundle.display()))?;
-    let mut opts = model.default_options();
-    if let Some(n) = config.max_tokens {
-        opts.max_tokens = n;
-    }
-    if let Some(b) = config.beam {
-        opts.beam_width = b;
-    }
-    model.check_options(&opts)?;
-    Ok((model, opts))
+    crate::caption::load_model(config.bundle.as_ref(), config.max_tokens, config.beam)
 }
 
 /// The `model` field of records: the bundle's directory name.
