@@ -86,16 +86,7 @@ impl ClipTextConfig {
             ("max_position_embeddings", self.max_position_embeddings),
             ("projection_dim", self.projection_dim),
         ];
-        if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
-            bail!("CLIP text config: {name} is 0");
-        }
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            bail!(
-                "CLIP text config: hidden_size {} is not a multiple of num_attention_heads {}",
-                self.hidden_size,
-                self.num_attention_heads
-            );
-        }
+        super::clip_vision::check_shape("CLIP text config", &nonzero, self.hidden_size, self.num_attention_heads)?;
         Ok(())
     }
 

@@ -100,16 +100,7 @@ impl ClipVisionConfig {
             ("patch_size", self.patch_size),
             ("projection_dim", self.projection_dim),
         ];
-        if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
-            bail!("CLIP vision config: {name} is 0");
-        }
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            bail!(
-                "CLIP vision config: hidden_size {} is not a multiple of num_attention_heads {}",
-                self.hidden_size,
-                self.num_attention_heads
-            );
-        }
+        check_shape("CLIP vision config", &nonzero, self.hidden_size, self.num_attention_heads)?;
         if !self.image_size.is_multiple_of(self.patch_size) {
             bail!(
                 "CLIP vision config: image_size {} is not a multiple of patch_size {}",
@@ -316,4 +307,15 @@ pub fn weight_names(cfg: &ClipVisionConfig) -> Vec<String> {
         names.extend(encoder_layer_weight_names(&format!("vision_model.encoder.layers.{i}")));
     }
     names
+}
+
+/// The checks both CLIP towers' configs need: no zero size, heads dividing the width.
+pub(crate) fn check_shape(what: &str, nonzero: &[(&str, usize)], hidden: usize, heads: usize) -> Result<()> {
+    if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
+        bail!("{what}: {name} is 0");
+    }
+    if !hidden.is_multiple_of(heads) {
+        bail!("{what}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}");
+    }
+    Ok(())
 }
