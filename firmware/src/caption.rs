@@ -97,9 +97,10 @@ pub fn load_model(
     Ok((model, opts))
 }
 
-/// The built-in model when no `--bundle` is given: `$EDGECAP_BUNDLE`, else `models/default` in
-/// the working directory, next to the installed binary (`<prefix>/share/edgecap/default`), or in
-/// the source tree the binary was built in (`target/<profile>/edgecap` → `models/default`).
+/// The model used when no `--bundle` is given: `$EDGECAP_BUNDLE`, else `models/default` in the
+/// working directory, next to the installed binary (`<prefix>/share/edgecap/default`), in the
+/// source tree the binary was built in (`target/<profile>/edgecap` → `models/default`), else the
+/// default model built into the binary.
 pub fn default_bundle() -> Result<PathBuf> {
     if let Some(env) = std::env::var_os("EDGECAP_BUNDLE") {
         return Ok(PathBuf::from(env));
@@ -109,10 +110,10 @@ pub fn default_bundle() -> Result<PathBuf> {
         candidates.push(bin_dir.join("../share/edgecap/default"));
         candidates.push(bin_dir.join("../../models/default"));
     }
-    candidates.into_iter().find(|c| c.join("bundle.toml").is_file()).context(
-        "no --bundle given and no default model found ($EDGECAP_BUNDLE, ./models/default, \
-         <prefix>/share/edgecap/default); run scripts/demo.sh or pass --bundle DIR",
-    )
+    match candidates.into_iter().find(|c| c.join("bundle.toml").is_file()) {
+        Some(dir) => Ok(dir),
+        None => crate::builtin::bundle_dir(),
+    }
 }
 
 fn success_line(args: &CaptionArgs, image: &std::path::Path, caption: &Caption, started: Instant) -> String {

@@ -1,6 +1,7 @@
 //! `edgecap`: the device program. `edgecap caption` describes image files in sentences;
 //! `edgecap run` is the service: camera frames in, captions out over stdout, serial and MQTT.
 
+mod builtin;
 mod caption;
 mod service;
 
