@@ -15,6 +15,10 @@ use host_tools::projection::compare_top_k;
 use host_tools::quantize::{mib, quantize_bundle, QuantScheme, QuantizeOptions};
 use host_tools::validate::{validate, Thresholds, ValidateOptions};
 
+mod scenes_cli;
+#[cfg(feature = "train")]
+mod train_cli;
+
 #[derive(Parser)]
 #[command(name = "host-tools", version, about = "Export, inspect and check edgecap model bundles")]
 struct Cli {
@@ -131,6 +135,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Train models (candle): a CLIP-style dual encoder, a ClipCap mapper, a DeCap decoder.
+    #[cfg(feature = "train")]
+    #[command(subcommand)]
+    Train(train_cli::TrainCommand),
+    /// Distil a GPT-2 into a smaller one (every other layer) with a KL loss on caption text.
+    #[cfg(feature = "train")]
+    Distill(train_cli::DistillArgs),
+    /// Synthetic captioned scenes: the default model's training and held-out data.
+    #[command(subcommand)]
+    Scenes(scenes_cli::ScenesCommand),
     /// Caption one image and write its intermediate tensors as .npy files.
     Trace {
         #[arg(long)]
@@ -339,6 +353,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("(memory of {} captions; full projection = all of them)", report.rows);
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "train")]
+        Command::Train(command) => train_cli::run_train(command),
+        #[cfg(feature = "train")]
+        Command::Distill(args) => train_cli::run_distill(args),
+        Command::Scenes(command) => scenes_cli::run(command),
         Command::Trace { bundle, image, out, beam } => {
             let model = CaptionModel::load(&bundle).with_context(|| format!("loading {}", bundle.display()))?;
             let mut opts = model.default_options();

@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::LazyLock;
 
 use fancy_regex::Regex;
 use unicode_normalization::UnicodeNormalization;
@@ -32,6 +33,7 @@ const START_OF_TEXT: &str = "<|startoftext|>";
 const END_OF_TEXT: &str = "<|endoftext|>";
 const WORD_END: &str = "</w>";
 const WORD_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+const WHITESPACE_PATTERN: &str = r"\s+";
 
 /// Number of merge rules CLIP uses from `bpe_simple_vocab_16e6.txt` (49152 − 256 − 2).
 const CLIP_MERGES: usize = 48894;
@@ -111,7 +113,7 @@ impl ClipTokenizer {
             start_id,
             end_id,
             word_pattern: regex(WORD_PATTERN)?,
-            whitespace: regex(r"\s+")?,
+            whitespace: regex(WHITESPACE_PATTERN)?,
         })
     }
 
@@ -189,8 +191,7 @@ impl ClipTokenizer {
         if text.is_empty() {
             return;
         }
-        let nfc: String = text.nfc().collect();
-        let normalised = self.whitespace.replace_all(&nfc, " ").to_lowercase();
+        let normalised = normalise(text, &self.whitespace);
         let mut word = Vec::new();
         // The pattern has no look-around, so matching cannot hit fancy-regex's backtrack limit.
         for found in self.word_pattern.find_iter(&normalised).flatten() {
@@ -202,6 +203,32 @@ impl ClipTokenizer {
             ids.extend_from_slice(&word);
         }
     }
+}
+
+/// Step 2 of encoding: NFC, whitespace runs → one space, lower case.
+fn normalise(text: &str, whitespace: &Regex) -> String {
+    let nfc: String = text.nfc().collect();
+    whitespace.replace_all(&nfc, " ").to_lowercase()
+}
+
+/// The words BPE sees in `text`: steps 2 and 3 of encoding (normalisation, pre-tokenization),
+/// for tools that learn a vocabulary with the tokenizer's own word boundaries. Unlike
+/// [`ClipTokenizer::encode`], special-token text is not cut out first.
+pub fn clip_words(text: &str) -> Vec<String> {
+    static PATTERNS: LazyLock<(Regex, Regex)> = LazyLock::new(|| {
+        let compile = |p: &str| Regex::new(p).expect("CLIP's constant patterns compile");
+        (compile(WORD_PATTERN), compile(WHITESPACE_PATTERN))
+    });
+    let (words, whitespace) = &*PATTERNS;
+    words.find_iter(&normalise(text, whitespace)).flatten().map(|m| m.as_str().to_owned()).collect()
+}
+
+/// The character standing for each byte in CLIP's (and GPT-2's) tokens, indexed by byte: GPT-2's
+/// `bytes_to_unicode` table. OpenAI's CLIP vocabulary lists the 256 byte tokens in the order of
+/// that table's values, which is ascending order of these characters.
+pub fn clip_byte_symbols() -> [char; 256] {
+    let symbols = ByteSymbols::new();
+    std::array::from_fn(|byte| symbols.char_of(byte as u8))
 }
 
 /// CLIP's vocabulary (`token → id`) and `merges.txt` text, from open_clip's

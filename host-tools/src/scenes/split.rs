@@ -1,0 +1,169 @@
+//! Scene directories ("splits") on disk:
+//!
+//! * `scene-00000.png`, … — the pictures;
+//! * `captions.tsv` — `scene-00000.png<TAB>caption` lines, the format [`crate::references::read`]
+//!   parses, so every tool that takes references takes a split;
+//! * `scenes.jsonl` — one JSON object per scene: file, seed, index, caption, the description's
+//!   attributes (`kind` = `group` or `relation`) and the placed objects.
+//!
+//! Every file is written atomically, and the two index files last, so an interrupted run never
+//! leaves an index naming pictures that are not there.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use edgecap_engine::fsutil::write_atomic;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use super::{generate, parse_caption, Description, Placed};
+use crate::references;
+
+pub const CAPTIONS_FILE: &str = "captions.tsv";
+pub const SCENES_FILE: &str = "scenes.jsonl";
+
+/// `scene-00042.png`.
+pub fn scene_file_name(index: u64) -> String {
+    format!("scene-{index:05}.png")
+}
+
+/// One line of `scenes.jsonl`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    file: String,
+    seed: u64,
+    index: u64,
+    caption: String,
+    #[serde(flatten)]
+    description: Description,
+    objects: Vec<Placed>,
+}
+
+/// Writes scenes 0..count of `seed` into `dir` (created if needed; files of an earlier split there
+/// are overwritten) and returns their descriptions in index order.
+pub fn write_split(dir: &Path, seed: u64, count: usize, progress: bool) -> Result<Vec<Description>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the scene directory", dir.display()))?;
+    let bar = progress_bar(progress, count);
+    let (mut tsv, mut jsonl) = (String::new(), String::new());
+    let mut descriptions = Vec::with_capacity(count);
+    for index in 0..count as u64 {
+        let scene = generate(seed, index);
+        let file = scene_file_name(index);
+        write_png(&dir.join(&file), &scene.image)?;
+        let caption = scene.description.caption();
+        tsv.push_str(&format!("{file}\t{caption}\n"));
+        let record = Record { file, seed, index, caption, description: scene.description, objects: scene.objects };
+        jsonl.push_str(&serde_json::to_string(&record)?);
+        jsonl.push('\n');
+        descriptions.push(scene.description);
+        bar.inc(1);
+    }
+    for (name, text) in [(CAPTIONS_FILE, &tsv), (SCENES_FILE, &jsonl)] {
+        let path = dir.join(name);
+        write_atomic(&path, text.as_bytes()).with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    bar.finish_and_clear();
+    Ok(descriptions)
+}
+
+fn progress_bar(show: bool, count: usize) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(count as u64);
+    bar.set_style(
+        ProgressStyle::with_template("scenes [{bar:20}] {pos}/{len} ({elapsed}, {eta} left)")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+fn write_png(path: &Path, image: &image::RgbImage) -> Result<()> {
+    let mut png = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut png, image::ImageFormat::Png).with_context(|| format!("{}: cannot encode", path.display()))?;
+    write_atomic(path, png.get_ref()).with_context(|| format!("{}: cannot write", path.display()))
+}
+
+/// The scenes of a split, in index order: each picture's path and description, from
+/// `scenes.jsonl`, or, when a split has only `captions.tsv` (written by hand or another tool), by
+/// parsing its captions (in file-name order).
+pub fn read_split(dir: &Path) -> Result<Vec<(PathBuf, Description)>> {
+    if !dir.is_dir() {
+        bail!("{}: not a scene directory", dir.display());
+    }
+    let (jsonl, tsv) = (dir.join(SCENES_FILE), dir.join(CAPTIONS_FILE));
+    let scenes = if jsonl.is_file() {
+        from_jsonl(dir, &jsonl)?
+    } else if tsv.is_file() {
+        from_tsv(dir, &tsv)?
+    } else {
+        bail!("{}: no {SCENES_FILE} or {CAPTIONS_FILE}; make a split with `host-tools scenes generate`", dir.display());
+    };
+    if scenes.is_empty() {
+        bail!("{}: the split has no scenes", dir.display());
+    }
+    Ok(scenes)
+}
+
+fn from_jsonl(dir: &Path, path: &Path) -> Result<Vec<(PathBuf, Description)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut scenes = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let record: Record = serde_json::from_str(line)
+            .with_context(|| format!("{}: line {}: not a scene record", path.display(), i + 1))?;
+        scenes.push((dir.join(record.file), record.description));
+    }
+    Ok(scenes)
+}
+
+fn from_tsv(dir: &Path, path: &Path) -> Result<Vec<(PathBuf, Description)>> {
+    let mut scenes = Vec::new();
+    for (file, captions) in references::read(path)? {
+        let caption = &captions[0];
+        let description = parse_caption(caption)
+            .with_context(|| format!("{}: {file}: {caption:?} is not a scene caption", path.display()))?;
+        scenes.push((dir.join(file), description));
+    }
+    Ok(scenes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::generate;
+    use super::*;
+
+    #[test]
+    fn written_splits_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = write_split(dir.path(), 3, 12, false).unwrap();
+        assert_eq!(written.len(), 12);
+        let read = read_split(dir.path()).unwrap();
+        let expected: Vec<(PathBuf, Description)> =
+            written.iter().enumerate().map(|(i, d)| (dir.path().join(scene_file_name(i as u64)), *d)).collect();
+        assert_eq!(read, expected);
+        // The picture on disk is the generated one, pixel for pixel (PNG is lossless).
+        let png = edgecap_engine::image_load::load_rgb(&read[7].0).unwrap();
+        assert_eq!(png, generate(3, 7).image);
+        // captions.tsv is a references file keyed by picture name.
+        let refs = references::read(&dir.path().join(CAPTIONS_FILE)).unwrap();
+        assert_eq!(refs["scene-00004.png"], vec![written[4].caption()]);
+        // Without scenes.jsonl the captions alone give the same split.
+        std::fs::remove_file(dir.path().join(SCENES_FILE)).unwrap();
+        assert_eq!(read_split(dir.path()).unwrap(), expected);
+    }
+
+    #[test]
+    fn bad_splits_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = format!("{:#}", read_split(dir.path()).unwrap_err());
+        assert!(err.contains("no scenes.jsonl or captions.tsv"), "{err}");
+        std::fs::write(dir.path().join(CAPTIONS_FILE), "scene-00000.png\ta cat on a mat\n").unwrap();
+        let err = format!("{:#}", read_split(dir.path()).unwrap_err());
+        assert!(err.contains("captions.tsv") && err.contains("a cat on a mat"), "{err}");
+        std::fs::write(dir.path().join(SCENES_FILE), "{\"file\": 3}\n").unwrap();
+        let err = format!("{:#}", read_split(dir.path()).unwrap_err());
+        assert!(err.contains("scenes.jsonl: line 1"), "{err}");
+        let err = format!("{:#}", read_split(&dir.path().join("absent")).unwrap_err());
+        assert!(err.contains("absent: not a scene directory"), "{err}");
+    }
+}

@@ -1,0 +1,318 @@
+//! `host-tools train clip`: a small CLIP-style dual encoder trained contrastively on
+//! image–caption pairs (the default model's, on synthetic scenes).
+//!
+//! The recipe is CLIP's: both towers embed a batch, the embeddings are L2-normalised, and a
+//! symmetric cross-entropy over the scaled similarity matrix pulls each image to its caption.
+//! Synthetic captions repeat, so pairs in a batch that share a caption are all positives (soft
+//! targets), rather than negatives the model could never tell apart. The result is an HF CLIP
+//! directory: config.json, model.safetensors, preprocessor_config.json and a BPE vocabulary
+//! learned from the captions (vocab.json + merges.txt), which export and memory building read.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor, D};
+use edgecap_engine::preprocess::{preprocess, PreprocessConfig};
+use edgecap_engine::tokenizer::ClipTokenizer;
+use serde::Serialize;
+
+use super::clip::{hf_config_json, logit_scale, ClipText, ClipVision};
+use super::data::{read_pairs, Schedule};
+use super::layers::{l2_normalise, log_softmax};
+use super::optim::{AdamW, AdamWConfig};
+use super::params::{save_safetensors, Params};
+use super::run::{train, RunOptions, RunReport, StepOutput};
+use crate::bpe_train::learn_clip_vocab;
+use crate::onnx::clip_text::ClipTextConfig;
+use crate::onnx::clip_vision::{Activation, ClipVisionConfig};
+use crate::progress::Steps;
+use crate::text_encoder::load_clip_tokenizer;
+
+/// CLIP caps the logit scale at 100.
+const MAX_LOGIT_SCALE: f32 = 4.6052;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClipTrainOptions {
+    pub data: PathBuf,
+    /// An existing CLIP vocabulary (directory or bpe_simple_vocab file); default: learn one.
+    pub tokenizer: Option<PathBuf>,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub vision_width: usize,
+    pub vision_layers: usize,
+    pub text_width: usize,
+    pub text_layers: usize,
+    pub heads: usize,
+    pub projection_dim: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub warmup: usize,
+    pub seed: u64,
+    #[serde(skip)]
+    pub run: RunOptions,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClipTrainReport {
+    pub pairs: usize,
+    pub skipped_images: usize,
+    pub distinct_captions: usize,
+    pub vocab_size: usize,
+    pub parameters: usize,
+    /// Image → caption retrieval among the distinct captions, on up to 500 training images.
+    pub retrieval_top1: f32,
+    pub run: RunReport,
+    pub out: PathBuf,
+}
+
+/// Tokenised captions: ids [N, L] padded with the end token, the flat pooled index of each
+/// caption's end token, and a group id per caption (equal text, equal group).
+struct CaptionTable {
+    ids: Vec<u32>,
+    len: usize,
+    end_index: Vec<usize>,
+    group: Vec<usize>,
+    distinct: Vec<String>,
+}
+
+pub fn train_clip(opts: &ClipTrainOptions) -> Result<ClipTrainReport> {
+    let pairs = read_pairs(&opts.data)?;
+    let preprocess_cfg = PreprocessConfig {
+        image_size: opts.image_size as u32,
+        shortest_edge: opts.image_size as u32,
+        ..PreprocessConfig::default()
+    };
+    let (pixels, captions, skipped_images) = load_images(&pairs, &preprocess_cfg, opts.run.progress)?;
+    std::fs::create_dir_all(&opts.run.out).with_context(|| format!("{}: cannot create", opts.run.out.display()))?;
+    let tokenizer = tokenizer(opts, &captions)?;
+    let table = caption_table(&captions, &tokenizer);
+    let (vision_cfg, text_cfg) = configs(opts, tokenizer.vocab_size());
+
+    let device = Device::Cpu;
+    let mut params = Params::new(opts.seed, device.clone());
+    let vision = ClipVision::new(&mut params, &vision_cfg)?;
+    let text = ClipText::new(&mut params, &text_cfg)?;
+    let scale = logit_scale(&mut params)?;
+    let mut optimizer = AdamW::new(params.trained(), AdamWConfig::new(opts.lr, opts.warmup))?;
+
+    let n = captions.len();
+    let s = opts.image_size;
+    let pixels = Tensor::from_vec(pixels, (n, 3, s, s), &device)?;
+    let ids = Tensor::from_vec(table.ids.clone(), (n, table.len), &device)?;
+    let mut schedule = Schedule::new(opts.seed, n, opts.batch);
+    let run = train(&opts.run, "train clip", serde_json::to_value(opts)?, &params, &mut optimizer, |step| {
+        let batch = schedule.batch(step);
+        let idx = Tensor::new(batch.iter().map(|&i| i as u32).collect::<Vec<_>>(), &device)?;
+        let b = batch.len();
+        let pooled: Vec<u32> =
+            batch.iter().enumerate().map(|(r, &i)| (r * table.len + table.end_index[i]) as u32).collect();
+        let image = l2_normalise(&vision.forward(&pixels.index_select(&idx, 0)?)?)?;
+        let caption = l2_normalise(&text.forward(&ids.index_select(&idx, 0)?, &Tensor::new(pooled, &device)?)?)?;
+        let logits = image.matmul(&caption.t()?)?.broadcast_mul(&scale.clamp(0f32, MAX_LOGIT_SCALE)?.exp()?)?;
+        let targets = soft_targets(&batch, &table.group, &device)?;
+        let loss =
+            ((soft_cross_entropy(&logits, &targets)? + soft_cross_entropy(&logits.t()?, &targets.t()?)?)? * 0.5)?;
+        Ok(StepOutput { loss, items: b })
+    })?;
+
+    let retrieval_top1 = retrieval(&vision, &text, &pixels, &table, &device)?;
+    save_clip_dir(opts, &params, &vision_cfg, &text_cfg, &tokenizer)?;
+    Ok(ClipTrainReport {
+        pairs: n,
+        skipped_images,
+        distinct_captions: table.distinct.len(),
+        vocab_size: tokenizer.vocab_size(),
+        parameters: params.trained_count(),
+        retrieval_top1,
+        run,
+        out: opts.run.out.clone(),
+    })
+}
+
+fn configs(opts: &ClipTrainOptions, vocab: usize) -> (ClipVisionConfig, ClipTextConfig) {
+    let vision = ClipVisionConfig {
+        hidden_size: opts.vision_width,
+        intermediate_size: 4 * opts.vision_width,
+        num_hidden_layers: opts.vision_layers,
+        num_attention_heads: opts.heads,
+        image_size: opts.image_size,
+        patch_size: opts.patch_size,
+        projection_dim: opts.projection_dim,
+        layer_norm_eps: 1e-5,
+        hidden_act: Activation::QuickGelu,
+    };
+    let text = ClipTextConfig {
+        vocab_size: vocab,
+        hidden_size: opts.text_width,
+        intermediate_size: 4 * opts.text_width,
+        num_hidden_layers: opts.text_layers,
+        num_attention_heads: opts.heads,
+        max_position_embeddings: edgecap_engine::tokenizer::CLIP_CONTEXT_LENGTH,
+        projection_dim: opts.projection_dim,
+        layer_norm_eps: 1e-5,
+        hidden_act: Activation::QuickGelu,
+    };
+    (vision, text)
+}
+
+pub fn check_options(opts: &ClipTrainOptions) -> Result<()> {
+    let (v, t) = configs(opts, 1);
+    v.validate().context("image tower")?;
+    t.validate().context("text tower")?;
+    if opts.vision_layers == 0 || opts.text_layers == 0 {
+        bail!("both towers need at least one layer");
+    }
+    Ok(())
+}
+
+/// Preprocessed pixels of every readable image (as the bundle will preprocess them) and the
+/// captions that go with them; unreadable images are skipped and counted.
+fn load_images(
+    pairs: &[(PathBuf, String)],
+    cfg: &PreprocessConfig,
+    progress: bool,
+) -> Result<(Vec<f32>, Vec<String>, usize)> {
+    let steps = Steps::new(progress, "reading images", pairs.len() as u64);
+    let mut pixels = Vec::with_capacity(pairs.len() * cfg.tensor_len());
+    let mut captions = Vec::with_capacity(pairs.len());
+    let mut skipped = 0;
+    for (path, caption) in pairs {
+        steps.next("preprocessing");
+        match edgecap_engine::image_load::load_rgb(path) {
+            Ok(rgb) => {
+                pixels.extend(preprocess(&rgb, cfg));
+                captions.push(caption.clone());
+            }
+            Err(e) => {
+                log::warn!("{}: skipped: {e}", path.display());
+                skipped += 1;
+            }
+        }
+    }
+    steps.finish();
+    if captions.is_empty() {
+        bail!("no readable image");
+    }
+    Ok((pixels, captions, skipped))
+}
+
+fn tokenizer(opts: &ClipTrainOptions, captions: &[String]) -> Result<ClipTokenizer> {
+    let out = &opts.run.out;
+    let (vocab, merges) = (out.join("vocab.json"), out.join("merges.txt"));
+    match &opts.tokenizer {
+        Some(given) => {
+            let (v, m) = crate::text_encoder::clip_tokenizer_files(given, Some(given))?;
+            edgecap_engine::fsutil::write_atomic(&vocab, &v)?;
+            edgecap_engine::fsutil::write_atomic(&merges, &m)?;
+        }
+        None => {
+            let learned = learn_clip_vocab(captions, 4096, 2)?;
+            log::info!("learned a BPE vocabulary of {} merges from the captions", learned.merges);
+            edgecap_engine::fsutil::write_atomic(&vocab, &learned.vocab_json)?;
+            edgecap_engine::fsutil::write_atomic(&merges, &learned.merges_txt)?;
+        }
+    }
+    load_clip_tokenizer(out, None)
+}
+
+fn caption_table(captions: &[String], tokenizer: &ClipTokenizer) -> CaptionTable {
+    let encoded: Vec<Vec<u32>> = captions.iter().map(|c| tokenizer.encode_for_model(c)).collect();
+    let len = encoded.iter().map(Vec::len).max().unwrap_or(2);
+    let end = tokenizer.end_token_id();
+    let mut ids = vec![end; captions.len() * len];
+    let mut end_index = Vec::with_capacity(captions.len());
+    for (row, seq) in encoded.iter().enumerate() {
+        ids[row * len..row * len + seq.len()].copy_from_slice(seq);
+        end_index.push(seq.len() - 1);
+    }
+    let mut groups: HashMap<&str, usize> = HashMap::new();
+    let mut distinct = Vec::new();
+    let group = captions
+        .iter()
+        .map(|c| {
+            *groups.entry(c.as_str()).or_insert_with(|| {
+                distinct.push(c.clone());
+                distinct.len() - 1
+            })
+        })
+        .collect();
+    CaptionTable { ids, len, end_index, group, distinct }
+}
+
+/// [B, B] targets: row i spreads its mass evenly over the batch items with i's caption.
+fn soft_targets(batch: &[usize], group: &[usize], device: &Device) -> Result<Tensor> {
+    let b = batch.len();
+    let mut t = vec![0f32; b * b];
+    for i in 0..b {
+        let same: Vec<usize> = (0..b).filter(|&j| group[batch[j]] == group[batch[i]]).collect();
+        for &j in &same {
+            t[i * b + j] = 1.0 / same.len() as f32;
+        }
+    }
+    Ok(Tensor::from_vec(t, (b, b), device)?)
+}
+
+fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let b = logits.dim(0)?;
+    Ok((log_softmax(logits)? * targets)?.sum_all()?.neg()?.affine(1.0 / b as f64, 0.0)?)
+}
+
+/// Top-1 image → caption retrieval among the distinct captions, for up to 500 images.
+fn retrieval(
+    vision: &ClipVision,
+    text: &ClipText,
+    pixels: &Tensor,
+    table: &CaptionTable,
+    device: &Device,
+) -> Result<f32> {
+    let n = pixels.dim(0)?.min(500);
+    // One item per distinct caption stands for it.
+    let first: Vec<usize> =
+        (0..table.distinct.len()).map(|g| table.group.iter().position(|&x| x == g).unwrap_or(0)).collect();
+    let l = table.len;
+    let ids: Vec<u32> = first.iter().flat_map(|&i| table.ids[i * l..(i + 1) * l].to_vec()).collect();
+    let pooled: Vec<u32> = first.iter().enumerate().map(|(r, &i)| (r * l + table.end_index[i]) as u32).collect();
+    let captions =
+        l2_normalise(&text.forward(&Tensor::from_vec(ids, (first.len(), l), device)?, &Tensor::new(pooled, device)?)?)?;
+    let mut correct = 0;
+    for start in (0..n).step_by(100) {
+        let m = (n - start).min(100);
+        let images = l2_normalise(&vision.forward(&pixels.narrow(0, start, m)?)?)?;
+        let best: Vec<u32> = images.matmul(&captions.t()?)?.argmax(D::Minus1)?.to_vec1()?;
+        correct += best.iter().enumerate().filter(|(r, &g)| table.group[start + r] == g as usize).count();
+    }
+    Ok(correct as f32 / n.max(1) as f32)
+}
+
+fn save_clip_dir(
+    opts: &ClipTrainOptions,
+    params: &Params,
+    vision: &ClipVisionConfig,
+    text: &ClipTextConfig,
+    tokenizer: &ClipTokenizer,
+) -> Result<()> {
+    let out = &opts.run.out;
+    save_safetensors(&out.join("model.safetensors"), &params.export("", str::to_string)?)?;
+    let config = hf_config_json(vision, text, tokenizer.start_token_id(), tokenizer.end_token_id());
+    edgecap_engine::fsutil::write_atomic(&out.join("config.json"), &serde_json::to_vec_pretty(&config)?)?;
+    let d = PreprocessConfig::default();
+    let preprocessor = serde_json::json!({
+        "image_processor_type": "CLIPImageProcessor",
+        "do_resize": true,
+        "size": {"shortest_edge": opts.image_size},
+        "do_center_crop": true,
+        "crop_size": {"height": opts.image_size, "width": opts.image_size},
+        "do_rescale": true,
+        "rescale_factor": d.rescale,
+        "do_normalize": true,
+        "image_mean": d.mean,
+        "image_std": d.std,
+        "resample": 3,
+    });
+    edgecap_engine::fsutil::write_atomic(
+        &out.join("preprocessor_config.json"),
+        &serde_json::to_vec_pretty(&preprocessor)?,
+    )?;
+    Ok(())
+}

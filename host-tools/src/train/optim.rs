@@ -1,0 +1,122 @@
+//! AdamW (decoupled weight decay, as `torch.optim.AdamW`) with a linear warmup then constant
+//! learning rate, whose moments can be saved and restored so that a resumed run continues
+//! exactly where it stopped.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Result};
+use candle_core::{backprop::GradStore, Tensor, Var};
+
+use super::params::to_host;
+use crate::tensor::TensorMap;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWConfig {
+    pub lr: f64,
+    pub warmup_steps: usize,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Gradients are scaled down to this global L2 norm (0 = no clipping).
+    pub clip_norm: f64,
+}
+
+impl AdamWConfig {
+    pub fn new(lr: f64, warmup_steps: usize) -> AdamWConfig {
+        AdamWConfig { lr, warmup_steps, weight_decay: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, clip_norm: 1.0 }
+    }
+
+    /// The learning rate of 0-based `step`: linear warmup, then constant (ClipCap's schedule
+    /// decays linearly to 0 over the run; a constant tail lets a run be extended by resuming).
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if step < self.warmup_steps {
+            self.lr * (step + 1) as f64 / self.warmup_steps as f64
+        } else {
+            self.lr
+        }
+    }
+}
+
+pub struct AdamW {
+    config: AdamWConfig,
+    vars: Vec<(String, Var)>,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    /// Updates done so far.
+    pub step: usize,
+}
+
+impl AdamW {
+    pub fn new(vars: &BTreeMap<String, Var>, config: AdamWConfig) -> Result<AdamW> {
+        let vars: Vec<(String, Var)> = vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let zeros = |v: &Var| v.as_tensor().zeros_like();
+        let m = vars.iter().map(|(_, v)| zeros(v)).collect::<candle_core::Result<_>>()?;
+        let v = vars.iter().map(|(_, v)| zeros(v)).collect::<candle_core::Result<_>>()?;
+        Ok(AdamW { config, vars, m, v, step: 0 })
+    }
+
+    /// One update from the gradients of `loss`; returns the gradient norm before clipping.
+    pub fn backward_step(&mut self, loss: &Tensor) -> Result<f64> {
+        let grads = loss.backward()?;
+        let norm = self.grad_norm(&grads)?;
+        let clip = if self.config.clip_norm > 0.0 && norm > self.config.clip_norm {
+            self.config.clip_norm / norm
+        } else {
+            1.0
+        };
+        let c = self.config;
+        let lr = c.lr_at(self.step);
+        self.step += 1;
+        let t = self.step as i32;
+        let (bias1, bias2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
+        for (i, (_, var)) in self.vars.iter().enumerate() {
+            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let g = (g * clip)?;
+            self.m[i] = ((&self.m[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+            self.v[i] = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            let m_hat = (&self.m[i] / bias1)?;
+            let v_hat = (&self.v[i] / bias2)?;
+            let update = (m_hat / (v_hat.sqrt()? + c.eps)?)?;
+            let decayed = (var.as_tensor() * (1.0 - lr * c.weight_decay))?;
+            var.set(&(decayed - (update * lr)?)?)?;
+        }
+        Ok(norm)
+    }
+
+    fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
+        let mut sum = 0f64;
+        for (_, var) in &self.vars {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                sum += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
+            }
+        }
+        Ok(sum.sqrt())
+    }
+
+    /// The moments, named `adam.m.<weight>` / `adam.v.<weight>`.
+    pub fn state(&self) -> Result<TensorMap> {
+        let mut out = TensorMap::new();
+        for (i, (name, _)) in self.vars.iter().enumerate() {
+            out.insert(format!("adam.m.{name}"), to_host(&self.m[i])?);
+            out.insert(format!("adam.v.{name}"), to_host(&self.v[i])?);
+        }
+        Ok(out)
+    }
+
+    /// Restores moments saved by [`AdamW::state`] after `step` updates.
+    pub fn restore(&mut self, state: &TensorMap, step: usize) -> Result<()> {
+        for (i, (name, var)) in self.vars.iter().enumerate() {
+            for (kind, slot) in [("m", &mut self.m[i]), ("v", &mut self.v[i])] {
+                let key = format!("adam.{kind}.{name}");
+                let t = state.get(&key)?;
+                if t.shape != var.as_tensor().dims() {
+                    bail!("optimiser state `{key}` has shape {:?}, the weight {:?}", t.shape, var.as_tensor().dims());
+                }
+                *slot = Tensor::from_vec(t.data.clone(), t.shape.as_slice(), var.as_tensor().device())?;
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Reproduces the default model (models/default) from nothing: synthetic scenes, a CLIP-style
+# dual encoder trained on them, a DeCap decoder trained on their captions, export, int8
+# quantization, and the held-out scores the README quotes. Seeded: a rerun on the same machine
+# gives the same bundle. Takes about half an hour on 2 cores.
+#   scripts/train-default-model.sh [WORK_DIR]   (default target/default-model)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=${1:-target/default-model}
+mkdir -p "$work"
+# Dependencies are optimised even in the dev profile (Cargo.toml); this build is shared with the tests.
+cargo build --locked -p host-tools -p edgecap
+ht=target/debug/host-tools
+
+# 1. Data: seed 1 = training scenes, seed 2 = held-out scenes (never trained on).
+[ -f "$work/train/captions.tsv" ] || $ht scenes generate --out "$work/train" --count 12000 --seed 1
+[ -f "$work/heldout/captions.tsv" ] || $ht scenes generate --out "$work/heldout" --count 500 --seed 2
+cut -f2 "$work/train/captions.tsv" > "$work/captions.txt"
+sort -u "$work/captions.txt" > "$work/memory-captions.txt"
+
+# 2. The dual encoder (CLIP layout, 64×64 images, BPE vocabulary learned from the captions).
+[ -f "$work/clip/model.safetensors" ] || $ht train clip --data "$work/train/captions.tsv" --out "$work/clip" \
+    --steps 3000 --batch 128 --lr 1e-3 --seed 1
+
+# 3. The DeCap decoder, on the captions alone.
+[ -f "$work/decap/decap.safetensors" ] || $ht train decap --clip "$work/clip" --captions "$work/captions.txt" \
+    --layers 2 --hidden 128 --heads 4 --batch 128 --lr 1e-3 --steps 1500 --seed 1 --out "$work/decap"
+
+# 4. Bundles: fp32, then int8 calibrated on training scenes.
+rm -rf "$work/fp32" "$work/int8" "$work/calibration"
+$ht export --clip "$work/clip" --decap "$work/decap/decap.safetensors" --decoder-heads 4 \
+    --memory-captions "$work/memory-captions.txt" --out "$work/fp32"
+mkdir -p "$work/calibration"
+cp "$work"/train/scene-000[0-4]?.png "$work/calibration/"
+$ht quantize "$work/fp32" --out "$work/int8" --calibration "$work/calibration"
+
+# 5. Held-out scores, fp32 and int8 (the README's table).
+$ht scenes score --bundle "$work/fp32" --scenes "$work/heldout" | tee "$work/score-fp32.txt"
+$ht scenes score --bundle "$work/int8" --scenes "$work/heldout" | tee "$work/score-int8.txt"
+
+# 6. Install: models/default is what `edgecap` embeds.
+rm -rf models/default
+cp -r "$work/int8" models/default
+echo "models/default updated; rebuild edgecap to embed it"
