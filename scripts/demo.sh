@@ -1,21 +1,19 @@
 #!/usr/bin/env bash
-# The main job, end to end on this machine: caption real photographs with the device program,
-# on the built-in default model (models/default).
+# The main job, end to end on this machine: caption images with the device program on its
+# built-in default model (models/default, embedded in the binary; no --bundle needed).
 #
-# Until the project's trained default model lands (issue "Train in Rust"), models/default is
-# exported here from the random-weight test fixtures with host-tools, so the captions are
-# fluent-looking gibberish; the pipeline (preprocessing, CLIP encoder, mapper, GPT-2 with KV
-# cache, decoding) is the real one. Extra arguments go to `edgecap caption` (e.g. --beam 3).
+# The default model is the project's own (scripts/train-default-model.sh): a small CLIP-style
+# encoder and DeCap decoder trained on synthetic scenes of coloured shapes. The demo draws a few
+# scenes it has never seen (seed 3; training used seed 1) and captions them next to their true
+# captions, then captions the fixture photographs, which lie outside its world. Extra arguments
+# go to `edgecap caption` (e.g. --json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "demo.sh: cargo not found; install Rust with rustup first" >&2; exit 2; }
 cargo build --release --locked -p edgecap -p host-tools
-if [ ! -f models/default/bundle.toml ]; then
-  target/release/host-tools export \
-    --clip tests/fixtures/models/clip-tiny \
-    --clipcap tests/fixtures/models/clipcap-mlp.pt \
-    --heads 2 \
-    --tokenizer tests/fixtures/gpt2-tokenizer \
-    --out models/default
-fi
-target/release/edgecap caption "$@" tests/fixtures/images/*
+scenes=target/demo-scenes
+[ -f "$scenes/captions.tsv" ] || target/release/host-tools scenes generate --out "$scenes" --count 8 --seed 3
+echo "== true captions of the new scenes"
+sed 's/\t/: /' "$scenes/captions.tsv"
+echo "== edgecap caption (built-in model)"
+target/release/edgecap caption "$@" "$scenes"/*.png tests/fixtures/images/*

@@ -11,17 +11,14 @@ targets=("$@")
 
 command -v cargo-deb >/dev/null || cargo install cargo-deb --version 3.8.0 --locked --no-default-features
 
-# The default model: exported from the test fixtures until a trained one is committed.
-if [ ! -f models/default/bundle.toml ]; then
-    cargo build --locked -p host-tools
-    target/debug/host-tools export --clip tests/fixtures/models/clip-tiny \
-        --clipcap tests/fixtures/models/clipcap-mlp.pt --heads 2 \
-        --tokenizer tests/fixtures/gpt2-tokenizer --out models/default
-fi
+# The default model (trained by scripts/train-default-model.sh, committed) is packaged too.
+[ -f models/default/bundle.toml ] || { echo "package-deb.sh: models/default is missing" >&2; exit 2; }
 
 for target in "${targets[@]}"; do
     # The device build has the camera backend (V4L2 through nokhwa; bindgen needs libclang-dev).
-    # Built together with host-tools, exactly as scripts/test.sh builds (and tests) it.
-    cargo build --release --locked --target "$target" -p edgecap -p host-tools --features edgecap/camera
+    # Built together with host-tools (without its training feature), exactly as scripts/test.sh
+    # builds (and tests) it.
+    cargo build --release --locked --target "$target" -p edgecap -p host-tools --no-default-features \
+        --features edgecap/camera
     cargo deb --no-build --locked -p edgecap --target "$target"
 done

@@ -30,10 +30,11 @@ rustup target add aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
 cargo test --workspace --locked "$@"
 
 # 2. ARM. The release binaries the boards run, with the camera backend, as packaged (and
-# host-tools, to run validate on the board).
+# host-tools without its training feature, to run validate on the board).
 arm_targets=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
 for target in "${arm_targets[@]}"; do
-    cargo build --release --locked --target "$target" -p edgecap -p host-tools --features edgecap/camera
+    cargo build --release --locked --target "$target" -p edgecap -p host-tools --no-default-features \
+        --features edgecap/camera
 done
 # An assembler without `sdot` makes tract silently leave its dot-product int8 kernel out.
 if ! grep -q arm64simd_mmm_i32_8x8_dot target/aarch64-unknown-linux-gnu/release/edgecap; then

@@ -29,7 +29,16 @@ impl Steps {
         }
     }
 
+    /// One more item of a long uniform loop: the bar moves; the log says nothing (a line per
+    /// image would drown it), only [`Steps::finish`] does.
+    pub fn tick(&self) {
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
+    }
+
     pub fn finish(&self) {
+        log::info!("{}: done", self.prefix);
         if let Some(bar) = &self.bar {
             bar.finish_with_message("done");
         }

@@ -237,7 +237,7 @@ fn image_embeddings(pairs: &[(PathBuf, String)], opts: &ClipcapTrainOptions) -> 
         // One extra column flags unreadable images, so the cache remembers them too.
         let mut data = Vec::with_capacity(images.len() * (e + 1));
         for image in &images {
-            steps.next("CLIP vision tower");
+            steps.tick();
             match edgecap_engine::image_load::load_rgb(image) {
                 Ok(rgb) => {
                     data.extend(encoder.embed(&rgb)?);

@@ -178,7 +178,7 @@ fn load_images(
     let mut captions = Vec::with_capacity(pairs.len());
     let mut skipped = 0;
     for (path, caption) in pairs {
-        steps.next("preprocessing");
+        steps.tick();
         match edgecap_engine::image_load::load_rgb(path) {
             Ok(rgb) => {
                 pixels.extend(preprocess(&rgb, cfg));

@@ -120,7 +120,7 @@ fn text_embeddings(encoder: &TextEncoder, captions: &[String], opts: &DecapTrain
         let steps = Steps::new(opts.run.progress, "embedding captions", chunks.len() as u64);
         let mut data = Vec::with_capacity(captions.len() * e);
         for chunk in chunks {
-            steps.next("CLIP text tower");
+            steps.tick();
             let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
             data.extend(encoder.embed(&refs)?);
         }

@@ -72,14 +72,16 @@ impl AdamW {
         let (bias1, bias2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
         for (i, (_, var)) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
-            let g = (g * clip)?;
-            self.m[i] = ((&self.m[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
-            self.v[i] = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            // Detached: a gradient remembers the ops that made it, and moments built on it
+            // would chain every past step's graph (memory grew by the model's size per step).
+            let g = (g.detach() * clip)?;
+            self.m[i] = ((&self.m[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?.detach();
+            self.v[i] = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?.detach();
             let m_hat = (&self.m[i] / bias1)?;
             let v_hat = (&self.v[i] / bias2)?;
             let update = (m_hat / (v_hat.sqrt()? + c.eps)?)?;
             let decayed = (var.as_tensor() * (1.0 - lr * c.weight_decay))?;
-            var.set(&(decayed - (update * lr)?)?)?;
+            var.set(&(decayed - (update * lr)?)?.detach())?;
         }
         Ok(norm)
     }
