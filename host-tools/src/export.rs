@@ -308,6 +308,11 @@ pub(crate) fn clip_preprocess(clip_dir: &Path) -> Result<PreprocessConfig> {
     if let Some(e) = v.pointer("/size/shortest_edge").and_then(|e| e.as_u64()) {
         cfg.shortest_edge = e as u32;
     }
+    // The crop is the vision tower's input size; exporters set it from the model's config too.
+    let crop = v.pointer("/crop_size/height").or_else(|| v.get("crop_size")).and_then(|c| c.as_u64());
+    if let Some(c) = crop {
+        cfg.image_size = c as u32;
+    }
     if let Some(r) = v.get("rescale_factor").and_then(|r| r.as_f64()) {
         cfg.rescale = r as f32;
     }

@@ -78,6 +78,9 @@ pub enum TrainCommand {
         lr: f64,
         #[arg(long, default_value_t = 100)]
         warmup: usize,
+        /// Decay the learning rate linearly to zero at --steps (a resume must keep --steps).
+        #[arg(long)]
+        lr_decay: bool,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -208,6 +211,7 @@ pub fn run_train(command: TrainCommand) -> Result<ExitCode> {
             batch,
             lr,
             warmup,
+            lr_decay,
             run,
         } => {
             let opts = ClipTrainOptions {
@@ -224,6 +228,7 @@ pub fn run_train(command: TrainCommand) -> Result<ExitCode> {
                 batch,
                 lr,
                 warmup,
+                lr_decay,
                 seed: run.seed,
                 run: run.options(),
             };

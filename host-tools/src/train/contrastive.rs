@@ -48,6 +48,8 @@ pub struct ClipTrainOptions {
     pub batch: usize,
     pub lr: f64,
     pub warmup: usize,
+    /// Decay the learning rate linearly to zero over the run.
+    pub lr_decay: bool,
     pub seed: u64,
     #[serde(skip)]
     pub run: RunOptions,
@@ -94,7 +96,9 @@ pub fn train_clip(opts: &ClipTrainOptions) -> Result<ClipTrainReport> {
     let vision = ClipVision::new(&mut params, &vision_cfg)?;
     let text = ClipText::new(&mut params, &text_cfg)?;
     let scale = logit_scale(&mut params)?;
-    let mut optimizer = AdamW::new(params.trained(), AdamWConfig::new(opts.lr, opts.warmup))?;
+    let mut schedule_cfg = AdamWConfig::new(opts.lr, opts.warmup);
+    schedule_cfg.decay_to = opts.lr_decay.then_some(opts.run.steps);
+    let mut optimizer = AdamW::new(params.trained(), schedule_cfg)?;
 
     let n = captions.len();
     let s = opts.image_size;

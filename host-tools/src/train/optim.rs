@@ -20,20 +20,36 @@ pub struct AdamWConfig {
     pub eps: f64,
     /// Gradients are scaled down to this global L2 norm (0 = no clipping).
     pub clip_norm: f64,
+    /// After warmup, decay linearly to zero at this step (ClipCap's schedule); `None` keeps the
+    /// rate constant, so that a run can be extended by resuming.
+    pub decay_to: Option<usize>,
 }
 
 impl AdamWConfig {
     pub fn new(lr: f64, warmup_steps: usize) -> AdamWConfig {
-        AdamWConfig { lr, warmup_steps, weight_decay: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, clip_norm: 1.0 }
+        AdamWConfig {
+            lr,
+            warmup_steps,
+            weight_decay: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            clip_norm: 1.0,
+            decay_to: None,
+        }
     }
 
-    /// The learning rate of 0-based `step`: linear warmup, then constant (ClipCap's schedule
-    /// decays linearly to 0 over the run; a constant tail lets a run be extended by resuming).
+    /// The learning rate of 0-based `step`: linear warmup, then constant or decaying linearly.
     pub fn lr_at(&self, step: usize) -> f64 {
         if step < self.warmup_steps {
-            self.lr * (step + 1) as f64 / self.warmup_steps as f64
-        } else {
-            self.lr
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        match self.decay_to {
+            Some(end) if end > self.warmup_steps => {
+                let left = end.saturating_sub(step) as f64 / (end - self.warmup_steps) as f64;
+                self.lr * left.clamp(0.0, 1.0)
+            }
+            _ => self.lr,
         }
     }
 }
@@ -120,5 +136,18 @@ impl AdamW {
         }
         self.step = step;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_holds_or_decays() {
+        let mut c = AdamWConfig::new(1.0, 4);
+        assert_eq!([c.lr_at(0), c.lr_at(3), c.lr_at(10)], [0.25, 1.0, 1.0]);
+        c.decay_to = Some(14);
+        assert_eq!([c.lr_at(4), c.lr_at(9), c.lr_at(14), c.lr_at(20)], [1.0, 0.5, 0.0, 0.0]);
     }
 }
