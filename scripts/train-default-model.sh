@@ -2,7 +2,7 @@
 # Reproduces the default model (models/default) from nothing: synthetic scenes, a CLIP-style
 # dual encoder trained on them, a DeCap decoder trained on their captions, export, int8
 # quantization, and the held-out scores the README quotes. Seeded: a rerun on the same machine
-# gives the same bundle. Takes about half an hour on 2 cores.
+# gives the same bundle. Takes about 35 minutes on 2 cores.
 #   scripts/train-default-model.sh [WORK_DIR]   (default target/default-model)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,13 +18,14 @@ ht=target/debug/host-tools
 cut -f2 "$work/train/captions.tsv" > "$work/captions.txt"
 sort -u "$work/captions.txt" > "$work/memory-captions.txt"
 
-# 2. The dual encoder (CLIP layout, 64×64 images, BPE vocabulary learned from the captions).
+# 2. The dual encoder (CLIP layout: a ViT on 80×80 images in 16-pixel patches, a 2-layer text
+#    tower, a BPE vocabulary learned from the captions). ~20 minutes.
 [ -f "$work/clip/model.safetensors" ] || $ht train clip --data "$work/train/captions.tsv" --out "$work/clip" \
-    --steps 3000 --batch 128 --lr 1e-3 --seed 1
+    --image-size 80 --patch-size 16 --steps 1600 --batch 128 --lr 1e-3 --lr-decay --seed 1
 
 # 3. The DeCap decoder, on the captions alone.
 [ -f "$work/decap/decap.safetensors" ] || $ht train decap --clip "$work/clip" --captions "$work/captions.txt" \
-    --layers 2 --hidden 128 --heads 4 --batch 128 --lr 1e-3 --steps 1500 --seed 1 --out "$work/decap"
+    --layers 2 --hidden 128 --heads 4 --batch 128 --lr 1e-3 --steps 800 --seed 1 --out "$work/decap"
 
 # 4. Bundles: fp32, then int8 calibrated on training scenes.
 rm -rf "$work/fp32" "$work/int8" "$work/calibration"

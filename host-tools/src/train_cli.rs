@@ -81,6 +81,9 @@ pub enum TrainCommand {
         /// Decay the learning rate linearly to zero at --steps (a resume must keep --steps).
         #[arg(long)]
         lr_decay: bool,
+        /// Half of each batch: captions one token away from the other half's (hard negatives).
+        #[arg(long)]
+        hard_negatives: bool,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -212,6 +215,7 @@ pub fn run_train(command: TrainCommand) -> Result<ExitCode> {
             lr,
             warmup,
             lr_decay,
+            hard_negatives,
             run,
         } => {
             let opts = ClipTrainOptions {
@@ -229,6 +233,7 @@ pub fn run_train(command: TrainCommand) -> Result<ExitCode> {
                 lr,
                 warmup,
                 lr_decay,
+                hard_negatives,
                 seed: run.seed,
                 run: run.options(),
             };

@@ -27,6 +27,7 @@ use crate::bpe_train::learn_clip_vocab;
 use crate::onnx::clip_text::ClipTextConfig;
 use crate::onnx::clip_vision::{Activation, ClipVisionConfig};
 use crate::progress::Steps;
+use crate::rng::Rng;
 use crate::text_encoder::load_clip_tokenizer;
 
 /// CLIP caps the logit scale at 100.
@@ -50,6 +51,8 @@ pub struct ClipTrainOptions {
     pub warmup: usize,
     /// Decay the learning rate linearly to zero over the run.
     pub lr_decay: bool,
+    /// Fill half of each batch with one-token neighbours of the other half's captions.
+    pub hard_negatives: bool,
     pub seed: u64,
     #[serde(skip)]
     pub run: RunOptions,
@@ -104,9 +107,14 @@ pub fn train_clip(opts: &ClipTrainOptions) -> Result<ClipTrainReport> {
     let s = opts.image_size;
     let pixels = Tensor::from_vec(pixels, (n, 3, s, s), &device)?;
     let ids = Tensor::from_vec(table.ids.clone(), (n, table.len), &device)?;
-    let mut schedule = Schedule::new(opts.seed, n, opts.batch);
+    let anchors = if opts.hard_negatives { opts.batch / 2 } else { opts.batch };
+    let mut schedule = Schedule::new(opts.seed, n, anchors.max(1));
+    let neighbours = opts.hard_negatives.then(|| one_token_neighbours(&table));
     let run = train(&opts.run, "train clip", serde_json::to_value(opts)?, &params, &mut optimizer, |step| {
-        let batch = schedule.batch(step);
+        let mut batch = schedule.batch(step);
+        if let Some(neighbours) = &neighbours {
+            add_hard_negatives(&mut batch, neighbours, &table.group, Rng::derive(opts.seed ^ HARD_STREAM, step as u64));
+        }
         let idx = Tensor::new(batch.iter().map(|&i| i as u32).collect::<Vec<_>>(), &device)?;
         let b = batch.len();
         let pooled: Vec<u32> =
@@ -244,6 +252,57 @@ fn caption_table(captions: &[String], tokenizer: &ClipTokenizer) -> CaptionTable
     CaptionTable { ids, len, end_index, group, distinct }
 }
 
+/// Separates the hard-negative draws from the batch schedule's stream.
+const HARD_STREAM: u64 = 0x6861_7264;
+
+/// For each distinct caption (group), the items whose caption has the same length and differs
+/// in exactly one token: "two red circles on the left" / "… on the right". A random batch
+/// rarely holds such a pair, so without them nothing forces the encoder to see the one
+/// attribute that differs (measured: position was decoded no better than chance).
+fn one_token_neighbours(table: &CaptionTable) -> Vec<Vec<usize>> {
+    let l = table.len;
+    let groups = table.distinct.len();
+    let mut members = vec![Vec::new(); groups];
+    for (item, &g) in table.group.iter().enumerate() {
+        members[g].push(item);
+    }
+    let tokens: Vec<&[u32]> = members
+        .iter()
+        .map(|m| {
+            let i = m[0];
+            &table.ids[i * l..i * l + table.end_index[i] + 1]
+        })
+        .collect();
+    (0..groups)
+        .map(|g| {
+            (0..groups)
+                .filter(|&h| {
+                    tokens[h].len() == tokens[g].len()
+                        && tokens[g].iter().zip(tokens[h]).filter(|(a, b)| a != b).count() == 1
+                })
+                .flat_map(|h| members[h].iter().copied())
+                .collect()
+        })
+        .collect()
+}
+
+/// Appends, for each item of `batch`, a random item whose caption is a one-token neighbour of
+/// its caption (a random item when it has none).
+fn add_hard_negatives(batch: &mut Vec<usize>, neighbours: &[Vec<usize>], group: &[usize], mut rng: Rng) {
+    let extra: Vec<usize> = batch
+        .iter()
+        .map(|&i| {
+            let near = &neighbours[group[i]];
+            if near.is_empty() {
+                rng.range(0..group.len())
+            } else {
+                *rng.choose(near)
+            }
+        })
+        .collect();
+    batch.extend(extra);
+}
+
 /// [B, B] targets: row i spreads its mass evenly over the batch items with i's caption.
 fn soft_targets(batch: &[usize], group: &[usize], device: &Device) -> Result<Tensor> {
     let b = batch.len();
@@ -319,4 +378,54 @@ fn save_clip_dir(
         &serde_json::to_vec_pretty(&preprocessor)?,
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(captions: &[&[u32]]) -> CaptionTable {
+        let len = captions.iter().map(|c| c.len()).max().unwrap();
+        let mut ids = vec![9; captions.len() * len];
+        let mut groups: Vec<Vec<u32>> = Vec::new();
+        let mut group = Vec::new();
+        for (row, c) in captions.iter().enumerate() {
+            ids[row * len..row * len + c.len()].copy_from_slice(c);
+            let g = groups.iter().position(|x| x == c).unwrap_or_else(|| {
+                groups.push(c.to_vec());
+                groups.len() - 1
+            });
+            group.push(g);
+        }
+        CaptionTable {
+            ids,
+            len,
+            end_index: captions.iter().map(|c| c.len() - 1).collect(),
+            group,
+            distinct: groups.iter().map(|g| format!("{g:?}")).collect(),
+        }
+    }
+
+    #[test]
+    fn neighbours_differ_in_exactly_one_token() {
+        // Items: 0 and 3 share a caption; 1 differs from it in one token, 2 in two, 4 is longer.
+        let t = table(&[&[1, 2, 3], &[1, 5, 3], &[6, 5, 3], &[1, 2, 3], &[1, 2, 3, 4]]);
+        let n = one_token_neighbours(&t);
+        assert_eq!(n[t.group[0]], vec![1]);
+        assert_eq!(n[t.group[1]], vec![0, 3, 2], "by caption, then by item");
+        assert_eq!(n[t.group[2]], vec![1]);
+        assert!(n[t.group[4]].is_empty());
+        let mut batch = vec![0, 4];
+        add_hard_negatives(&mut batch, &n, &t.group, Rng::new(1));
+        assert_eq!(batch.len(), 4);
+        assert_eq!(batch[2], 1, "item 0's only neighbour");
+        assert!(batch[3] < 5);
+    }
+
+    #[test]
+    fn soft_targets_share_mass_between_equal_captions() {
+        let t = soft_targets(&[0, 1, 2], &[0, 1, 0], &Device::Cpu).unwrap();
+        let rows: Vec<Vec<f32>> = t.to_vec2().unwrap();
+        assert_eq!(rows, vec![vec![0.5, 0.0, 0.5], vec![0.0, 1.0, 0.0], vec![0.5, 0.0, 0.5]]);
+    }
 }

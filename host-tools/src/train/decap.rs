@@ -62,8 +62,7 @@ pub fn train_decap(opts: &DecapTrainOptions) -> Result<DecapTrainReport> {
     let corpus = read_captions(&opts.captions)?;
     let encoder = TextEncoder::load(&opts.clip, opts.tokenizer.as_deref())?;
     let embeds = text_embeddings(&encoder, &corpus.captions, opts)?;
-    let end = encoder.tokenizer.end_token_id();
-    let targets = target_ids(&corpus.captions, opts.max_tokens, |c| encoder.tokenizer.encode_for_model(c));
+    let target_rows = target_ids(&corpus.captions, opts.max_tokens, |c| encoder.tokenizer.encode_for_model(c));
     let device = Device::Cpu;
     let cfg = Gpt2Config {
         n_embd: opts.hidden,
@@ -82,8 +81,7 @@ pub fn train_decap(opts: &DecapTrainOptions) -> Result<DecapTrainReport> {
     let embeds = Tensor::from_vec(embeds.data, embeds.shape.as_slice(), &device)?;
     let n = corpus.captions.len();
     let t = opts.max_tokens;
-    let targets_host = targets;
-    let targets = Tensor::from_vec(targets_host.clone(), (n, t), &device)?;
+    let targets = Tensor::from_vec(target_rows.clone(), (n, t), &device)?;
     let mut schedule = Schedule::new(opts.seed, n, opts.batch);
     let settings = serde_json::to_value(opts)?;
     let run = train(&opts.run, "train decap", settings, &params, &mut optimizer, |step| {
@@ -95,7 +93,7 @@ pub fn train_decap(opts: &DecapTrainOptions) -> Result<DecapTrainReport> {
         let inputs = Tensor::cat(&[&prefix, &decoder.embed(&tokens.narrow(1, 0, t - 1)?)?], 1)?;
         let hidden = decoder.hidden(&inputs)?.reshape((b * t, opts.hidden))?;
         // Only positions with a target (id 0 is padding) go through the LM head.
-        let (rows, wanted) = target_positions(&batch, &targets_host, t);
+        let (rows, wanted) = target_positions(&batch, &target_rows, t);
         let rows = Tensor::new(rows, &device)?;
         let logits = decoder.logits(&hidden.index_select(&rows, 0)?)?;
         let loss = cross_entropy(&logits, &Tensor::new(wanted, &device)?, None, opts.label_smoothing)?;
@@ -104,7 +102,6 @@ pub fn train_decap(opts: &DecapTrainOptions) -> Result<DecapTrainReport> {
 
     let weights = opts.run.out.join(DECAP_WEIGHTS);
     save_safetensors(&weights, &params.export("", str::to_string)?)?;
-    log::info!("DeCap decoder: {} parameters; end token {end}", params.trained_count());
     Ok(DecapTrainReport { captions: n, skipped: corpus.skipped, parameters: params.trained_count(), run, weights })
 }
 
