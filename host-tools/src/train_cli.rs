@@ -50,107 +50,22 @@ pub enum TrainCommand {
     /// A small CLIP-style dual encoder, trained contrastively on image<TAB>caption pairs; writes
     /// an HF CLIP directory (with a BPE vocabulary learned from the captions).
     Clip {
-        /// image<TAB>caption lines (paths relative to the file) or COCO-style JSON.
-        #[arg(long)]
-        data: PathBuf,
-        /// Use this CLIP vocabulary instead of learning one (dir or bpe_simple_vocab file).
-        #[arg(long)]
-        tokenizer: Option<PathBuf>,
-        #[arg(long, default_value_t = 64)]
-        image_size: usize,
-        #[arg(long, default_value_t = 8)]
-        patch_size: usize,
-        #[arg(long, default_value_t = 96)]
-        vision_width: usize,
-        #[arg(long, default_value_t = 4)]
-        vision_layers: usize,
-        #[arg(long, default_value_t = 64)]
-        text_width: usize,
-        #[arg(long, default_value_t = 2)]
-        text_layers: usize,
-        #[arg(long, default_value_t = 4)]
-        heads: usize,
-        #[arg(long, default_value_t = 64)]
-        projection_dim: usize,
-        #[arg(long, default_value_t = 128)]
-        batch: usize,
-        #[arg(long, default_value_t = 1e-3)]
-        lr: f64,
-        #[arg(long, default_value_t = 100)]
-        warmup: usize,
-        /// Decay the learning rate linearly to zero at --steps (a resume must keep --steps).
-        #[arg(long)]
-        lr_decay: bool,
-        /// Half of each batch: captions one token away from the other half's (hard negatives).
-        #[arg(long)]
-        hard_negatives: bool,
+        #[command(flatten)]
+        opts: ClipTrainOptions,
         #[command(flatten)]
         run: RunArgs,
     },
     /// ClipCap: train the mapping network (and GPT-2 with --tune-lm) on image–caption pairs.
     Clipcap {
-        /// HF CLIP directory: embeds the images (once; cached in --out).
-        #[arg(long)]
-        clip: PathBuf,
-        /// HF GPT-2 directory (config.json + weights).
-        #[arg(long)]
-        lm: PathBuf,
-        /// image<TAB>caption lines (paths relative to the file) or COCO-style JSON.
-        #[arg(long)]
-        data: PathBuf,
-        /// GPT-2 vocab.json + merges.txt (or tokenizer.json) directory, when --lm has none.
-        #[arg(long)]
-        tokenizer: Option<PathBuf>,
-        #[arg(long, value_enum, default_value_t = MapperArg::Mlp)]
-        mapper: MapperArg,
-        #[arg(long, default_value_t = 10)]
-        prefix_length: usize,
-        /// Transformer mapper layers.
-        #[arg(long, default_value_t = 8)]
-        mapper_layers: usize,
-        /// Train GPT-2 too (ClipCap's "GPT-2 tuned" variant); otherwise it stays frozen.
-        #[arg(long)]
-        tune_lm: bool,
-        /// Caption tokens per example (longer captions are cut).
-        #[arg(long, default_value_t = 40)]
-        max_tokens: usize,
-        #[arg(long, default_value_t = 40)]
-        batch: usize,
-        #[arg(long, default_value_t = 2e-5)]
-        lr: f64,
-        #[arg(long, default_value_t = 500)]
-        warmup: usize,
+        #[command(flatten)]
+        opts: ClipcapTrainOptions,
         #[command(flatten)]
         run: RunArgs,
     },
     /// DeCap: train a decoder on text alone, prefixed by each caption's CLIP text embedding.
     Decap {
-        /// HF CLIP directory (its text tower embeds the captions; cached in --out).
-        #[arg(long)]
-        clip: PathBuf,
-        /// Captions: one per line, image<TAB>caption lines, or COCO-style JSON.
-        #[arg(long)]
-        captions: PathBuf,
-        /// CLIP BPE vocabulary when the CLIP directory has none.
-        #[arg(long)]
-        tokenizer: Option<PathBuf>,
-        #[arg(long, default_value_t = 4)]
-        layers: usize,
-        #[arg(long, default_value_t = 768)]
-        hidden: usize,
-        #[arg(long, default_value_t = 4)]
-        heads: usize,
-        /// Target tokens per caption (DeCap: the first 20 CLIP tokens).
-        #[arg(long, default_value_t = decap::DECAP_TARGET_TOKENS)]
-        max_tokens: usize,
-        #[arg(long, default_value_t = 64)]
-        batch: usize,
-        #[arg(long, default_value_t = 1e-4)]
-        lr: f64,
-        #[arg(long, default_value_t = 100)]
-        warmup: usize,
-        #[arg(long, default_value_t = 0.1)]
-        label_smoothing: f64,
+        #[command(flatten)]
+        opts: DecapTrainOptions,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -159,28 +74,8 @@ pub enum TrainCommand {
 /// Distil a GPT-2 into fewer layers with a KL loss to it on caption text.
 #[derive(Args)]
 pub struct DistillArgs {
-    /// HF GPT-2 directory of the teacher.
-    #[arg(long)]
-    teacher: PathBuf,
-    /// Student layers (initialised from every other teacher layer).
-    #[arg(long)]
-    layers: usize,
-    /// Captions: one per line, image<TAB>caption lines, or COCO-style JSON.
-    #[arg(long)]
-    data: PathBuf,
-    /// GPT-2 tokenizer directory when the teacher's has none.
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
-    #[arg(long, default_value_t = 2.0)]
-    temperature: f64,
-    #[arg(long, default_value_t = 40)]
-    max_tokens: usize,
-    #[arg(long, default_value_t = 32)]
-    batch: usize,
-    #[arg(long, default_value_t = 1e-4)]
-    lr: f64,
-    #[arg(long, default_value_t = 100)]
-    warmup: usize,
+    #[command(flatten)]
+    opts: DistillOptions,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -200,43 +95,8 @@ fn keep_freed_memory() {
 pub fn run_train(command: TrainCommand) -> Result<ExitCode> {
     keep_freed_memory();
     match command {
-        TrainCommand::Clip {
-            data,
-            tokenizer,
-            image_size,
-            patch_size,
-            vision_width,
-            vision_layers,
-            text_width,
-            text_layers,
-            heads,
-            projection_dim,
-            batch,
-            lr,
-            warmup,
-            lr_decay,
-            hard_negatives,
-            run,
-        } => {
-            let opts = ClipTrainOptions {
-                data,
-                tokenizer,
-                image_size,
-                patch_size,
-                vision_width,
-                vision_layers,
-                text_width,
-                text_layers,
-                heads,
-                projection_dim,
-                batch,
-                lr,
-                warmup,
-                lr_decay,
-                hard_negatives,
-                seed: run.seed,
-                run: run.options(),
-            };
+        TrainCommand::Clip { mut opts, run } => {
+            (opts.seed, opts.run) = (run.seed, run.options());
             contrastive::check_options(&opts)?;
             let r = train_clip(&opts)?;
             let summary = format!(
@@ -251,46 +111,17 @@ pub fn run_train(command: TrainCommand) -> Result<ExitCode> {
             );
             finish(&run, &r, &r.run, &summary)
         }
-        TrainCommand::Clipcap {
-            clip,
-            lm,
-            data,
-            tokenizer,
-            mapper,
-            prefix_length,
-            mapper_layers,
-            tune_lm,
-            max_tokens,
-            batch,
-            lr,
-            warmup,
-            run,
-        } => {
-            let opts = ClipcapTrainOptions {
-                clip,
-                lm,
-                data,
-                tokenizer,
-                mapper,
-                prefix_length,
-                mapper_layers,
-                tune_lm,
-                max_tokens,
-                batch,
-                lr,
-                warmup,
-                seed: run.seed,
-                run: run.options(),
-            };
+        TrainCommand::Clipcap { mut opts, run } => {
+            (opts.seed, opts.run) = (run.seed, run.options());
             let r = train_clipcap(&opts)?;
             let summary = format!(
                 "{}: ClipCap {} mapper{}, {} trained parameters, {} pairs ({} images, {} captions skipped); export with: host-tools export --clip {} --clipcap {} --lm {} --out BUNDLE",
                 r.weights.display(),
-                match mapper {
+                match opts.mapper {
                     MapperArg::Mlp => "MLP",
                     MapperArg::Transformer => "transformer",
                 },
-                if tune_lm { " + GPT-2" } else { "" },
+                if opts.tune_lm { " + GPT-2" } else { "" },
                 r.parameters,
                 r.pairs,
                 r.skipped_images,
@@ -301,45 +132,19 @@ pub fn run_train(command: TrainCommand) -> Result<ExitCode> {
             );
             finish(&run, &r, &r.run, &summary)
         }
-        TrainCommand::Decap {
-            clip,
-            captions,
-            tokenizer,
-            layers,
-            hidden,
-            heads,
-            max_tokens,
-            batch,
-            lr,
-            warmup,
-            label_smoothing,
-            run,
-        } => {
-            let opts = DecapTrainOptions {
-                clip,
-                captions,
-                tokenizer,
-                layers,
-                hidden,
-                heads,
-                max_tokens,
-                batch,
-                lr,
-                warmup,
-                label_smoothing,
-                seed: run.seed,
-                run: run.options(),
-            };
+        TrainCommand::Decap { mut opts, run } => {
+            (opts.seed, opts.run) = (run.seed, run.options());
             decap::check_options(&opts)?;
             let r = train_decap(&opts)?;
             let summary = format!(
-                "{}: DeCap decoder, {} parameters, {} captions ({} skipped); export with: host-tools export --clip {} --decap {} --decoder-heads {heads} --memory-captions {} --out BUNDLE",
+                "{}: DeCap decoder, {} parameters, {} captions ({} skipped); export with: host-tools export --clip {} --decap {} --decoder-heads {} --memory-captions {} --out BUNDLE",
                 r.weights.display(),
                 r.parameters,
                 r.captions,
                 r.skipped,
                 opts.clip.display(),
                 r.weights.display(),
+                opts.heads,
                 opts.captions.display()
             );
             finish(&run, &r, &r.run, &summary)
@@ -349,20 +154,8 @@ pub fn run_train(command: TrainCommand) -> Result<ExitCode> {
 
 pub fn run_distill(args: DistillArgs) -> Result<ExitCode> {
     keep_freed_memory();
-    let DistillArgs { teacher, layers, data, tokenizer, temperature, max_tokens, batch, lr, warmup, run } = args;
-    let opts = DistillOptions {
-        teacher,
-        layers,
-        data,
-        tokenizer,
-        temperature,
-        max_tokens,
-        batch,
-        lr,
-        warmup,
-        seed: run.seed,
-        run: run.options(),
-    };
+    let DistillArgs { mut opts, run } = args;
+    (opts.seed, opts.run) = (run.seed, run.options());
     let r = distill(&opts)?;
     let summary = format!(
         "{}: {}-layer student of a {}-layer teacher; held-out ({} captions) cross-entropy teacher {:.3} / student {:.3} (perplexity {:.1} / {:.1}), same top token {:.1}%, forward {:.0} / {:.0} tokens/s",

@@ -90,7 +90,7 @@ impl ClipTextConfig {
         Ok(())
     }
 
-    fn encoder_shape(&self) -> EncoderShape {
+    pub(crate) fn encoder_shape(&self) -> EncoderShape {
         EncoderShape {
             hidden: self.hidden_size,
             intermediate: self.intermediate_size,

@@ -117,7 +117,7 @@ impl ClipVisionConfig {
         grid * grid + 1
     }
 
-    fn encoder_shape(&self) -> EncoderShape {
+    pub(crate) fn encoder_shape(&self) -> EncoderShape {
         EncoderShape {
             hidden: self.hidden_size,
             intermediate: self.intermediate_size,

@@ -9,7 +9,7 @@ use candle_core::Tensor;
 use super::layers::{attention, causal_bias, matmul_2d, merge_heads, quick_gelu, split_heads, LayerNorm, Linear};
 use super::params::{Init, Params};
 use crate::onnx::clip_text::ClipTextConfig;
-use crate::onnx::clip_vision::{Activation, ClipVisionConfig};
+use crate::onnx::clip_vision::{Activation, ClipVisionConfig, EncoderShape};
 
 /// CLIP's initial temperature: logit_scale = ln(1 / 0.07).
 pub const LOGIT_SCALE_INIT: f32 = 2.6592;
@@ -29,16 +29,8 @@ struct EncoderLayer {
     act: Activation,
 }
 
-struct Shape {
-    hidden: usize,
-    intermediate: usize,
-    heads: usize,
-    eps: f32,
-    act: Activation,
-}
-
 impl EncoderLayer {
-    fn new(p: &mut Params, name: &str, s: &Shape) -> Result<EncoderLayer> {
+    fn new(p: &mut Params, name: &str, s: &EncoderShape) -> Result<EncoderLayer> {
         let d = s.hidden;
         let lin = |p: &mut Params, n: &str, dims| Linear::new(p, &format!("{name}.{n}"), dims, true, INIT_STD);
         Ok(EncoderLayer {
@@ -84,13 +76,7 @@ impl ClipVision {
     pub fn new(p: &mut Params, cfg: &ClipVisionConfig) -> Result<ClipVision> {
         let (d, pk) = (cfg.hidden_size, cfg.patch_size);
         let e = "vision_model.embeddings";
-        let shape = Shape {
-            hidden: d,
-            intermediate: cfg.intermediate_size,
-            heads: cfg.num_attention_heads,
-            eps: cfg.layer_norm_eps,
-            act: cfg.hidden_act,
-        };
+        let shape = cfg.encoder_shape();
         Ok(ClipVision {
             config: cfg.clone(),
             patch: p.get(&format!("{e}.patch_embedding.weight"), &[d, 3, pk, pk], Init::Normal(INIT_STD))?,
@@ -145,13 +131,7 @@ impl ClipText {
     pub fn new(p: &mut Params, cfg: &ClipTextConfig) -> Result<ClipText> {
         let d = cfg.hidden_size;
         let e = "text_model.embeddings";
-        let shape = Shape {
-            hidden: d,
-            intermediate: cfg.intermediate_size,
-            heads: cfg.num_attention_heads,
-            eps: cfg.layer_norm_eps,
-            act: cfg.hidden_act,
-        };
+        let shape = cfg.encoder_shape();
         Ok(ClipText {
             config: cfg.clone(),
             tokens: p.get(&format!("{e}.token_embedding.weight"), &[cfg.vocab_size, d], Init::Normal(INIT_STD))?,

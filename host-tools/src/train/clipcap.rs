@@ -39,24 +39,44 @@ pub enum MapperArg {
     Transformer,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, clap::Args)]
 pub struct ClipcapTrainOptions {
+    /// HF CLIP directory: embeds the images (once; cached in --out).
+    #[arg(long)]
     pub clip: PathBuf,
+    /// HF GPT-2 directory (config.json + weights).
+    #[arg(long)]
     pub lm: PathBuf,
+    /// image<TAB>caption lines (paths relative to the file) or COCO-style JSON.
+    #[arg(long)]
     pub data: PathBuf,
-    /// GPT-2 tokenizer directory when `lm` has none.
+    /// GPT-2 vocab.json + merges.txt (or tokenizer.json) directory, when --lm has none.
+    #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = MapperArg::Mlp)]
     pub mapper: MapperArg,
+    #[arg(long, default_value_t = 10)]
     pub prefix_length: usize,
     /// Transformer mapper layers.
+    #[arg(long, default_value_t = 8)]
     pub mapper_layers: usize,
+    /// Train GPT-2 too (ClipCap's "GPT-2 tuned" variant); otherwise it stays frozen.
+    #[arg(long)]
     pub tune_lm: bool,
+    /// Caption tokens per example (longer captions are cut).
+    #[arg(long, default_value_t = 40)]
     pub max_tokens: usize,
+    #[arg(long, default_value_t = 40)]
     pub batch: usize,
+    #[arg(long, default_value_t = 2e-5)]
     pub lr: f64,
+    #[arg(long, default_value_t = 500)]
     pub warmup: usize,
+    /// Set from `--seed` (see [`RunOptions`]).
+    #[arg(skip)]
     pub seed: u64,
     #[serde(skip)]
+    #[arg(skip)]
     pub run: RunOptions,
 }
 

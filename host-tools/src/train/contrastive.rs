@@ -33,28 +33,47 @@ use crate::text_encoder::load_clip_tokenizer;
 /// CLIP caps the logit scale at 100.
 const MAX_LOGIT_SCALE: f32 = 4.6052;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, clap::Args)]
 pub struct ClipTrainOptions {
+    /// image<TAB>caption lines (paths relative to the file) or COCO-style JSON.
+    #[arg(long)]
     pub data: PathBuf,
-    /// An existing CLIP vocabulary (directory or bpe_simple_vocab file); default: learn one.
+    /// Use this CLIP vocabulary instead of learning one (dir or bpe_simple_vocab file).
+    #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    #[arg(long, default_value_t = 64)]
     pub image_size: usize,
+    #[arg(long, default_value_t = 8)]
     pub patch_size: usize,
+    #[arg(long, default_value_t = 96)]
     pub vision_width: usize,
+    #[arg(long, default_value_t = 4)]
     pub vision_layers: usize,
+    #[arg(long, default_value_t = 64)]
     pub text_width: usize,
+    #[arg(long, default_value_t = 2)]
     pub text_layers: usize,
+    #[arg(long, default_value_t = 4)]
     pub heads: usize,
+    #[arg(long, default_value_t = 64)]
     pub projection_dim: usize,
+    #[arg(long, default_value_t = 128)]
     pub batch: usize,
+    #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
+    #[arg(long, default_value_t = 100)]
     pub warmup: usize,
-    /// Decay the learning rate linearly to zero over the run.
+    /// Decay the learning rate linearly to zero at --steps (a resume must keep --steps).
+    #[arg(long)]
     pub lr_decay: bool,
-    /// Fill half of each batch with one-token neighbours of the other half's captions.
+    /// Half of each batch: captions one token away from the other half's (hard negatives).
+    #[arg(long)]
     pub hard_negatives: bool,
+    /// Set from `--seed` (see [`RunOptions`]).
+    #[arg(skip)]
     pub seed: u64,
     #[serde(skip)]
+    #[arg(skip)]
     pub run: RunOptions,
 }
 

@@ -30,22 +30,39 @@ pub const DECAP_WEIGHTS: &str = "decap.safetensors";
 /// Targets per caption in the reference: the first 20 CLIP tokens.
 pub const DECAP_TARGET_TOKENS: usize = 20;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, clap::Args)]
 pub struct DecapTrainOptions {
+    /// HF CLIP directory (its text tower embeds the captions; cached in --out).
+    #[arg(long)]
     pub clip: PathBuf,
+    /// Captions: one per line, image<TAB>caption lines, or COCO-style JSON.
+    #[arg(long)]
     pub captions: PathBuf,
     /// CLIP BPE vocabulary when the CLIP directory has none.
+    #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    #[arg(long, default_value_t = 4)]
     pub layers: usize,
+    #[arg(long, default_value_t = 768)]
     pub hidden: usize,
+    #[arg(long, default_value_t = 4)]
     pub heads: usize,
+    /// Target tokens per caption (DeCap: the first 20 CLIP tokens).
+    #[arg(long, default_value_t = DECAP_TARGET_TOKENS)]
     pub max_tokens: usize,
+    #[arg(long, default_value_t = 64)]
     pub batch: usize,
+    #[arg(long, default_value_t = 1e-4)]
     pub lr: f64,
+    #[arg(long, default_value_t = 100)]
     pub warmup: usize,
+    #[arg(long, default_value_t = 0.1)]
     pub label_smoothing: f64,
+    /// Set from `--seed` (see [`RunOptions`]).
+    #[arg(skip)]
     pub seed: u64,
     #[serde(skip)]
+    #[arg(skip)]
     pub run: RunOptions,
 }
 

@@ -26,19 +26,35 @@ use crate::export::{normalise_gpt2_names, read_json};
 use crate::onnx::gpt2::Gpt2Config;
 use crate::tensor::TensorMap;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, clap::Args)]
 pub struct DistillOptions {
+    /// HF GPT-2 directory of the teacher.
+    #[arg(long)]
     pub teacher: PathBuf,
+    /// Student layers (initialised from every other teacher layer).
+    #[arg(long)]
     pub layers: usize,
+    /// Captions: one per line, image<TAB>caption lines, or COCO-style JSON.
+    #[arg(long)]
     pub data: PathBuf,
+    /// GPT-2 tokenizer directory when the teacher's has none.
+    #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    #[arg(long, default_value_t = 2.0)]
     pub temperature: f64,
+    #[arg(long, default_value_t = 40)]
     pub max_tokens: usize,
+    #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    #[arg(long, default_value_t = 1e-4)]
     pub lr: f64,
+    #[arg(long, default_value_t = 100)]
     pub warmup: usize,
+    /// Set from `--seed` (see [`RunOptions`]).
+    #[arg(skip)]
     pub seed: u64,
     #[serde(skip)]
+    #[arg(skip)]
     pub run: RunOptions,
 }
 

@@ -22,7 +22,8 @@ use crate::tensor::{self as host, TensorMap};
 pub const CHECKPOINT_WEIGHTS: &str = "checkpoint.safetensors";
 pub const CHECKPOINT_JSON: &str = "checkpoint.json";
 
-#[derive(Debug, Clone)]
+/// Where a run lives and how long it goes; the command line's `--out`, `--steps`, `--resume`…
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     pub out: PathBuf,
     pub steps: usize,
