@@ -78,6 +78,9 @@ fn a_copy_of_the_binary_alone_captions_with_its_built_in_model() {
     assert!(parsed * 2 >= truth.len(), "most captions should be scene descriptions:\n{text}");
     let cached = std::fs::read_dir(dir.path().join("cache/edgecap")).unwrap().count();
     assert_eq!(cached, 1, "the built-in bundle is written once, into the cache dir");
-    // The second run reuses (and re-verifies) the written bundle.
+    // The second run reuses (and re-verifies) the written bundle; a damaged one is rewritten.
+    assert_eq!(String::from_utf8(run().stdout).unwrap(), text);
+    let written = std::fs::read_dir(dir.path().join("cache/edgecap")).unwrap().next().unwrap().unwrap().path();
+    std::fs::write(written.join("decoder.onnx"), b"damaged").unwrap();
     assert_eq!(String::from_utf8(run().stdout).unwrap(), text);
 }

@@ -23,7 +23,9 @@ pub fn bundle_dir() -> Result<PathBuf> {
         bail!("this edgecap was built without a default model (models/default was empty)");
     }
     let dir = cache_root().join(format!("builtin-{}", embedded::ID));
-    if !dir.join("bundle.toml").is_file() {
+    // Written out again when missing or damaged (a disk error, a user's edit): the binary holds
+    // the pristine copy.
+    if edgecap_engine::bundle::Bundle::open(&dir).is_err() {
         write_out(&dir).with_context(|| format!("{}: cannot write the built-in model", dir.display()))?;
     }
     Ok(dir)
