@@ -37,6 +37,7 @@ impl RunArgs {
     fn options(&self) -> RunOptions {
         RunOptions {
             out: self.out.clone(),
+            seed: self.seed,
             steps: self.steps,
             checkpoint_every: self.checkpoint_every,
             resume: self.resume,
@@ -96,7 +97,7 @@ pub fn run_train(command: TrainCommand) -> Result<ExitCode> {
     keep_freed_memory();
     match command {
         TrainCommand::Clip { mut opts, run } => {
-            (opts.seed, opts.run) = (run.seed, run.options());
+            opts.run = run.options();
             contrastive::check_options(&opts)?;
             let r = train_clip(&opts)?;
             let summary = format!(
@@ -112,7 +113,7 @@ pub fn run_train(command: TrainCommand) -> Result<ExitCode> {
             finish(&run, &r, &r.run, &summary)
         }
         TrainCommand::Clipcap { mut opts, run } => {
-            (opts.seed, opts.run) = (run.seed, run.options());
+            opts.run = run.options();
             let r = train_clipcap(&opts)?;
             let summary = format!(
                 "{}: ClipCap {} mapper{}, {} trained parameters, {} pairs ({} images, {} captions skipped); export with: host-tools export --clip {} --clipcap {} --lm {} --out BUNDLE",
@@ -133,7 +134,7 @@ pub fn run_train(command: TrainCommand) -> Result<ExitCode> {
             finish(&run, &r, &r.run, &summary)
         }
         TrainCommand::Decap { mut opts, run } => {
-            (opts.seed, opts.run) = (run.seed, run.options());
+            opts.run = run.options();
             decap::check_options(&opts)?;
             let r = train_decap(&opts)?;
             let summary = format!(
@@ -155,7 +156,7 @@ pub fn run_train(command: TrainCommand) -> Result<ExitCode> {
 pub fn run_distill(args: DistillArgs) -> Result<ExitCode> {
     keep_freed_memory();
     let DistillArgs { mut opts, run } = args;
-    (opts.seed, opts.run) = (run.seed, run.options());
+    opts.run = run.options();
     let r = distill(&opts)?;
     let summary = format!(
         "{}: {}-layer student of a {}-layer teacher; held-out ({} captions) cross-entropy teacher {:.3} / student {:.3} (perplexity {:.1} / {:.1}), same top token {:.1}%, forward {:.0} / {:.0} tokens/s",

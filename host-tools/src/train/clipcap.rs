@@ -72,9 +72,6 @@ pub struct ClipcapTrainOptions {
     pub lr: f64,
     #[arg(long, default_value_t = 500)]
     pub warmup: usize,
-    /// Set from `--seed` (see [`RunOptions`]).
-    #[arg(skip)]
-    pub seed: u64,
     #[serde(skip)]
     #[arg(skip)]
     pub run: RunOptions,
@@ -184,8 +181,9 @@ pub fn train_clipcap(opts: &ClipcapTrainOptions) -> Result<ClipcapTrainReport> {
     }
     let tokenizer = load_gpt2_tokenizer(opts.tokenizer.as_deref().unwrap_or(&opts.lm))?;
     std::fs::create_dir_all(&opts.run.out).with_context(|| format!("{}: cannot create", opts.run.out.display()))?;
-    let (embeds, usable) = image_embeddings(&pairs, opts)?;
-    let (tokens, kept) = caption_tokens(&pairs, &usable, &tokenizer, lm_cfg.vocab_size, opts.max_tokens);
+    let images = distinct_images(&pairs);
+    let (embeds, usable) = image_embeddings(&pairs, &images, opts)?;
+    let (tokens, kept) = caption_tokens(&pairs, &images, &usable, &tokenizer, lm_cfg.vocab_size, opts.max_tokens);
     if kept.is_empty() {
         bail!("{}: no usable image–caption pair", opts.data.display());
     }
@@ -194,7 +192,7 @@ pub fn train_clipcap(opts: &ClipcapTrainOptions) -> Result<ClipcapTrainReport> {
 
     let device = Device::Cpu;
     let lm_weights = gpt_names(normalise_gpt2_names(checkpoint::read_hf_dir(&opts.lm)?)?);
-    let mut params = Params::new(opts.seed, device.clone()).with_weights(lm_weights);
+    let mut params = Params::new(opts.run.seed, device.clone()).with_weights(lm_weights);
     let (k, d, t) = (opts.prefix_length, lm_cfg.n_embd, opts.max_tokens);
     let mapper = Mapper::new(&mut params, opts, embeds.shape[1], d)?;
     params.set_trainable(opts.tune_lm);
@@ -209,7 +207,7 @@ pub fn train_clipcap(opts: &ClipcapTrainOptions) -> Result<ClipcapTrainReport> {
     let embeds = Tensor::from_vec(embeds.data, embeds.shape.as_slice(), &device)?;
     let image_of = Tensor::new(kept.iter().map(|&(image, _)| image as u32).collect::<Vec<_>>(), &device)?;
     let tokens = Tensor::from_vec(tokens, (kept.len(), t), &device)?;
-    let mut schedule = Schedule::new(opts.seed, kept.len(), opts.batch);
+    let mut schedule = Schedule::new(opts.run.seed, kept.len(), opts.batch);
     let run = train(&opts.run, "train clipcap", serde_json::to_value(opts)?, &params, &mut optimizer, |step| {
         let idx = Tensor::new(schedule.batch(step).iter().map(|&i| i as u32).collect::<Vec<_>>(), &device)?;
         let b = idx.dim(0)?;
@@ -244,9 +242,13 @@ fn gpt_names(lm: TensorMap) -> TensorMap {
         .collect()
 }
 
-/// CLIP embeddings [images, E] of the distinct images, and which images could be read.
-fn image_embeddings(pairs: &[(PathBuf, String)], opts: &ClipcapTrainOptions) -> Result<(host::Tensor, Vec<bool>)> {
-    let images = distinct_images(pairs);
+/// CLIP embeddings [images, E] of `images` (the pairs' distinct images, sorted), and for each
+/// pair whether its image could be read.
+fn image_embeddings(
+    pairs: &[(PathBuf, String)],
+    images: &[PathBuf],
+    opts: &ClipcapTrainOptions,
+) -> Result<(host::Tensor, Vec<bool>)> {
     let listing: String = images.iter().map(|p| format!("{}\n", p.display())).collect();
     let key = cache::key(&[listing.as_bytes(), &cache::dir_fingerprint(&opts.clip)?]);
     let path = opts.run.out.join("image_embeddings.safetensors");
@@ -256,7 +258,7 @@ fn image_embeddings(pairs: &[(PathBuf, String)], opts: &ClipcapTrainOptions) -> 
         let steps = Steps::new(opts.run.progress, "embedding images", images.len() as u64);
         // One extra column flags unreadable images, so the cache remembers them too.
         let mut data = Vec::with_capacity(images.len() * (e + 1));
-        for image in &images {
+        for image in images {
             steps.tick();
             match edgecap_engine::image_load::load_rgb(image) {
                 Ok(rgb) => {
@@ -292,12 +294,12 @@ fn distinct_images(pairs: &[(PathBuf, String)]) -> Vec<PathBuf> {
 /// (image index, pair index). Captions with ids the LM cannot embed are skipped with a warning.
 fn caption_tokens(
     pairs: &[(PathBuf, String)],
+    images: &[PathBuf],
     usable: &[bool],
     tokenizer: &Gpt2Tokenizer,
     vocab: usize,
     t: usize,
 ) -> (Vec<u32>, Vec<(usize, usize)>) {
-    let images = distinct_images(pairs);
     let mut tokens = Vec::new();
     let mut kept = Vec::new();
     for (i, (image, caption)) in pairs.iter().enumerate() {

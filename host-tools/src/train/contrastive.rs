@@ -69,9 +69,6 @@ pub struct ClipTrainOptions {
     /// Half of each batch: captions one token away from the other half's (hard negatives).
     #[arg(long)]
     pub hard_negatives: bool,
-    /// Set from `--seed` (see [`RunOptions`]).
-    #[arg(skip)]
-    pub seed: u64,
     #[serde(skip)]
     #[arg(skip)]
     pub run: RunOptions,
@@ -114,7 +111,7 @@ pub fn train_clip(opts: &ClipTrainOptions) -> Result<ClipTrainReport> {
     let (vision_cfg, text_cfg) = configs(opts, tokenizer.vocab_size());
 
     let device = Device::Cpu;
-    let mut params = Params::new(opts.seed, device.clone());
+    let mut params = Params::new(opts.run.seed, device.clone());
     let vision = ClipVision::new(&mut params, &vision_cfg)?;
     let text = ClipText::new(&mut params, &text_cfg)?;
     let scale = logit_scale(&mut params)?;
@@ -127,12 +124,17 @@ pub fn train_clip(opts: &ClipTrainOptions) -> Result<ClipTrainReport> {
     let pixels = Tensor::from_vec(pixels, (n, 3, s, s), &device)?;
     let ids = Tensor::from_vec(table.ids.clone(), (n, table.len), &device)?;
     let anchors = if opts.hard_negatives { opts.batch / 2 } else { opts.batch };
-    let mut schedule = Schedule::new(opts.seed, n, anchors.max(1));
+    let mut schedule = Schedule::new(opts.run.seed, n, anchors.max(1));
     let neighbours = opts.hard_negatives.then(|| one_token_neighbours(&table));
     let run = train(&opts.run, "train clip", serde_json::to_value(opts)?, &params, &mut optimizer, |step| {
         let mut batch = schedule.batch(step);
         if let Some(neighbours) = &neighbours {
-            add_hard_negatives(&mut batch, neighbours, &table.group, Rng::derive(opts.seed ^ HARD_STREAM, step as u64));
+            add_hard_negatives(
+                &mut batch,
+                neighbours,
+                &table.group,
+                Rng::derive(opts.run.seed ^ HARD_STREAM, step as u64),
+            );
         }
         let idx = Tensor::new(batch.iter().map(|&i| i as u32).collect::<Vec<_>>(), &device)?;
         let b = batch.len();

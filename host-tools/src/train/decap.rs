@@ -58,9 +58,6 @@ pub struct DecapTrainOptions {
     pub warmup: usize,
     #[arg(long, default_value_t = 0.1)]
     pub label_smoothing: f64,
-    /// Set from `--seed` (see [`RunOptions`]).
-    #[arg(skip)]
-    pub seed: u64,
     #[serde(skip)]
     #[arg(skip)]
     pub run: RunOptions,
@@ -90,7 +87,7 @@ pub fn train_decap(opts: &DecapTrainOptions) -> Result<DecapTrainReport> {
         layer_norm_epsilon: 1e-5,
     };
     cfg.validate()?;
-    let mut params = Params::new(opts.seed, device.clone());
+    let mut params = Params::new(opts.run.seed, device.clone());
     let project = Linear::new(&mut params, "clip_project.model.0", (encoder.embed_dim(), opts.hidden), true, 0.02)?;
     let decoder = Gpt2::new(&mut params, &cfg, "decoder.")?;
     let mut optimizer = AdamW::new(params.trained(), AdamWConfig::new(opts.lr, opts.warmup))?;
@@ -99,7 +96,7 @@ pub fn train_decap(opts: &DecapTrainOptions) -> Result<DecapTrainReport> {
     let n = corpus.captions.len();
     let t = opts.max_tokens;
     let targets = Tensor::from_vec(target_rows.clone(), (n, t), &device)?;
-    let mut schedule = Schedule::new(opts.seed, n, opts.batch);
+    let mut schedule = Schedule::new(opts.run.seed, n, opts.batch);
     let settings = serde_json::to_value(opts)?;
     let run = train(&opts.run, "train decap", settings, &params, &mut optimizer, |step| {
         let batch = schedule.batch(step);

@@ -50,9 +50,6 @@ pub struct DistillOptions {
     pub lr: f64,
     #[arg(long, default_value_t = 100)]
     pub warmup: usize,
-    /// Set from `--seed` (see [`RunOptions`]).
-    #[arg(skip)]
-    pub seed: u64,
     #[serde(skip)]
     #[arg(skip)]
     pub run: RunOptions,
@@ -104,18 +101,18 @@ pub fn distill(opts: &DistillOptions) -> Result<DistillReport> {
 
     let device = Device::Cpu;
     let teacher_weights = normalise_gpt2_names(checkpoint::read_hf_dir(&opts.teacher)?)?;
-    let mut teacher_params = Params::new(opts.seed, device.clone()).with_weights(hf_names(&teacher_weights));
+    let mut teacher_params = Params::new(opts.run.seed, device.clone()).with_weights(hf_names(&teacher_weights));
     teacher_params.set_trainable(false);
     let teacher = Gpt2::new(&mut teacher_params, &cfg, "")?;
     let student_cfg = Gpt2Config { n_layer: opts.layers, ..cfg.clone() };
     let mut params =
-        Params::new(opts.seed, device.clone()).with_weights(student_init(&teacher_weights, &cfg, opts.layers));
+        Params::new(opts.run.seed, device.clone()).with_weights(student_init(&teacher_weights, &cfg, opts.layers));
     let student = Gpt2::new(&mut params, &student_cfg, "")?;
     let mut optimizer = AdamW::new(params.trained(), AdamWConfig::new(opts.lr, opts.warmup))?;
 
     let all = Tensor::from_vec(tokens, (rows, t), &device)?;
     let (train_tokens, eval_tokens) = (all.narrow(0, 0, train_rows)?, all.narrow(0, train_rows, held_out)?);
-    let mut schedule = Schedule::new(opts.seed, train_rows, opts.batch);
+    let mut schedule = Schedule::new(opts.run.seed, train_rows, opts.batch);
     let temp = opts.temperature;
     let run = train(&opts.run, "distill", serde_json::to_value(opts)?, &params, &mut optimizer, |step| {
         let idx = Tensor::new(schedule.batch(step).iter().map(|&i| i as u32).collect::<Vec<_>>(), &device)?;

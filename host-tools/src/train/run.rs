@@ -26,6 +26,8 @@ pub const CHECKPOINT_JSON: &str = "checkpoint.json";
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     pub out: PathBuf,
+    /// Seeds the initial weights and the batch schedule; part of the settings a resume checks.
+    pub seed: u64,
     pub steps: usize,
     /// Steps between checkpoints (the last step always writes one).
     pub checkpoint_every: usize,
@@ -63,12 +65,15 @@ pub struct StepOutput {
 pub fn train(
     opts: &RunOptions,
     label: &str,
-    settings: serde_json::Value,
+    mut settings: serde_json::Value,
     params: &Params,
     optimizer: &mut AdamW,
     mut step_fn: impl FnMut(usize) -> Result<StepOutput>,
 ) -> Result<RunReport> {
     std::fs::create_dir_all(&opts.out).with_context(|| format!("{}: cannot create", opts.out.display()))?;
+    if let Some(map) = settings.as_object_mut() {
+        map.insert("seed".into(), opts.seed.into());
+    }
     let mut record = start_or_resume(opts, &settings, params, optimizer)?;
     let resumed_from = record.step;
     if resumed_from >= opts.steps {
