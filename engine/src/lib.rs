@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod error;
 pub mod fsutil;
 pub mod generate;
+pub mod graph;
 pub mod image_load;
 pub mod manifest;
 pub mod memory;

@@ -4,18 +4,16 @@
 //! state (the decoder's KV cache) lives in [`crate::session::DecoderState`].
 
 use std::path::Path;
-use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 
 use crate::bundle::Bundle;
 use crate::error::EngineError;
+use crate::graph::{self, GraphShapes, Plan};
 use crate::manifest::{FileRole, Manifest, ModelDims};
 use crate::memory::SupportMemory;
 use crate::npy;
 use crate::tokenizer::TextTokenizer;
-
-type Plan = Arc<TypedRunnableModel>;
 
 pub struct CaptionModel {
     pub manifest: Manifest,
@@ -40,23 +38,14 @@ impl CaptionModel {
     pub fn from_bundle(bundle: &Bundle) -> Result<CaptionModel, EngineError> {
         let m = &bundle.manifest;
         let dims = &m.model;
-        let size = m.preprocess.image_size as usize;
-        let image_encoder = load_plan(
-            &bundle.path(FileRole::ImageEncoder),
-            &[&[None, Some(3), Some(size), Some(size)]],
-            &[&[None, Some(dims.embed_dim)]],
-        )?;
-        let mapper = load_plan(
-            &bundle.path(FileRole::Mapper),
-            &[&[None, Some(dims.embed_dim)]],
-            &[&[None, Some(dims.prefix_length), Some(dims.hidden_size)]],
-        )?;
-        let (l, h, hd) = (Some(dims.num_layers), Some(dims.num_heads), Some(dims.head_dim()));
-        let decoder = load_plan(
-            &bundle.path(FileRole::Decoder),
-            &[&[None, None, Some(dims.hidden_size)], &[None], &[None, None], &[l, Some(2), None, h, None, hd]],
-            &[&[None, Some(dims.vocab_size)], &[l, Some(2), None, h, None, hd]],
-        )?;
+        let load = |role| -> Result<Plan, EngineError> {
+            let shapes = GraphShapes::for_role(role, dims, m.preprocess.image_size as usize)
+                .ok_or_else(|| EngineError::Option(format!("{role:?} is not a graph")))?;
+            graph::load(&bundle.path(role), &shapes)
+        };
+        let image_encoder = load(FileRole::ImageEncoder)?;
+        let mapper = load(FileRole::Mapper)?;
+        let decoder = load(FileRole::Decoder)?;
         let token_embeddings = load_token_embeddings(&bundle.path(FileRole::TokenEmbeddings), dims)?;
         let tokenizer = TextTokenizer::from_files(
             m.tokenizer.kind,
@@ -136,49 +125,6 @@ pub fn causal_bias(seq: usize, past: usize) -> Vec<f32> {
     bias
 }
 
-/// Loads an ONNX graph, checks its input and output shapes against what the manifest implies
-/// (`None` = free/symbolic axis), then optimises it.
-fn load_plan(path: &Path, inputs: &[&[Option<usize>]], outputs: &[&[Option<usize>]]) -> Result<Plan, EngineError> {
-    let shown = path.display().to_string();
-    let graph_err = |message: String| EngineError::Graph { path: shown.clone(), message };
-    let tract_err = |e: TractError| graph_err(one_line(&format!("{e:#}")));
-    let model = tract_onnx::onnx().model_for_path(path).map_err(tract_err)?;
-    let model = model.into_typed().map_err(tract_err)?;
-    check_facts(&model, "input", model.input_outlets().map_err(tract_err)?, inputs).map_err(graph_err)?;
-    check_facts(&model, "output", model.output_outlets().map_err(tract_err)?, outputs).map_err(graph_err)?;
-    model.into_optimized().and_then(|m| m.into_runnable()).map_err(tract_err)
-}
-
-fn check_facts(
-    model: &TypedModel,
-    kind: &str,
-    outlets: &[OutletId],
-    expected: &[&[Option<usize>]],
-) -> Result<(), String> {
-    if outlets.len() != expected.len() {
-        return Err(format!("graph has {} {kind}s, expected {}", outlets.len(), expected.len()));
-    }
-    for (i, (outlet, want)) in outlets.iter().zip(expected).enumerate() {
-        let fact = model.outlet_fact(*outlet).map_err(|e| e.to_string())?;
-        let dims: Vec<TDim> = fact.shape.iter().cloned().collect();
-        let matches = dims.len() == want.len()
-            && dims.iter().zip(want.iter()).all(|(d, w)| match w {
-                None => true,
-                Some(n) => d.as_i64() == Some(*n as i64),
-            });
-        if !matches {
-            let want_txt: Vec<String> = want.iter().map(|w| w.map_or("?".into(), |n| n.to_string())).collect();
-            return Err(format!(
-                "{kind} {i} `{}` has shape {:?}, the manifest implies [{}]",
-                model.node(outlet.node).name,
-                dims.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
-                want_txt.join(", ")
-            ));
-        }
-    }
-    Ok(())
-}
-
 fn load_token_embeddings(path: &Path, dims: &ModelDims) -> Result<Vec<f32>, EngineError> {
     let shown = path.display().to_string();
     let (shape, data) =
@@ -219,8 +165,4 @@ pub(crate) fn tensor_from<T: Datum + Copy>(
 fn to_vec(value: &TValue, stage: &'static str) -> Result<Vec<f32>, EngineError> {
     let view = value.to_plain_array_view::<f32>().map_err(|e| EngineError::inference(stage, e))?;
     Ok(view.iter().copied().collect())
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }

@@ -1,0 +1,143 @@
+//! ONNX graph → optimised tract plan, specialised to the shapes the engine feeds it.
+//!
+//! Every graph of a bundle is loaded here, by the device and by host-tools alike (quantize
+//! times its candidates with these plans), so a speed measured on the host is the speed of the
+//! plan the device runs.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+
+use crate::error::EngineError;
+use crate::manifest::{FileRole, ModelDims};
+
+pub type Plan = Arc<TypedRunnableModel>;
+
+/// One axis of a graph input or output as the engine uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Axis {
+    /// Varies between calls (batch of beams, sequence, cache length): left symbolic.
+    Free,
+    /// Always this size. A symbolic axis of the graph is bound to it before optimisation:
+    /// tract 0.23.9 then plans its int8 products for the known row count, which on the CLIP
+    /// image encoder is ~5x faster than the symbolic-batch plan (README, "Quantizing to int8").
+    Is(usize),
+}
+
+/// The input and output shapes the engine feeds and expects for one graph.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphShapes {
+    pub inputs: Vec<Vec<Axis>>,
+    pub outputs: Vec<Vec<Axis>>,
+}
+
+impl GraphShapes {
+    /// What the engine feeds each graph of a bundle with these dimensions: one image at a time
+    /// through the encoder and the mapper; the decoder's batch (beams), sequence and cache length
+    /// vary, so they stay symbolic. `None` for a file that is not a graph.
+    pub fn for_role(role: FileRole, dims: &ModelDims, image_size: usize) -> Option<GraphShapes> {
+        use Axis::{Free, Is};
+        let (l, h, hd) = (Is(dims.num_layers), Is(dims.num_heads), Is(dims.head_dim()));
+        let (inputs, outputs) = match role {
+            FileRole::ImageEncoder => {
+                (vec![vec![Is(1), Is(3), Is(image_size), Is(image_size)]], vec![vec![Is(1), Is(dims.embed_dim)]])
+            }
+            FileRole::Mapper => {
+                (vec![vec![Is(1), Is(dims.embed_dim)]], vec![vec![Is(1), Is(dims.prefix_length), Is(dims.hidden_size)]])
+            }
+            FileRole::Decoder => (
+                vec![
+                    vec![Free, Free, Is(dims.hidden_size)],
+                    vec![Free],
+                    vec![Free, Free],
+                    vec![l, Is(2), Free, h, Free, hd],
+                ],
+                vec![vec![Free, Is(dims.vocab_size)], vec![l, Is(2), Free, h, Free, hd]],
+            ),
+            _ => return None,
+        };
+        Some(GraphShapes { inputs, outputs })
+    }
+}
+
+/// Loads the ONNX graph at `path` into a plan for `shapes`.
+pub fn load(path: &Path, shapes: &GraphShapes) -> Result<Plan, EngineError> {
+    let shown = path.display().to_string();
+    let model = tract_onnx::onnx().model_for_path(path).map_err(|e| tract_error(&shown, e))?;
+    optimise(model, shapes).map_err(|message| EngineError::Graph { path: shown, message })
+}
+
+/// Loads an ONNX graph held in memory (`label` names it in errors).
+pub fn load_bytes(bytes: &[u8], label: &str, shapes: &GraphShapes) -> Result<Plan, EngineError> {
+    let model = tract_onnx::onnx().model_for_read(&mut &bytes[..]).map_err(|e| tract_error(label, e))?;
+    optimise(model, shapes).map_err(|message| EngineError::Graph { path: label.to_string(), message })
+}
+
+fn tract_error(label: &str, e: TractError) -> EngineError {
+    EngineError::Graph { path: label.to_string(), message: one_line(&format!("{e:#}")) }
+}
+
+/// Checks the graph's inputs against `shapes`, binds the symbols of fixed axes, checks the
+/// outputs, then optimises.
+fn optimise(model: InferenceModel, shapes: &GraphShapes) -> Result<Plan, String> {
+    let tract = |e: TractError| one_line(&format!("{e:#}"));
+    let model = model.into_typed().map_err(tract)?;
+    let inputs = model.input_outlets().map_err(tract)?.to_vec();
+    let bindings = check_facts(&model, "input", &inputs, &shapes.inputs)?;
+    let model = if bindings.is_empty() { model } else { model.set_symbols(&bindings).map_err(tract)? };
+    let outputs = model.output_outlets().map_err(tract)?.to_vec();
+    check_facts(&model, "output", &outputs, &shapes.outputs)?;
+    model.into_optimized().and_then(|m| m.into_runnable()).map_err(tract)
+}
+
+/// Compares each outlet's shape with what the engine uses; returns the symbol bindings that make
+/// the graph's symbolic axes the sizes the engine always feeds.
+fn check_facts(
+    model: &TypedModel,
+    kind: &str,
+    outlets: &[OutletId],
+    expected: &[Vec<Axis>],
+) -> Result<HashMap<Symbol, TDim>, String> {
+    if outlets.len() != expected.len() {
+        return Err(format!("graph has {} {kind}s, expected {}", outlets.len(), expected.len()));
+    }
+    let mut bindings = HashMap::new();
+    for (i, (outlet, want)) in outlets.iter().zip(expected).enumerate() {
+        let fact = model.outlet_fact(*outlet).map_err(|e| e.to_string())?;
+        let dims: Vec<TDim> = fact.shape.iter().cloned().collect();
+        let mut matches = dims.len() == want.len();
+        for (d, w) in dims.iter().zip(want) {
+            match (d, w) {
+                (_, Axis::Free) => {}
+                (TDim::Sym(s), Axis::Is(n)) => {
+                    // One symbol bound to two sizes (say `batch` in two inputs) is a mismatch.
+                    let bound = bindings.entry(s.clone()).or_insert_with(|| TDim::from(*n as i64));
+                    matches &= bound.as_i64() == Some(*n as i64);
+                }
+                (d, Axis::Is(n)) => matches &= d.as_i64() == Some(*n as i64),
+            }
+        }
+        if !matches {
+            let want_txt: Vec<String> = want
+                .iter()
+                .map(|w| match w {
+                    Axis::Free => "?".to_string(),
+                    Axis::Is(n) => n.to_string(),
+                })
+                .collect();
+            return Err(format!(
+                "{kind} {i} `{}` has shape {:?}, the manifest implies [{}]",
+                model.node(outlet.node).name,
+                dims.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+                want_txt.join(", ")
+            ));
+        }
+    }
+    Ok(bindings)
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
