@@ -184,7 +184,14 @@ fn validate_verdict_and_exit_codes() {
 #[test]
 fn bench_reports_every_stage_and_peak_memory() {
     let (_, _, int8) = bundles();
-    let opts = host_tools::bench::BenchOptions { bundle: int8.clone(), images: images_dir(), runs: 1 };
+    let opts = host_tools::bench::BenchOptions {
+        bundle: int8.clone(),
+        images: images_dir(),
+        runs: 1,
+        threads: 1,
+        tokens: None,
+        samples: false,
+    };
     let r = host_tools::bench::bench(&opts).unwrap();
     assert_eq!(r.captions, images::load_dir(&images_dir()).unwrap().len());
     assert_eq!(r.precision, "int8");

@@ -4,6 +4,8 @@
 //! same weights give the same token ids; the only difference is that previous positions come
 //! from the KV cache instead of being recomputed.
 
+use std::time::{Duration, Instant};
+
 use crate::error::EngineError;
 use crate::session::DecoderState;
 
@@ -32,6 +34,8 @@ pub struct Generated {
     pub tokens: Vec<u32>,
     /// Logits predicting the first token (kept for tracing and validation).
     pub first_logits: Vec<f32>,
+    /// Time to the first token: the prefix fed through the decoder and the first choice made.
+    pub first_token_time: Duration,
 }
 
 /// Decodes from `prefix` ([prefix_len × hidden] embeddings) with an empty `state`.
@@ -57,13 +61,15 @@ fn greedy(
     prefix_len: usize,
     opts: &GenerationOptions,
 ) -> Result<Generated, EngineError> {
+    let started = Instant::now();
     let first_logits = state.feed_embeddings(prefix, prefix_len)?;
     let mut tokens = vec![argmax(&first_logits)];
+    let first_token_time = started.elapsed();
     while !opts.is_stop(tokens[tokens.len() - 1]) && tokens.len() < opts.max_tokens {
         let logits = state.feed_tokens(&tokens[tokens.len() - 1..])?;
         tokens.push(argmax(&logits));
     }
-    Ok(Generated { tokens, first_logits })
+    Ok(Generated { tokens, first_logits, first_token_time })
 }
 
 /// Index of the first maximum (as `torch.argmax`).
@@ -100,11 +106,13 @@ fn beam_search(
     prefix_len: usize,
     opts: &GenerationOptions,
 ) -> Result<Generated, EngineError> {
+    let started = Instant::now();
     let first_logits = state.feed_embeddings(prefix, prefix_len)?;
     let mut beams: Vec<Beam> = top_k(&log_softmax(&first_logits), opts.beam_width)
         .into_iter()
         .map(|(i, score)| Beam { tokens: vec![i as u32], score, length: 1.0, stopped: opts.is_stop(i as u32) })
         .collect();
+    let first_token_time = started.elapsed();
     state.reorder(&vec![0; beams.len()])?;
     while !beams.iter().all(|b| b.stopped) && beams[0].tokens.len() < opts.max_tokens {
         let last: Vec<u32> = beams.iter().map(|b| b.tokens[b.tokens.len() - 1]).collect();
@@ -118,7 +126,7 @@ fn beam_search(
         .reduce(|a, b| if beams[b].score / beams[b].length > beams[a].score / beams[a].length { b } else { a })
         .unwrap_or(0);
     let beam = &beams[best];
-    Ok(Generated { tokens: beam.tokens[..beam.length as usize].to_vec(), first_logits })
+    Ok(Generated { tokens: beam.tokens[..beam.length as usize].to_vec(), first_logits, first_token_time })
 }
 
 /// One beam-search step: every (beam, token) candidate is scored by its mean log-probability;

@@ -16,7 +16,10 @@ pub struct StageTimings {
     pub preprocess: Duration,
     pub image_encoder: Duration,
     pub mapper: Duration,
+    /// All of decoding, the first token included.
     pub decoder: Duration,
+    /// The part of `decoder` until the first token: the prefix fed and the first token chosen.
+    pub first_token: Duration,
 }
 
 impl StageTimings {
@@ -98,6 +101,7 @@ impl CaptionModel {
         let t = Instant::now();
         let generated = generate(&mut DecoderState::new(self, 1)?, &prefix, self.dims().prefix_length, opts)?;
         timings.decoder = t.elapsed();
+        timings.first_token = generated.first_token_time;
         let (tokens, logits_step0) = (generated.tokens, generated.first_logits);
         let text = self.tokenizer.decode(&tokens)?;
         let caption = Caption { text, tokens, timings };

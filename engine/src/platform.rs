@@ -1,9 +1,10 @@
 //! What tract's kernels can use on this CPU, as tract detects it at run time: NEON on armv7, the
 //! ARMv8.2 dot product (SDOT, Cortex-A55/A76/A78: Pi 5, Jetson Orin) on aarch64, AVX-512 / VNNI
 //! on x86. The int8 speed of a board depends on it, so the device logs it at start and
-//! `edgecap info` prints it.
+//! `edgecap info` prints it. Also how many threads tract's matrix products use.
 
-use tract_onnx::tract_core::tract_linalg::isa::{self, Isa};
+use tract_linalg::isa::{self, Isa};
+use tract_linalg::multithread::{self, Executor};
 
 /// The CPU features tract will dispatch on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +44,19 @@ impl std::fmt::Display for CpuFeatures {
         write!(f, "{}: {}", self.arch, self.features.join(" "))?;
         write!(f, "; int8 dot product: {}", if self.int8_dot_product() { "yes" } else { "no" })
     }
+}
+
+/// The cores this process may use (cgroup and affinity limits included), at least 1.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Runs tract's matrix products on `threads` threads from now on, process-wide (tract keeps one
+/// default executor). 1 = on the calling thread only, as without this call. Call it once, before
+/// captioning: each call with more than one thread builds a new pool.
+pub fn set_threads(threads: usize) {
+    let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
+    multithread::set_default_executor(executor);
 }
 
 #[cfg(test)]

@@ -4,12 +4,13 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use edgecap_engine::generate::GenerationOptions;
 use edgecap_engine::image_load::load_rgb;
 use edgecap_engine::model::CaptionModel;
 use edgecap_engine::pipeline::Caption;
+use edgecap_engine::platform;
 
 use crate::exit;
 
@@ -18,12 +19,8 @@ pub struct CaptionArgs {
     /// Model bundle directory (bundle.toml + files); default: the built-in model (see below).
     #[arg(long)]
     bundle: Option<PathBuf>,
-    /// Most tokens per caption (default: the bundle's).
-    #[arg(long)]
-    max_tokens: Option<usize>,
-    /// Beam width; 1 = greedy (default: the bundle's).
-    #[arg(long)]
-    beam: Option<usize>,
+    #[command(flatten)]
+    decoding: Decoding,
     /// One JSON object per line: image, caption, tokens, latency_ms (or image, error).
     #[arg(long)]
     json: bool,
@@ -32,8 +29,22 @@ pub struct CaptionArgs {
     images: Vec<PathBuf>,
 }
 
+/// How to run the model, from the command line or the service's configuration.
+#[derive(Args, Debug, Default, Clone)]
+pub struct Decoding {
+    /// Most tokens per caption (default: the bundle's).
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Beam width; 1 = greedy (default: the bundle's).
+    #[arg(long)]
+    pub beam: Option<usize>,
+    /// Threads for the matrix products (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
 pub fn run(args: &CaptionArgs) -> u8 {
-    let (model, opts) = match load_model(args.bundle.as_ref(), args.max_tokens, args.beam) {
+    let (model, opts) = match load_model(args.bundle.as_ref(), &args.decoding) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("error: {}", edgecap_engine::error::one_line(e.as_ref()));
@@ -75,22 +86,25 @@ pub fn run(args: &CaptionArgs) -> u8 {
 }
 
 /// Loads the bundle (the default one when `bundle` is `None`) with the decoding options the
-/// command line / configuration override. Shared by `caption` and the service.
-pub fn load_model(
-    bundle: Option<&PathBuf>,
-    max_tokens: Option<usize>,
-    beam: Option<usize>,
-) -> Result<(CaptionModel, GenerationOptions)> {
+/// command line / configuration override, and sets the thread count. Shared by `caption` and
+/// the service.
+pub fn load_model(bundle: Option<&PathBuf>, decoding: &Decoding) -> Result<(CaptionModel, GenerationOptions)> {
+    let threads = decoding.threads.unwrap_or_else(platform::available_cores);
+    if threads == 0 {
+        bail!("invalid option: threads must be at least 1");
+    }
+    platform::set_threads(threads);
+    log::info!("{threads} threads for the matrix products");
     let bundle = match bundle {
         Some(b) => b.clone(),
         None => default_bundle()?,
     };
     let model = CaptionModel::load(&bundle).with_context(|| format!("cannot load bundle {}", bundle.display()))?;
     let mut opts = model.default_options();
-    if let Some(n) = max_tokens {
+    if let Some(n) = decoding.max_tokens {
         opts.max_tokens = n;
     }
-    if let Some(b) = beam {
+    if let Some(b) = decoding.beam {
         opts.beam_width = b;
     }
     model.check_options(&opts)?;

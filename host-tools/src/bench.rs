@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use edgecap_engine::generate::GenerationOptions;
 use edgecap_engine::model::CaptionModel;
 use edgecap_engine::pipeline::StageTimings;
 use serde::Serialize;
@@ -18,6 +19,13 @@ pub struct BenchOptions {
     pub images: PathBuf,
     /// Timed captions per image (after one warm-up caption of the first image).
     pub runs: usize,
+    /// Threads the matrix products use (set by the caller; recorded in the report).
+    pub threads: usize,
+    /// Exactly this many tokens per caption, greedy, no stop token: every caption (and every
+    /// runtime compared with it) does the same work. `None`: the bundle's own decoding.
+    pub tokens: Option<usize>,
+    /// Keep every caption's timings in the report.
+    pub samples: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -37,17 +45,64 @@ impl Stat {
 pub struct BenchReport {
     pub bundle: String,
     pub precision: String,
+    pub threads: usize,
     pub load_ms: f64,
     pub captions: usize,
     pub preprocess: Stat,
     pub image_encoder: Stat,
     pub mapper: Stat,
     pub decoder: Stat,
+    /// Prefix fed through the decoder and the first token chosen.
+    pub first_token: Stat,
+    /// Mean time of each later token, per caption.
+    pub next_token: Stat,
     pub total: Stat,
     /// Generated tokens per second of decoder time.
     pub tokens_per_s: f64,
     /// Peak resident memory of this process (VmHWM), when the OS reports it.
     pub peak_rss_mib: Option<f64>,
+    /// Every timed caption, with `--samples`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<Sample>,
+}
+
+/// One timed caption.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub image: String,
+    pub tokens: usize,
+    pub preprocess_ms: f64,
+    pub image_encoder_ms: f64,
+    pub mapper_ms: f64,
+    pub first_token_ms: f64,
+    pub next_token_ms: f64,
+    pub decoder_ms: f64,
+    pub total_ms: f64,
+}
+
+impl Sample {
+    fn new(image: &Path, tokens: usize, t: &StageTimings) -> Sample {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        Sample {
+            image: image.display().to_string(),
+            tokens,
+            preprocess_ms: ms(t.preprocess),
+            image_encoder_ms: ms(t.image_encoder),
+            mapper_ms: ms(t.mapper),
+            first_token_ms: ms(t.first_token),
+            next_token_ms: next_token_ms(t, tokens),
+            decoder_ms: ms(t.decoder),
+            total_ms: ms(t.total()),
+        }
+    }
+}
+
+/// Mean time of the tokens after the first (0 for a one-token caption).
+fn next_token_ms(t: &StageTimings, tokens: usize) -> f64 {
+    match tokens {
+        0 | 1 => 0.0,
+        n => (t.decoder.saturating_sub(t.first_token)).as_secs_f64() * 1e3 / (n - 1) as f64,
+    }
 }
 
 pub fn bench(opts: &BenchOptions) -> Result<BenchReport> {
@@ -56,30 +111,41 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport> {
     let model =
         CaptionModel::load(&opts.bundle).with_context(|| format!("cannot load bundle {}", opts.bundle.display()))?;
     let load = started.elapsed();
-    let gen = model.default_options();
+    let mut gen = model.default_options();
+    if let Some(n) = opts.tokens {
+        gen = GenerationOptions { max_tokens: n, beam_width: 1, stop_token_ids: Vec::new(), ..gen };
+    }
+    model.check_options(&gen)?;
     model.caption(&samples[0].image, &gen).context("warm-up caption")?;
-    let (mut timings, mut tokens) = (Vec::<StageTimings>::new(), 0usize);
+    let mut timed = Vec::<Sample>::new();
+    let mut timings = Vec::<StageTimings>::new();
     for _ in 0..opts.runs.max(1) {
         for s in &samples {
             let c = model.caption(&s.image, &gen).with_context(|| format!("{}: cannot caption", s.path.display()))?;
-            tokens += c.tokens.len();
+            timed.push(Sample::new(&s.path, c.tokens.len(), &c.timings));
             timings.push(c.timings);
         }
     }
+    let tokens: usize = timed.iter().map(|s| s.tokens).sum();
     let stat = |f: fn(&StageTimings) -> Duration| Stat::of(&timings.iter().map(f).collect::<Vec<_>>());
+    let next: Vec<f64> = timed.iter().map(|s| s.next_token_ms).collect();
     let decoder_s: f64 = timings.iter().map(|t| t.decoder.as_secs_f64()).sum();
     Ok(BenchReport {
         bundle: opts.bundle.display().to_string(),
         precision: format!("{:?}", model.manifest.precision).to_lowercase(),
+        threads: opts.threads,
         load_ms: load.as_secs_f64() * 1e3,
         captions: timings.len(),
         preprocess: stat(|t| t.preprocess),
         image_encoder: stat(|t| t.image_encoder),
         mapper: stat(|t| t.mapper),
         decoder: stat(|t| t.decoder),
+        first_token: stat(|t| t.first_token),
+        next_token: Stat { median_ms: median(&next), p90_ms: percentile(&next, 90.0) },
         total: stat(|t| t.total()),
         tokens_per_s: if decoder_s > 0.0 { tokens as f64 / decoder_s } else { 0.0 },
         peak_rss_mib: peak_rss_kib(Path::new("/proc/self/status")).map(|k| k as f64 / 1024.0),
+        samples: if opts.samples { timed } else { Vec::new() },
     })
 }
 
@@ -93,14 +159,16 @@ fn peak_rss_kib(status: &Path) -> Option<u64> {
 
 pub fn render(r: &BenchReport) -> String {
     let mut out = format!(
-        "bench: {} ({}), load {:.0} ms, {} captions\n{:<16} {:>10} {:>10}\n",
-        r.bundle, r.precision, r.load_ms, r.captions, "stage", "median ms", "p90 ms"
+        "bench: {} ({}), {} threads, load {:.0} ms, {} captions\n{:<16} {:>10} {:>10}\n",
+        r.bundle, r.precision, r.threads, r.load_ms, r.captions, "stage", "median ms", "p90 ms"
     );
     for (name, s) in [
         ("preprocess", &r.preprocess),
         ("image encoder", &r.image_encoder),
         ("mapper", &r.mapper),
         ("decoder", &r.decoder),
+        ("  first token", &r.first_token),
+        ("  next token", &r.next_token),
         ("total", &r.total),
     ] {
         out.push_str(&format!("{name:<16} {:>10.2} {:>10.2}\n", s.median_ms, s.p90_ms));

@@ -22,6 +22,9 @@ mod train_cli;
 #[derive(Parser)]
 #[command(name = "host-tools", version, about = "Export, inspect and check edgecap model bundles")]
 struct Cli {
+    /// Threads for tract's matrix products (default: every core).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -132,8 +135,14 @@ enum Command {
         /// Timed captions per image.
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// Exactly N tokens per caption (greedy, no stop token), so runs compare like for like.
+        #[arg(long)]
+        tokens: Option<usize>,
         #[arg(long)]
         json: bool,
+        /// With --json: every caption's timings too.
+        #[arg(long)]
+        samples: bool,
     },
     /// Train models (candle): a CLIP-style dual encoder, a ClipCap mapper, a DeCap decoder.
     #[cfg(feature = "train")]
@@ -211,6 +220,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    let threads = cli.threads.unwrap_or_else(edgecap_engine::platform::available_cores);
+    if threads == 0 {
+        anyhow::bail!("--threads must be at least 1");
+    }
+    edgecap_engine::platform::set_threads(threads);
     match cli.command {
         Command::Export {
             clip,
@@ -314,8 +328,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(if report.pass { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        Command::Bench { bundle, images, runs, json } => {
-            let report = bench(&BenchOptions { bundle, images, runs })?;
+        Command::Bench { bundle, images, runs, tokens, json, samples } => {
+            let report = bench(&BenchOptions { bundle, images, runs, threads, tokens, samples })?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

@@ -37,6 +37,8 @@ pub struct Config {
     pub max_captions: u64,
     pub max_tokens: Option<usize>,
     pub beam: Option<usize>,
+    /// Threads for the matrix products; none = every core of the board.
+    pub threads: Option<usize>,
     /// One JSON object per caption on stdout.
     pub stdout: bool,
     /// Seconds to wait at shutdown for outputs to deliver what they hold.
@@ -108,6 +110,7 @@ impl Default for Config {
             max_captions: 0,
             max_tokens: None,
             beam: None,
+            threads: None,
             stdout: true,
             flush_timeout: 10.0,
             serial: None,
@@ -153,6 +156,9 @@ pub struct RunArgs {
     pub max_tokens: Option<usize>,
     #[arg(long)]
     pub beam: Option<usize>,
+    /// Threads for the matrix products (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// No JSON lines on stdout.
     #[arg(long)]
     pub no_stdout: bool,
@@ -203,6 +209,7 @@ impl RunArgs {
         set(&mut c.max_captions, self.max_captions);
         set(&mut c.max_tokens, self.max_tokens.map(Some));
         set(&mut c.beam, self.beam.map(Some));
+        set(&mut c.threads, self.threads.map(Some));
         c.stdout &= !self.no_stdout;
         set(&mut c.flush_timeout, self.flush_timeout);
         if let Some(device) = &self.serial {

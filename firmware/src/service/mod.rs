@@ -131,7 +131,9 @@ impl Service {
 }
 
 fn load_model(config: &Config) -> Result<(CaptionModel, GenerationOptions)> {
-    crate::caption::load_model(config.bundle.as_ref(), config.max_tokens, config.beam)
+    let decoding =
+        crate::caption::Decoding { max_tokens: config.max_tokens, beam: config.beam, threads: config.threads };
+    crate::caption::load_model(config.bundle.as_ref(), &decoding)
 }
 
 /// The `model` field of records: the bundle's directory name.
