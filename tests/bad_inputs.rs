@@ -148,3 +148,26 @@ fn caption_without_bundle_uses_the_default_model() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr.contains("gone"), "{stderr}");
 }
+
+#[test]
+fn caption_threads_change_nothing_but_speed() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = tiny_bundle(dir.path());
+    let images = ["images/chelsea.png", "images/astronaut.jpg", "images/rocket.bmp"].map(|i| fixtures().join(i));
+    let caption = |threads: &str| {
+        let (out, stdout, stderr) = run(Command::new(binary("edgecap"))
+            .args(["caption", "--threads", threads, "--bundle"])
+            .arg(&bundle)
+            .args(&images));
+        assert_eq!(out.status.code(), Some(0), "--threads {threads}: {stderr}");
+        stdout
+    };
+    // tract's multithreaded products split the work by tiles, not by reductions: same bits.
+    assert_eq!(caption("1"), caption("3"));
+    let (out, _, stderr) = run(Command::new(binary("edgecap"))
+        .args(["caption", "--threads", "0", "--bundle"])
+        .arg(&bundle)
+        .arg(&images[0]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.trim().lines().count() == 1 && stderr.contains("threads"), "{stderr}");
+}

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 
 use edgecap_engine::manifest::Precision;
 use edgecap_engine::model::CaptionModel;
+use edgecap_engine::npy::{self, f16};
 use edgecap_tests::{binary, cosine, export_reference, fixtures, reference};
 use host_tools::images;
 use host_tools::quantize::{quantize_bundle, QuantScheme, QuantizeOptions};
@@ -52,6 +53,16 @@ fn int8_bundle_loads_captions_and_keeps_embeddings() {
     assert!(decoder.windows(b"QLinearMatMul".len()).any(|w| w == b"QLinearMatMul"));
     let size = |m: &CaptionModel| m.manifest.files.iter().map(|f| f.bytes).sum::<u64>();
     assert!(size(&b) < size(&a), "int8 bundle {} bytes is not smaller than fp32 {}", size(&b), size(&a));
+
+    // The token-embedding table is stored in f16: exactly the fp32 table rounded.
+    let (shape32, table32) = npy::read::<f32>(&fp32.join("token_embeddings.npy")).unwrap();
+    let (shape16, table16) = npy::read::<f16>(&int8.join("token_embeddings.npy")).unwrap();
+    assert_eq!(shape16, shape32);
+    assert!(table32.iter().zip(&table16).all(|(&x, &h)| f16::from_f32(x) == h));
+    let (mut row32, mut row16) = (Vec::new(), Vec::new());
+    a.push_token_embedding(13, &mut row32).unwrap();
+    b.push_token_embedding(13, &mut row16).unwrap();
+    assert!(row32.iter().zip(&row16).all(|(x, y)| (x - y).abs() <= x.abs() / 1024.0 + 1e-7), "row 13");
 
     let opts = a.default_options();
     for s in images::load_dir(&images_dir()).unwrap() {
@@ -201,4 +212,21 @@ fn bench_reports_every_stage_and_peak_memory() {
     assert!(r.total.median_ms >= r.decoder.median_ms);
     assert!(r.tokens_per_s > 0.0);
     assert!(r.peak_rss_mib.is_some_and(|m| m > 1.0));
+    assert!(r.loaded_rss_mib.is_some_and(|m| m > 1.0 && m <= r.peak_rss_mib.unwrap()));
+    for s in [&r.first_token, &r.next_token] {
+        assert!(s.median_ms >= 0.0 && s.p90_ms >= s.median_ms, "{s:?}");
+    }
+    assert!(r.first_token.median_ms <= r.decoder.median_ms);
+    assert!(r.samples.is_empty());
+
+    // --tokens forces exactly that many greedy tokens; --samples keeps every caption.
+    let forced = host_tools::bench::BenchOptions { tokens: Some(7), samples: true, ..opts };
+    let r = host_tools::bench::bench(&forced).unwrap();
+    assert_eq!(r.samples.len(), r.captions);
+    for s in &r.samples {
+        assert_eq!(s.tokens, 7, "{}", s.image);
+        assert!(s.first_token_ms > 0.0 && s.next_token_ms > 0.0 && s.first_token_ms <= s.decoder_ms, "{s:?}");
+        let parts = s.preprocess_ms + s.image_encoder_ms + s.mapper_ms + s.decoder_ms;
+        assert!((parts - s.total_ms).abs() < 1e-6, "{s:?}");
+    }
 }

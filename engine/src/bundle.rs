@@ -51,9 +51,13 @@ impl Bundle {
         let text = std::fs::read_to_string(&manifest_path)
             .map_err(|source| BundleError::Io { path: shown.clone(), source })?;
         let manifest = parse_manifest(&shown, &text)?;
-        for entry in &manifest.files {
-            verify_file(dir, entry)?;
-        }
+        // Hashing hundreds of MB is a good part of start-up: one thread per file. The first
+        // failure in manifest order is reported, as a sequential check would.
+        let checks: Vec<Result<(), BundleError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = manifest.files.iter().map(|entry| s.spawn(move || verify_file(dir, entry))).collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+        });
+        checks.into_iter().collect::<Result<(), BundleError>>()?;
         Ok(Bundle { dir: dir.to_path_buf(), manifest })
     }
 

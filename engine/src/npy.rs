@@ -1,4 +1,5 @@
-//! Minimal NumPy `.npy` (format 1.0) reading and writing for little-endian f32, i64, u8 arrays.
+//! Minimal NumPy `.npy` (format 1.0) reading and writing for little-endian f32, f16, i64, u8
+//! arrays.
 //!
 //! Bundles keep the token-embedding table as `.npy`, `host-tools trace` writes intermediate
 //! tensors as `.npy` so they open directly in NumPy next to the PyTorch reference.
@@ -6,6 +7,7 @@
 use std::path::Path;
 
 use thiserror::Error;
+pub use tract_onnx::prelude::f16;
 
 #[derive(Debug, Error)]
 pub enum NpyError {
@@ -29,6 +31,16 @@ impl NpyElement for f32 {
     }
     fn read_le(b: &[u8]) -> Self {
         f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+}
+
+impl NpyElement for f16 {
+    const DESCR: &'static str = "<f2";
+    fn write_le(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_bits().to_le_bytes())
+    }
+    fn read_le(b: &[u8]) -> Self {
+        f16::from_bits(u16::from_le_bytes([b[0], b[1]]))
     }
 }
 
@@ -80,8 +92,14 @@ pub fn write<T: NpyElement>(path: &Path, shape: &[usize], data: &[T]) -> Result<
     crate::fsutil::write_atomic(path, &to_bytes(shape, data)).map_err(io)
 }
 
-/// Parses `.npy` bytes holding elements of type `T`; returns (shape, data).
-pub fn from_bytes<T: NpyElement>(name: &str, bytes: &[u8]) -> Result<(Vec<usize>, Vec<T>), NpyError> {
+/// The parts of an `.npy` header the engine uses.
+struct Header {
+    descr: String,
+    shape: Vec<usize>,
+    data_start: usize,
+}
+
+fn parse_header(name: &str, bytes: &[u8]) -> Result<Header, NpyError> {
     let bad = |reason: String| NpyError::Format { path: name.to_string(), reason };
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(bad("missing NUMPY magic".into()));
@@ -100,13 +118,25 @@ pub fn from_bytes<T: NpyElement>(name: &str, bytes: &[u8]) -> Result<(Vec<usize>
         .and_then(|v| v.strip_prefix('\''))
         .and_then(|v| v.split('\'').next())
         .ok_or_else(|| bad("no descr".into()))?;
-    if descr != T::DESCR {
-        return Err(bad(format!("element type '{descr}', expected '{}'", T::DESCR)));
-    }
     if dict_value(header, "fortran_order").is_some_and(|v| v.starts_with("True")) {
         return Err(bad("Fortran order is not supported".into()));
     }
     let shape = parse_shape(header).ok_or_else(|| bad("unreadable shape".into()))?;
+    Ok(Header { descr: descr.to_string(), shape, data_start })
+}
+
+/// The element type (`descr`, e.g. `<f4`) of `.npy` bytes, for files that may hold several.
+pub fn element_type(name: &str, bytes: &[u8]) -> Result<String, NpyError> {
+    Ok(parse_header(name, bytes)?.descr)
+}
+
+/// Parses `.npy` bytes holding elements of type `T`; returns (shape, data).
+pub fn from_bytes<T: NpyElement>(name: &str, bytes: &[u8]) -> Result<(Vec<usize>, Vec<T>), NpyError> {
+    let bad = |reason: String| NpyError::Format { path: name.to_string(), reason };
+    let Header { descr, shape, data_start } = parse_header(name, bytes)?;
+    if descr != T::DESCR {
+        return Err(bad(format!("element type '{descr}', expected '{}'", T::DESCR)));
+    }
     let count =
         shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| bad("shape overflows".into()))?;
     let size = std::mem::size_of::<T>();
@@ -151,6 +181,13 @@ mod tests {
         assert_eq!(back, data);
         let (shape, back) = from_bytes::<i64>("x", &to_bytes(&[3], &[1i64, -2, 3])).unwrap();
         assert_eq!((shape, back), (vec![3], vec![1, -2, 3]));
+        let (shape, _) = from_bytes::<u8>("x", &to_bytes::<u8>(&[], &[7])).unwrap();
+        assert!(shape.is_empty());
+        let halves = [f16::from_f32(0.5), f16::from_f32(-3.25)];
+        let bytes = to_bytes(&[2], &halves);
+        assert_eq!(element_type("x", &bytes).unwrap(), "<f2");
+        let (shape, back) = from_bytes::<f16>("x", &bytes).unwrap();
+        assert_eq!((shape, back), (vec![2], halves.to_vec()));
         let (shape, _) = from_bytes::<u8>("x", &to_bytes::<u8>(&[], &[7])).unwrap();
         assert!(shape.is_empty());
     }

@@ -60,7 +60,7 @@ impl<'m> DecoderState<'m> {
         }
         let mut embeds = Vec::with_capacity(ids.len() * self.model.dims().hidden_size);
         for &id in ids {
-            embeds.extend_from_slice(self.model.token_embedding(id)?);
+            self.model.push_token_embedding(id, &mut embeds)?;
         }
         self.feed_embeddings(&embeds, 1)
     }

@@ -61,6 +61,8 @@ pub struct BenchReport {
     pub tokens_per_s: f64,
     /// Peak resident memory of this process (VmHWM), when the OS reports it.
     pub peak_rss_mib: Option<f64>,
+    /// Resident memory once the bundle is loaded, before the first caption (VmRSS).
+    pub loaded_rss_mib: Option<f64>,
     /// Every timed caption, with `--samples`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<Sample>,
@@ -111,6 +113,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport> {
     let model =
         CaptionModel::load(&opts.bundle).with_context(|| format!("cannot load bundle {}", opts.bundle.display()))?;
     let load = started.elapsed();
+    let loaded_rss_mib = status_mib("VmRSS");
     let mut gen = model.default_options();
     if let Some(n) = opts.tokens {
         gen = GenerationOptions { max_tokens: n, beam_width: 1, stop_token_ids: Vec::new(), ..gen };
@@ -144,17 +147,20 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport> {
         next_token: Stat { median_ms: median(&next), p90_ms: percentile(&next, 90.0) },
         total: stat(|t| t.total()),
         tokens_per_s: if decoder_s > 0.0 { tokens as f64 / decoder_s } else { 0.0 },
-        peak_rss_mib: peak_rss_kib(Path::new("/proc/self/status")).map(|k| k as f64 / 1024.0),
+        peak_rss_mib: status_mib("VmHWM"),
+        loaded_rss_mib,
         samples: if opts.samples { timed } else { Vec::new() },
     })
 }
 
-/// `VmHWM` (kB) from a `/proc/<pid>/status` file.
-fn peak_rss_kib(status: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(status).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+/// A memory figure of this process (`VmHWM`, `VmRSS`...) from `/proc/self/status`, in MiB.
+fn status_mib(field: &str) -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+    Some(kib as f64 / 1024.0)
 }
 
 pub fn render(r: &BenchReport) -> String {
@@ -174,9 +180,11 @@ pub fn render(r: &BenchReport) -> String {
         out.push_str(&format!("{name:<16} {:>10.2} {:>10.2}\n", s.median_ms, s.p90_ms));
     }
     out.push_str(&format!("decoder tokens/s {:>10.1}\n", r.tokens_per_s));
-    match r.peak_rss_mib {
-        Some(m) => out.push_str(&format!("peak RSS         {m:>10.1} MiB\n")),
-        None => out.push_str("peak RSS         unknown (no /proc/self/status)\n"),
+    for (name, value) in [("RSS after load", r.loaded_rss_mib), ("peak RSS", r.peak_rss_mib)] {
+        match value {
+            Some(m) => out.push_str(&format!("{name:<16} {m:>10.1} MiB\n")),
+            None => out.push_str(&format!("{name:<16} unknown (no /proc/self/status)\n")),
+        }
     }
     out
 }
