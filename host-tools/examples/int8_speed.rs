@@ -6,14 +6,17 @@
 //! median of repeated runs for each variant, including static int8 *without* the column blocks
 //! to show what tract's 4 MiB constant-folding budget costs.
 //!
-//! `cargo run -p host-tools --example int8_speed [-- RUNS]` (dependencies are optimised even in
-//! dev builds, see the workspace Cargo.toml).
+//! `cargo run --release -p host-tools --no-default-features --example int8_speed [-- RUNS]`
+//! (`EDGECAP_THREADS=N` for N threads; default 1). Each graph is loaded as the engine loads it,
+//! its fixed axes (the encoder's batch of 1) bound before optimisation.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
+use edgecap_engine::graph::{self, Axis::Is, GraphShapes};
+use edgecap_engine::manifest::{FileRole, ModelDims};
 use host_tools::onnx::clip_vision::{self, ClipVisionConfig};
 use host_tools::onnx::gpt2::{self, Gpt2Config};
 use host_tools::quantize::calibrate::Method;
@@ -109,10 +112,11 @@ fn gpt2_shapes(c: &Gpt2Config) -> Vec<(String, Vec<usize>)> {
     s
 }
 
-fn plan(model: &pb::ModelProto) -> Result<(Arc<TypedRunnableModel>, f64)> {
+/// Optimised exactly as the engine loads a bundle's graph (`edgecap_engine::graph`).
+fn plan(model: &pb::ModelProto, shapes: &GraphShapes) -> Result<(Arc<TypedRunnableModel>, f64)> {
     let bytes = model.encode_to_vec();
     let t = Instant::now();
-    let p = tract_onnx::onnx().model_for_read(&mut bytes.as_slice())?.into_optimized()?.into_runnable()?;
+    let p = graph::load_bytes(&bytes, "graph", shapes)?;
     Ok((p, t.elapsed().as_secs_f64() * 1e3))
 }
 
@@ -140,11 +144,17 @@ fn variants(fp32: &pb::ModelProto, calib: &TVec<TValue>, keep_float: &[&str]) ->
     Ok(out)
 }
 
-fn report(title: &str, fp32: &pb::ModelProto, inputs: &TVec<TValue>, keep: &[&str], runs: usize) -> Result<()> {
+fn report(
+    title: &str,
+    (fp32, shapes): (&pb::ModelProto, &GraphShapes),
+    inputs: &TVec<TValue>,
+    keep: &[&str],
+    runs: usize,
+) -> Result<()> {
     println!("{title} ({runs} runs, median)");
     let mut base = None;
     for (name, model) in variants(fp32, inputs, keep)? {
-        let (p, load) = plan(&model)?;
+        let (p, load) = plan(&model, shapes)?;
         let ms = median_ms(&p, inputs, runs)?;
         let ratio = base.map_or(1.0, |b: f64| ms / b);
         base.get_or_insert(ms);
@@ -157,13 +167,20 @@ fn report(title: &str, fp32: &pb::ModelProto, inputs: &TVec<TValue>, keep: &[&st
 fn main() -> Result<()> {
     let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10);
     let mut rng = Rng(0x5eed);
-    println!("tract 0.23.9, {} threads available", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // One thread unless --threads-like EDGECAP_THREADS says otherwise: ratios, not absolute speed.
+    let threads = std::env::var("EDGECAP_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(1);
+    edgecap_engine::platform::set_threads(threads);
+    println!("tract 0.23.9, {threads} threads");
 
     let clip = ClipVisionConfig::default();
     let encoder = clip_vision::build(&clip, &weights(&clip_shapes(&clip), &mut rng))?;
     let pixels = rng.tensor(&[1, 3, 224, 224], 2.0);
     let inputs = tvec!(tract_onnx::prelude::Tensor::from_shape(&pixels.shape, &pixels.data)?.into_tvalue());
-    report("CLIP ViT-B/32 image encoder, 1 image", &encoder, &inputs, &[], runs)?;
+    let encoder_shapes = GraphShapes {
+        inputs: vec![vec![Is(1), Is(3), Is(224), Is(224)]],
+        outputs: vec![vec![Is(1), Is(clip.projection_dim)]],
+    };
+    report("CLIP ViT-B/32 image encoder, 1 image", (&encoder, &encoder_shapes), &inputs, &[], runs)?;
 
     let g = Gpt2Config { n_layer: 6, ..Default::default() };
     let decoder = gpt2::build(&g, &weights(&gpt2_shapes(&g), &mut rng))?;
@@ -178,7 +195,19 @@ fn main() -> Result<()> {
         tract_onnx::prelude::Tensor::from_shape(&[1, past_len + 1], &bias)?.into_tvalue(),
         tract_onnx::prelude::Tensor::from_shape(&past.shape, &past.data)?.into_tvalue(),
     );
-    report("GPT-2 768×6 decode step (1 token, 20 cached), int8 LM head", &decoder, &step, &[], runs * 3)?;
-    report("GPT-2 768×6 decode step, float LM head", &decoder, &step, &["lm_head"], runs * 3)?;
+    let dims = ModelDims {
+        embed_dim: clip.projection_dim,
+        prefix_length: 10,
+        hidden_size: g.n_embd,
+        num_layers: g.n_layer,
+        num_heads: g.n_head,
+        vocab_size: g.vocab_size,
+        max_positions: g.n_positions,
+    };
+    let decoder_shapes = GraphShapes::for_role(FileRole::Decoder, &dims, 224).expect("a graph");
+    let title = "GPT-2 768×6 decode step (1 token, 20 cached), int8 LM head";
+    report(title, (&decoder, &decoder_shapes), &step, &[], runs * 3)?;
+    let title = "GPT-2 768×6 decode step, float LM head";
+    report(title, (&decoder, &decoder_shapes), &step, &["lm_head"], runs * 3)?;
     Ok(())
 }
