@@ -504,8 +504,12 @@ fn check_config_validates_files_and_flags() {
     assert_eq!(resolved["interval"].as_float(), Some(7.0), "the flag overrides the file");
     assert_eq!(resolved["source"].as_str(), Some("test-pattern"));
     assert_eq!(resolved["mqtt"]["prefix"].as_str(), Some("edgecap"));
+    let out = check(&good, &["--threads", "3", "--beam", "2"]);
+    let resolved: toml::Value = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!((resolved["threads"].as_integer(), resolved["beam"].as_integer()), (Some(3), Some(2)));
 
     let cases = [
+        ("threads = 0\n", "threads"),
         ("source = \"webcam\"\n", "unknown source"),
         ("intervall = 3\n", "line 1"),
         ("[mqtt]\nurl = \"http://x\"\n", "mqtt url"),

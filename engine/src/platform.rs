@@ -61,7 +61,7 @@ pub fn set_threads(threads: usize) {
 
 /// Hands the heap's free pages back to the OS. Loading a bundle makes and frees transient
 /// copies of every weight (file bytes, decoded protobuf, tract's tensors before packing); glibc
-/// keeps those pages resident unless asked, hundreds of MB on a full-size bundle.
+/// may keep the freed pages resident unless asked.
 pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free pages to the OS; no live allocation is touched.

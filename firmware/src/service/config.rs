@@ -8,6 +8,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use super::source::SourceSpec;
+use crate::caption::Decoding;
 
 /// Used when `--config` is not given and this file exists.
 pub const DEFAULT_CONFIG: &str = "/etc/edgecap/edgecap.toml";
@@ -152,13 +153,8 @@ pub struct RunArgs {
     /// Stop after this many captions.
     #[arg(long)]
     pub max_captions: Option<u64>,
-    #[arg(long)]
-    pub max_tokens: Option<usize>,
-    #[arg(long)]
-    pub beam: Option<usize>,
-    /// Threads for the matrix products (default: every core).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub decoding: Decoding,
     /// No JSON lines on stdout.
     #[arg(long)]
     pub no_stdout: bool,
@@ -207,9 +203,9 @@ impl RunArgs {
         set(&mut c.resolution, self.resolution.clone());
         c.once |= self.once;
         set(&mut c.max_captions, self.max_captions);
-        set(&mut c.max_tokens, self.max_tokens.map(Some));
-        set(&mut c.beam, self.beam.map(Some));
-        set(&mut c.threads, self.threads.map(Some));
+        set(&mut c.max_tokens, self.decoding.max_tokens.map(Some));
+        set(&mut c.beam, self.decoding.beam.map(Some));
+        set(&mut c.threads, self.decoding.threads.map(Some));
         c.stdout &= !self.no_stdout;
         set(&mut c.flush_timeout, self.flush_timeout);
         if let Some(device) = &self.serial {
@@ -269,9 +265,17 @@ impl MqttConfig {
 }
 
 impl Config {
+    /// The decoding and thread settings, as `edgecap caption` takes them.
+    pub fn decoding(&self) -> Decoding {
+        Decoding { max_tokens: self.max_tokens, beam: self.beam, threads: self.threads }
+    }
+
     /// Checks every value that can be checked without opening anything.
     pub fn validate(&self) -> Result<()> {
         SourceSpec::parse(&self.source)?;
+        if self.threads == Some(0) {
+            bail!("threads must be at least 1");
+        }
         if !(self.interval.is_finite() && self.interval >= 0.0) {
             bail!("interval must be a number of seconds >= 0, got {}", self.interval);
         }

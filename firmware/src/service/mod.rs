@@ -131,9 +131,7 @@ impl Service {
 }
 
 fn load_model(config: &Config) -> Result<(CaptionModel, GenerationOptions)> {
-    let decoding =
-        crate::caption::Decoding { max_tokens: config.max_tokens, beam: config.beam, threads: config.threads };
-    crate::caption::load_model(config.bundle.as_ref(), &decoding)
+    crate::caption::load_model(config.bundle.as_ref(), &config.decoding())
 }
 
 /// The `model` field of records: the bundle's directory name.
