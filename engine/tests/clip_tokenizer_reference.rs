@@ -50,6 +50,8 @@ fn open_clip_vocabulary_matches_transformers() {
 fn hf_vocab_and_merges_files_match_transformers() {
     let (path, text) = bpe_text();
     let (vocab, merges) = clip_vocab_from_bpe(&text, &path).unwrap();
+    // OpenAI's numbering of the byte tokens: printable bytes first, in symbol order.
+    assert_eq!((vocab["!"], vocab["a"], vocab["a</w>"], vocab["Ā"]), (0, 64, 320, 188));
     let dir = tempfile::tempdir().unwrap();
     let (v, m) = (dir.path().join("vocab.json"), dir.path().join("merges.txt"));
     std::fs::write(&v, serde_json::to_string(&vocab).unwrap()).unwrap();

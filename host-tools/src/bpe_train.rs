@@ -21,7 +21,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use edgecap_engine::fsutil::write_atomic;
-use edgecap_engine::tokenizer::{clip_byte_symbols, clip_words};
+use edgecap_engine::tokenizer::{clip_byte_symbols, clip_byte_symbols_in_id_order, clip_words};
 
 const WORD_END: &str = "</w>";
 const SPECIAL_TOKENS: [&str; 2] = ["<|startoftext|>", "<|endoftext|>"];
@@ -138,8 +138,7 @@ fn merge_everywhere(words: &mut [(Vec<String>, usize)], pair: &Pair) {
 
 /// Every token in id order (see the module docs for the layout).
 fn vocabulary(merges: &[Pair]) -> Vec<String> {
-    let mut bytes: Vec<char> = clip_byte_symbols().to_vec();
-    bytes.sort_unstable();
+    let bytes = clip_byte_symbols_in_id_order();
     let mut tokens: Vec<String> = bytes.iter().map(char::to_string).collect();
     tokens.extend(bytes.iter().map(|c| format!("{c}{WORD_END}")));
     let mut seen: HashSet<String> = tokens.iter().cloned().collect();

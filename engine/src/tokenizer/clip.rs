@@ -231,6 +231,14 @@ pub fn clip_byte_symbols() -> [char; 256] {
     std::array::from_fn(|byte| symbols.char_of(byte as u8))
 }
 
+/// The 256 byte symbols in the order CLIP numbers them (ids 0..256; `'!'` = 0, `a` = 64, so
+/// `"a</w>"` = 320): ascending character order, not byte order.
+pub fn clip_byte_symbols_in_id_order() -> Vec<char> {
+    let mut symbols = clip_byte_symbols().to_vec();
+    symbols.sort_unstable();
+    symbols
+}
+
 /// CLIP's vocabulary (`token → id`) and `merges.txt` text, from open_clip's
 /// `bpe_simple_vocab_16e6.txt`: the 256 byte symbols, the same with `</w>`, one token per merge
 /// rule (the first 48894 rules of the file), then `<|startoftext|>` and `<|endoftext|>`.
@@ -244,9 +252,9 @@ pub fn clip_vocab_from_bpe(text: &str, path: &Path) -> Result<(HashMap<String, u
             problem: format!("{} merge rules, CLIP needs {CLIP_MERGES}", merges.len()),
         });
     }
-    let symbols = ByteSymbols::new();
-    let mut tokens: Vec<String> = (0..=255u8).map(|b| symbols.char_of(b).to_string()).collect();
-    tokens.extend((0..=255u8).map(|b| format!("{}{WORD_END}", symbols.char_of(b))));
+    let symbols = clip_byte_symbols_in_id_order();
+    let mut tokens: Vec<String> = symbols.iter().map(char::to_string).collect();
+    tokens.extend(symbols.iter().map(|c| format!("{c}{WORD_END}")));
     for (i, line) in merges.iter().enumerate() {
         let rule = super::bpe::split_rule(line, MergeLocation::Line(i + 2), path)?;
         tokens.push(format!("{}{}", rule.left, rule.right));

@@ -18,7 +18,10 @@ mod bpe;
 mod clip;
 mod gpt2;
 
-pub use clip::{clip_byte_symbols, clip_vocab_from_bpe, clip_words, ClipTokenizer, CLIP_CONTEXT_LENGTH};
+pub use clip::{
+    clip_byte_symbols, clip_byte_symbols_in_id_order, clip_vocab_from_bpe, clip_words, ClipTokenizer,
+    CLIP_CONTEXT_LENGTH,
+};
 pub use gpt2::Gpt2Tokenizer;
 
 use std::path::{Path, PathBuf};
