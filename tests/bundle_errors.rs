@@ -140,3 +140,28 @@ fn cli_exits_2_with_one_line_for_a_bad_bundle() {
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(errors[0].contains("vocab.json"), "{}", errors[0]);
 }
+
+#[test]
+fn graphs_are_planned_for_the_shapes_the_engine_feeds() {
+    use edgecap_engine::bundle::Bundle;
+    use edgecap_engine::graph::{self, Axis, GraphShapes};
+    use edgecap_engine::manifest::FileRole;
+
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = Bundle::open(&fresh_bundle(dir.path())).unwrap();
+    let (dims, size) = (&bundle.manifest.model, bundle.manifest.preprocess.image_size as usize);
+    let path = bundle.path(FileRole::ImageEncoder);
+    // The exported encoder has a symbolic batch; the engine binds it to the 1 image it feeds.
+    let encoder = GraphShapes::for_role(FileRole::ImageEncoder, dims, size).unwrap();
+    let plan = graph::load(&path, &encoder).unwrap();
+    let out = plan.model().output_fact(0).unwrap().shape.as_concrete().map(|s| s.to_vec());
+    assert_eq!(out, Some(vec![1, dims.embed_dim]));
+    // The decoder's batch, sequence and cache length stay free.
+    let shapes = GraphShapes::for_role(FileRole::Decoder, dims, size).unwrap();
+    let plan = graph::load(&bundle.path(FileRole::Decoder), &shapes).unwrap();
+    assert!(plan.model().output_fact(0).unwrap().shape.as_concrete().is_none());
+    // A size the graph does not have is refused, naming the file and the input.
+    let wrong = GraphShapes { inputs: vec![vec![Axis::Is(1), Axis::Is(4), Axis::Free, Axis::Free]], ..encoder };
+    let err = graph::load(&path, &wrong).err().expect("a wrong channel count").to_string();
+    assert!(err.contains("image_encoder.onnx") && err.contains("input 0"), "{err}");
+}
