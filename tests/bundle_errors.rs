@@ -162,6 +162,6 @@ fn graphs_are_planned_for_the_shapes_the_engine_feeds() {
     assert!(plan.model().output_fact(0).unwrap().shape.as_concrete().is_none());
     // A size the graph does not have is refused, naming the file and the input.
     let wrong = GraphShapes { inputs: vec![vec![Axis::Is(1), Axis::Is(4), Axis::Free, Axis::Free]], ..encoder };
-    let err = graph::load(&path, &wrong).err().expect("a wrong channel count").to_string();
+    let err = graph::load(&path, &wrong).expect_err("a wrong channel count").to_string();
     assert!(err.contains("image_encoder.onnx") && err.contains("input 0"), "{err}");
 }
