@@ -63,11 +63,11 @@ fn greedy(
 ) -> Result<Generated, EngineError> {
     let started = Instant::now();
     let first_logits = state.feed_embeddings(prefix, prefix_len)?;
-    let mut tokens = vec![argmax(&first_logits)];
+    let mut tokens = vec![state.token_of_logit(argmax(&first_logits) as usize)];
     let first_token_time = started.elapsed();
     while !opts.is_stop(tokens[tokens.len() - 1]) && tokens.len() < opts.max_tokens {
         let logits = state.feed_tokens(&tokens[tokens.len() - 1..])?;
-        tokens.push(argmax(&logits));
+        tokens.push(state.token_of_logit(argmax(&logits) as usize));
     }
     Ok(Generated { tokens, first_logits, first_token_time })
 }
@@ -110,14 +110,17 @@ fn beam_search(
     let first_logits = state.feed_embeddings(prefix, prefix_len)?;
     let mut beams: Vec<Beam> = top_k(&log_softmax(&first_logits), opts.beam_width)
         .into_iter()
-        .map(|(i, score)| Beam { tokens: vec![i as u32], score, length: 1.0, stopped: opts.is_stop(i as u32) })
+        .map(|(i, score)| {
+            let token = state.token_of_logit(i);
+            Beam { tokens: vec![token], score, length: 1.0, stopped: opts.is_stop(token) }
+        })
         .collect();
     let first_token_time = started.elapsed();
     state.reorder(&vec![0; beams.len()])?;
     while !beams.iter().all(|b| b.stopped) && beams[0].tokens.len() < opts.max_tokens {
         let last: Vec<u32> = beams.iter().map(|b| b.tokens[b.tokens.len() - 1]).collect();
         let logits = state.feed_tokens(&last)?;
-        let (next, sources) = extend_beams(&beams, &logits, opts);
+        let (next, sources) = extend_beams(&beams, &logits, opts, |i| state.token_of_logit(i));
         state.reorder(&sources)?;
         beams = next;
     }
@@ -133,7 +136,13 @@ fn beam_search(
 /// the best `width` survive. A stopped beam has one candidate, token 0 at no cost and no extra
 /// length, so it competes with its final score (the reference's convention).
 /// Returns the new beams and, for each, the index of the beam it extends.
-fn extend_beams(beams: &[Beam], logits: &[f32], opts: &GenerationOptions) -> (Vec<Beam>, Vec<usize>) {
+/// `token_of` maps a logit's index to its token id (they differ when the LM head was trimmed).
+fn extend_beams(
+    beams: &[Beam],
+    logits: &[f32],
+    opts: &GenerationOptions,
+    token_of: impl Fn(usize) -> u32,
+) -> (Vec<Beam>, Vec<usize>) {
     let vocab = logits.len() / beams.len();
     let mut averages = vec![f32::NEG_INFINITY; logits.len()];
     let mut lengths = Vec::with_capacity(beams.len());
@@ -152,7 +161,7 @@ fn extend_beams(beams: &[Beam], logits: &[f32], opts: &GenerationOptions) -> (Ve
     top_k(&averages, beams.len())
         .into_iter()
         .map(|(flat, average)| {
-            let (source, token) = (flat / vocab, (flat % vocab) as u32);
+            let (source, token) = (flat / vocab, token_of(flat % vocab));
             let parent = &beams[source];
             let mut tokens = parent.tokens.clone();
             tokens.push(token);
@@ -211,7 +220,7 @@ mod tests {
             Beam { tokens: vec![1], score: -1.0, length: 1.0, stopped: false },
         ];
         // Live beam: log-probs of a uniform row over 3 tokens are -ln 3 ≈ -1.0986.
-        let (next, sources) = extend_beams(&beams, &[9.0, 9.0, 9.0, 0.0, 0.0, 0.0], &opts);
+        let (next, sources) = extend_beams(&beams, &[9.0, 9.0, 9.0, 0.0, 0.0, 0.0], &opts, |i| i as u32);
         assert_eq!(sources[0], 0);
         assert_eq!(next[0].tokens, vec![2, 0]);
         assert_eq!((next[0].score, next[0].length, next[0].stopped), (-0.1, 1.0, true));

@@ -54,7 +54,7 @@ impl GraphShapes {
                     vec![Free, Free],
                     vec![l, Is(2), Free, h, Free, hd],
                 ],
-                vec![vec![Free, Is(dims.vocab_size)], vec![l, Is(2), Free, h, Free, hd]],
+                vec![vec![Free, Is(dims.logits_width())], vec![l, Is(2), Free, h, Free, hd]],
             ),
             _ => return None,
         };

@@ -60,11 +60,20 @@ pub struct ModelDims {
     pub vocab_size: usize,
     /// Positions the decoder has embeddings for: prefix + generated tokens must fit.
     pub max_positions: usize,
+    /// Width of the decoder's logits when its LM head was trimmed to the tokens a caption corpus
+    /// uses (`host-tools trim-vocab`): logit i is token `output_ids[i]`. Absent: all `vocab_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_vocab_size: Option<usize>,
 }
 
 impl ModelDims {
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_heads
+    }
+
+    /// Width of the decoder's logits.
+    pub fn logits_width(&self) -> usize {
+        self.output_vocab_size.unwrap_or(self.vocab_size)
     }
 }
 
@@ -124,6 +133,8 @@ pub enum FileRole {
     TokenizerMerges,
     /// DeCap support memory (safetensors, see [`crate::memory`]).
     Memory,
+    /// `.npy` i64 [V']: the token id of each logit of a trimmed LM head (ascending).
+    OutputIds,
 }
 
 impl FileRole {
@@ -221,6 +232,18 @@ impl Manifest {
                 self.architecture.name()
             ));
         }
+        match m.output_vocab_size {
+            Some(n) if n == 0 || n > m.vocab_size => {
+                return Err(format!("model.output_vocab_size {n} must be in 1..={}", m.vocab_size));
+            }
+            Some(_) if self.file(FileRole::OutputIds).is_none() => {
+                return Err("model.output_vocab_size needs an `output_ids` file".into());
+            }
+            None if self.file(FileRole::OutputIds).is_some() => {
+                return Err("an `output_ids` file needs model.output_vocab_size".into());
+            }
+            _ => {}
+        }
         let decap_roles: &[FileRole] = if is_decap { &[FileRole::Memory] } else { &[] };
         for &role in FileRole::CLIPCAP.iter().chain(decap_roles) {
             if self.file(role).is_none() {
@@ -249,5 +272,6 @@ pub fn role_name(role: FileRole) -> &'static str {
         FileRole::TokenizerVocab => "tokenizer_vocab",
         FileRole::TokenizerMerges => "tokenizer_merges",
         FileRole::Memory => "memory",
+        FileRole::OutputIds => "output_ids",
     }
 }

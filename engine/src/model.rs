@@ -26,6 +26,8 @@ pub struct CaptionModel {
     pub tokenizer: TextTokenizer,
     /// DeCap's support memory (DeCap bundles only).
     pub memory: Option<SupportMemory>,
+    /// A trimmed LM head's token ids, one per logit (ascending); `None`: logit i is token i.
+    output_ids: Option<Vec<u32>>,
 }
 
 impl CaptionModel {
@@ -43,7 +45,7 @@ impl CaptionModel {
                 .ok_or_else(|| EngineError::Option(format!("{role:?} is not a graph")))?;
             let started = std::time::Instant::now();
             let plan = graph::load(&bundle.path(role), &shapes)?;
-            log::info!("{role:?} loaded in {} ms", started.elapsed().as_millis());
+            log::debug!("{role:?} loaded in {} ms", started.elapsed().as_millis());
             Ok(plan)
         };
         // One graph at a time: loading makes transient copies of every weight,
@@ -62,8 +64,21 @@ impl CaptionModel {
             Some(_) => Some(load_memory(&bundle.path(FileRole::Memory), dims)?),
             None => None,
         };
+        let output_ids = match m.file(FileRole::OutputIds) {
+            Some(_) => Some(load_output_ids(&bundle.path(FileRole::OutputIds), m)?),
+            None => None,
+        };
         crate::platform::release_free_memory();
-        Ok(CaptionModel { manifest: m.clone(), image_encoder, mapper, decoder, token_embeddings, tokenizer, memory })
+        Ok(CaptionModel {
+            manifest: m.clone(),
+            image_encoder,
+            mapper,
+            decoder,
+            token_embeddings,
+            tokenizer,
+            memory,
+            output_ids,
+        })
     }
 
     pub fn dims(&self) -> &ModelDims {
@@ -84,6 +99,14 @@ impl CaptionModel {
         let input = tensor_from(&[1, self.dims().embed_dim], image_embeds, "mapper")?;
         let out = self.mapper.run(tvec!(input.into())).map_err(|e| EngineError::inference("mapper", e))?;
         to_vec(&out[0], "mapper")
+    }
+
+    /// The token id of logit `index` (the same number unless the LM head was trimmed).
+    pub fn token_of_logit(&self, index: usize) -> u32 {
+        match &self.output_ids {
+            Some(ids) => ids[index],
+            None => index as u32,
+        }
     }
 
     /// Appends the input embedding of token `id` (a row of the table) to `out`.
@@ -159,6 +182,25 @@ fn load_token_embeddings(path: &Path, dims: &ModelDims) -> Result<TokenTable, En
         )));
     }
     Ok(table)
+}
+
+/// A trimmed LM head's ids: as many as its logits, ascending, inside the vocabulary, and holding
+/// every stop token (or decoding could never stop).
+fn load_output_ids(path: &Path, m: &crate::manifest::Manifest) -> Result<Vec<u32>, EngineError> {
+    let shown = path.display().to_string();
+    let bad = |message: String| EngineError::Graph { path: shown.clone(), message };
+    let (shape, ids) = npy::read::<i64>(path).map_err(|e| bad(e.to_string()))?;
+    let (width, vocab) = (m.model.logits_width(), m.model.vocab_size as i64);
+    if shape != [width] {
+        return Err(bad(format!("output ids have shape {shape:?}, the manifest implies [{width}]")));
+    }
+    if !ids.windows(2).all(|w| w[0] < w[1]) || ids.iter().any(|&id| !(0..vocab).contains(&id)) {
+        return Err(bad(format!("output ids must be ascending token ids below {vocab}")));
+    }
+    if let Some(stop) = m.generation.stop_token_ids.iter().find(|&&t| ids.binary_search(&i64::from(t)).is_err()) {
+        return Err(bad(format!("stop token {stop} is not among the output ids")));
+    }
+    Ok(ids.into_iter().map(|id| id as u32).collect())
 }
 
 fn load_memory(path: &Path, dims: &ModelDims) -> Result<SupportMemory, EngineError> {

@@ -24,6 +24,11 @@ impl<'m> DecoderState<'m> {
         Ok(DecoderState { model, past, position: 0 })
     }
 
+    /// The token id of logit `index` of this model's decoder.
+    pub fn token_of_logit(&self, index: usize) -> u32 {
+        self.model.token_of_logit(index)
+    }
+
     /// Positions already in the cache.
     pub fn position(&self) -> usize {
         self.position

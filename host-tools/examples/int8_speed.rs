@@ -203,6 +203,7 @@ fn main() -> Result<()> {
         num_heads: g.n_head,
         vocab_size: g.vocab_size,
         max_positions: g.n_positions,
+        output_vocab_size: None,
     };
     let decoder_shapes = GraphShapes::for_role(FileRole::Decoder, &dims, 224).expect("a graph");
     let title = "GPT-2 768×6 decode step (1 token, 20 cached), int8 LM head";

@@ -129,6 +129,7 @@ pub fn export_clipcap(opts: &ExportOptions) -> Result<Manifest> {
             num_heads: lm_cfg.n_head,
             vocab_size: lm_cfg.vocab_size,
             max_positions: lm_cfg.n_positions,
+            output_vocab_size: None,
         },
         preprocess: PreprocessConfig { image_size: vision_cfg.image_size as u32, ..clip_preprocess(&opts.clip)? },
         tokenizer: TokenizerSpec { kind: TokenizerKind::Gpt2Bpe },

@@ -21,4 +21,5 @@ pub mod text_encoder;
 pub mod trace;
 #[cfg(feature = "train")]
 pub mod train;
+pub mod trim;
 pub mod validate;

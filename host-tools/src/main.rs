@@ -13,6 +13,7 @@ use host_tools::images::image_paths;
 use host_tools::memory::{build_memory, MemoryOptions};
 use host_tools::projection::compare_top_k;
 use host_tools::quantize::{mib, quantize_bundle, QuantScheme, QuantizeOptions};
+use host_tools::trim::{corpus_ids, trim_bundle, TrimOptions};
 use host_tools::validate::{validate, Thresholds, ValidateOptions};
 
 mod scenes_cli;
@@ -126,6 +127,17 @@ enum Command {
         /// Largest allowed CIDEr-D drop (needs --references).
         #[arg(long)]
         max_cider_drop: Option<f64>,
+    },
+    /// Trim an fp32 bundle's LM head to the tokens a caption corpus uses (then quantize it).
+    TrimVocab {
+        /// The fp32 bundle.
+        bundle: PathBuf,
+        /// Captions in the target domain, one per line: their tokens (and the stop tokens) stay.
+        #[arg(long)]
+        captions: PathBuf,
+        /// The trimmed bundle to write (a new directory).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Load time, per-stage latency (median, p90), tokens/s and peak RSS of a bundle.
     Bench {
@@ -327,6 +339,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 print!("{}", host_tools::validate::render(&report));
             }
             Ok(if report.pass { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::TrimVocab { bundle, captions, out } => {
+            let model =
+                CaptionModel::load(&bundle).with_context(|| format!("cannot load bundle {}", bundle.display()))?;
+            let keep = corpus_ids(&model, &captions)?;
+            drop(model);
+            let report = trim_bundle(&TrimOptions { bundle, out: out.clone() }, &keep)?;
+            println!(
+                "{}: LM head trimmed to {} of {} tokens, decoder {:.1} MiB → {:.1} MiB",
+                out.display(),
+                report.kept,
+                report.vocab_size,
+                mib(report.decoder_bytes.0),
+                mib(report.decoder_bytes.1)
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench { bundle, images, runs, tokens, json, samples } => {
             let report = bench(&BenchOptions { bundle, images, runs, threads, tokens, samples })?;

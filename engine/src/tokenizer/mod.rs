@@ -54,6 +54,15 @@ impl TextTokenizer {
         })
     }
 
+    /// The ids a decoder would generate for `text`: CLIP's with its start and end tokens
+    /// (DeCap decodes both), GPT-2's as is.
+    pub fn encode_caption(&self, text: &str) -> Vec<u32> {
+        match self {
+            TextTokenizer::Gpt2(t) => t.encode(text),
+            TextTokenizer::Clip(t) => t.encode_for_model(text),
+        }
+    }
+
     pub fn vocab_size(&self) -> usize {
         match self {
             TextTokenizer::Gpt2(t) => t.vocab_size(),
