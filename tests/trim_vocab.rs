@@ -6,13 +6,14 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use edgecap_engine::bundle::Bundle;
 use edgecap_engine::manifest::FileRole;
 use edgecap_engine::model::CaptionModel;
 use edgecap_engine::npy;
 use edgecap_tests::{binary, export_reference, fixtures, reference};
 use host_tools::images;
 use host_tools::quantize::{quantize_bundle, QuantScheme, QuantizeOptions};
-use host_tools::trim::{trim_bundle, TrimOptions};
+use host_tools::trim::trim_bundle;
 
 fn fp32_bundle(dir: &Path) -> PathBuf {
     export_reference(&reference("clipcap-mlp.json"), &fixtures(), &dir.join("fp32"))
@@ -34,7 +35,7 @@ fn trimmed_head_decodes_the_same_tokens_and_quantizes() {
     let mut keep: BTreeSet<u32> = expected.iter().flatten().copied().collect();
     keep.extend(full.manifest.generation.stop_token_ids.iter().copied());
     let out = dir.path().join("trimmed");
-    let report = trim_bundle(&TrimOptions { bundle: fp32.clone(), out: out.clone() }, &keep).unwrap();
+    let report = trim_bundle(&Bundle::open(&fp32).unwrap(), &out, &keep).unwrap();
     assert_eq!((report.kept, report.vocab_size), (keep.len(), full.dims().vocab_size));
     assert!(keep.len() < full.dims().vocab_size / 4, "{} tokens kept", keep.len());
     assert!(report.decoder_bytes.1 < report.decoder_bytes.0);

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use edgecap_engine::bundle::Bundle;
 use edgecap_engine::model::CaptionModel;
 use host_tools::bench::{bench, BenchOptions};
 use host_tools::export::{export_clipcap, ExportOptions};
@@ -13,7 +14,7 @@ use host_tools::images::image_paths;
 use host_tools::memory::{build_memory, MemoryOptions};
 use host_tools::projection::compare_top_k;
 use host_tools::quantize::{mib, quantize_bundle, QuantScheme, QuantizeOptions};
-use host_tools::trim::{corpus_ids, trim_bundle, TrimOptions};
+use host_tools::trim::{corpus_ids, trim_bundle};
 use host_tools::validate::{validate, Thresholds, ValidateOptions};
 
 mod scenes_cli;
@@ -341,11 +342,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(if report.pass { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::TrimVocab { bundle, captions, out } => {
-            let model =
-                CaptionModel::load(&bundle).with_context(|| format!("cannot load bundle {}", bundle.display()))?;
-            let keep = corpus_ids(&model, &captions)?;
-            drop(model);
-            let report = trim_bundle(&TrimOptions { bundle, out: out.clone() }, &keep)?;
+            let opened = Bundle::open(&bundle).with_context(|| format!("cannot open bundle {}", bundle.display()))?;
+            let keep = corpus_ids(&opened, &captions)?;
+            let report = trim_bundle(&opened, &out, &keep)?;
             println!(
                 "{}: LM head trimmed to {} of {} tokens, decoder {:.1} MiB → {:.1} MiB",
                 out.display(),

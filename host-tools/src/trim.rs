@@ -7,24 +7,18 @@
 //! is a kept token (beam search compares log-probabilities normalised over the kept tokens).
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use edgecap_engine::bundle::{Bundle, BundleWriter};
 use edgecap_engine::manifest::{FileRole, Precision};
 use edgecap_engine::model::CaptionModel;
 use edgecap_engine::npy;
+use edgecap_engine::tokenizer::TextTokenizer;
 use prost::Message;
 use tract_onnx::pb;
 
 use crate::quantize::rewrite::f32_values;
-
-#[derive(Debug, Clone)]
-pub struct TrimOptions {
-    /// An fp32 bundle (trim first, then quantize).
-    pub bundle: PathBuf,
-    pub out: PathBuf,
-}
 
 #[derive(Debug, Clone)]
 pub struct TrimReport {
@@ -35,31 +29,40 @@ pub struct TrimReport {
 
 /// The token ids the decoder may produce for the captions in `corpus` (one per line): each
 /// line tokenized as the bundle's tokenizer does, GPT-2 lines also with a leading space (a
-/// caption's words after the first), plus the stop tokens.
-pub fn corpus_ids(model: &CaptionModel, corpus: &Path) -> Result<BTreeSet<u32>> {
+/// caption's words after the first), plus the stop tokens. Reads the tokenizer only, not the
+/// graphs.
+pub fn corpus_ids(bundle: &Bundle, corpus: &Path) -> Result<BTreeSet<u32>> {
+    let m = &bundle.manifest;
+    let tokenizer = TextTokenizer::from_files(
+        m.tokenizer.kind,
+        &bundle.path(FileRole::TokenizerVocab),
+        &bundle.path(FileRole::TokenizerMerges),
+    )?;
     let text = std::fs::read_to_string(corpus).with_context(|| format!("{}: cannot read", corpus.display()))?;
-    let mut ids: BTreeSet<u32> = model.manifest.generation.stop_token_ids.iter().copied().collect();
+    let mut ids: BTreeSet<u32> = m.generation.stop_token_ids.iter().copied().collect();
     let mut lines = 0usize;
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
         lines += 1;
-        ids.extend(model.tokenizer.encode_caption(line));
-        ids.extend(model.tokenizer.encode_caption(&format!(" {line}")));
+        ids.extend(tokenizer.encode_caption(line));
+        ids.extend(tokenizer.encode_caption(&format!(" {line}")));
     }
     if lines == 0 {
         bail!("{}: no captions (one per line expected)", corpus.display());
     }
-    let vocab = model.dims().vocab_size as u32;
+    let vocab = m.model.vocab_size as u32;
     ids.retain(|&id| id < vocab);
     Ok(ids)
 }
 
-/// Writes a copy of the fp32 bundle whose LM head keeps the columns of `keep` only.
-pub fn trim_bundle(opts: &TrimOptions, keep: &BTreeSet<u32>) -> Result<TrimReport> {
-    let shown = opts.bundle.display().to_string();
-    let bundle = Bundle::open(&opts.bundle).with_context(|| format!("cannot open bundle {shown}"))?;
+/// Writes to `out` a copy of the fp32 `bundle` whose LM head keeps the columns of `keep` only.
+pub fn trim_bundle(bundle: &Bundle, out: &Path, keep: &BTreeSet<u32>) -> Result<TrimReport> {
+    let shown = bundle.dir.display().to_string();
     let m = &bundle.manifest;
     if m.precision != Precision::Fp32 {
         bail!("{shown}: trim the fp32 bundle, then quantize it (this one is {:?})", m.precision);
+    }
+    if crate::quantize::same_dir(&bundle.dir, out) {
+        bail!("{}: the output must be a new directory, not the input bundle", out.display());
     }
     if m.model.output_vocab_size.is_some() {
         bail!("{shown}: the LM head is already trimmed");
@@ -75,9 +78,8 @@ pub fn trim_bundle(opts: &TrimOptions, keep: &BTreeSet<u32>) -> Result<TrimRepor
     trim_lm_head(&mut decoder, &keep).with_context(|| format!("{}: cannot trim", decoder_path.display()))?;
     let trimmed = decoder.encode_to_vec();
 
-    let mut writer =
-        BundleWriter::create(&opts.out).with_context(|| format!("{}: cannot create", opts.out.display()))?;
-    let write_err = || format!("{}: cannot write bundle", opts.out.display());
+    let mut writer = BundleWriter::create(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let write_err = || format!("{}: cannot write bundle", out.display());
     for entry in &m.files {
         let role = entry.role;
         if role == FileRole::Decoder {
@@ -94,8 +96,7 @@ pub fn trim_bundle(opts: &TrimOptions, keep: &BTreeSet<u32>) -> Result<TrimRepor
     manifest.source =
         format!("{}; LM head trimmed to {} of {} tokens", manifest.source, keep.len(), m.model.vocab_size);
     writer.finish(manifest)?;
-    CaptionModel::load(&opts.out)
-        .with_context(|| format!("{}: the trimmed bundle does not load", opts.out.display()))?;
+    CaptionModel::load(out).with_context(|| format!("{}: the trimmed bundle does not load", out.display()))?;
     Ok(TrimReport {
         kept: keep.len(),
         vocab_size: m.model.vocab_size,
