@@ -7,11 +7,10 @@ use std::process::Command;
 use edgecap_engine::memory::{MemoryValues, SupportMemory};
 use edgecap_engine::model::CaptionModel;
 use edgecap_engine::npy;
-use edgecap_tests::{binary, cosine, fixtures, floats, ids, max_abs_diff};
+use edgecap_tests::{binary, cosine, fixtures, floats, ids, max_abs_diff, quantize_all_int8};
 use host_tools::export_decap::{export_decap, DecapExportOptions};
 use host_tools::memory::{build_memory, MemoryOptions};
 use host_tools::projection::{compare_top_k, TopKAgreement};
-use host_tools::quantize::{quantize_bundle, QuantScheme, QuantizeOptions};
 use host_tools::text_encoder::TextEncoder;
 
 fn decap_dir() -> PathBuf {
@@ -303,16 +302,7 @@ fn decap_bundles_quantize_with_their_memory() {
     let fp32 = dir.path().join("fp32");
     export_decap(&export_options(fp32.clone())).unwrap();
     let int8 = dir.path().join("int8");
-    let opts = QuantizeOptions {
-        bundle: fp32.clone(),
-        out: int8.clone(),
-        calibration: fixtures().join("images"),
-        scheme: QuantScheme::StaticMinMax,
-        float_lm_head: false,
-        all_int8: true,
-        progress: false,
-    };
-    quantize_bundle(&opts).unwrap();
+    quantize_all_int8(&fp32, &int8);
     let (a, b) = (CaptionModel::load(&fp32).unwrap(), CaptionModel::load(&int8).unwrap());
     assert_eq!(a.memory, b.memory, "the support memory travels unchanged");
     let rgb = crop("images/chelsea.png");

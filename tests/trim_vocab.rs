@@ -10,9 +10,8 @@ use edgecap_engine::bundle::Bundle;
 use edgecap_engine::manifest::FileRole;
 use edgecap_engine::model::CaptionModel;
 use edgecap_engine::npy;
-use edgecap_tests::{binary, export_reference, fixtures, reference};
+use edgecap_tests::{binary, export_reference, fixtures, quantize_all_int8, reference};
 use host_tools::images;
-use host_tools::quantize::{quantize_bundle, QuantScheme, QuantizeOptions};
 use host_tools::trim::trim_bundle;
 
 fn fp32_bundle(dir: &Path) -> PathBuf {
@@ -49,16 +48,7 @@ fn trimmed_head_decodes_the_same_tokens_and_quantizes() {
 
     // A trimmed fp32 bundle quantizes like any other; its captions use kept tokens only.
     let int8 = dir.path().join("int8");
-    let opts = QuantizeOptions {
-        bundle: out.clone(),
-        out: int8.clone(),
-        calibration: fixtures().join("images"),
-        scheme: QuantScheme::StaticMinMax,
-        float_lm_head: false,
-        all_int8: true,
-        progress: false,
-    };
-    quantize_bundle(&opts).unwrap();
+    quantize_all_int8(&out, &int8);
     let q = CaptionModel::load(&int8).unwrap();
     assert!(q.manifest.file(FileRole::OutputIds).is_some());
     for tokens in greedy_tokens(&q) {

@@ -158,3 +158,18 @@ impl Board {
         cmd
     }
 }
+
+/// Quantizes `fp32` into `out` with every graph int8 (static min-max, calibrated on the fixture
+/// photographs), whatever this machine measures.
+pub fn quantize_all_int8(fp32: &Path, out: &Path) {
+    let opts = host_tools::quantize::QuantizeOptions {
+        bundle: fp32.to_path_buf(),
+        out: out.to_path_buf(),
+        calibration: fixtures().join("images"),
+        scheme: host_tools::quantize::QuantScheme::StaticMinMax,
+        float_lm_head: false,
+        all_int8: true,
+        progress: false,
+    };
+    host_tools::quantize::quantize_bundle(&opts).unwrap();
+}
