@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use crate::error::collapse_whitespace;
 use crate::fsutil::write_atomic;
 use crate::manifest::{role_name, FileEntry, FileRole, Manifest, FORMAT_VERSION, MANIFEST_FILE};
 
@@ -72,7 +73,7 @@ impl Bundle {
 /// version error rather than a confusing field error.
 pub fn parse_manifest(shown: &str, text: &str) -> Result<Manifest, BundleError> {
     let bad = |message: String| BundleError::Manifest { path: shown.to_string(), message };
-    let raw: toml::Table = text.parse().map_err(|e: toml::de::Error| bad(one_line(&e.to_string())))?;
+    let raw: toml::Table = text.parse().map_err(|e: toml::de::Error| bad(collapse_whitespace(&e.to_string())))?;
     match raw.get("format_version").and_then(|v| v.as_integer()) {
         Some(v) if v == FORMAT_VERSION as i64 => {}
         Some(v) => {
@@ -80,7 +81,7 @@ pub fn parse_manifest(shown: &str, text: &str) -> Result<Manifest, BundleError> 
         }
         None => return Err(bad("no integer `format_version`".into())),
     }
-    let manifest: Manifest = toml::from_str(text).map_err(|e| bad(one_line(&e.to_string())))?;
+    let manifest: Manifest = toml::from_str(text).map_err(|e| bad(collapse_whitespace(&e.to_string())))?;
     manifest.check().map_err(bad)?;
     Ok(manifest)
 }
@@ -126,10 +127,6 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Builds a bundle directory: files first, manifest last.

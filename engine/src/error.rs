@@ -29,14 +29,19 @@ pub enum EngineError {
 
 impl EngineError {
     pub(crate) fn inference(stage: &'static str, e: impl std::fmt::Display) -> EngineError {
-        let message = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
-        EngineError::Inference { stage, message }
+        EngineError::Inference { stage, message: collapse_whitespace(&e.to_string()) }
     }
 
     /// True when the error concerns one input only, so a batch should report it and go on.
     pub fn is_per_input(&self) -> bool {
         matches!(self, EngineError::Image(_))
     }
+}
+
+/// `text` on one line: every run of whitespace (newlines included) becomes one space. Messages
+/// from tract, toml and the OS span lines; ours are one line each.
+pub fn collapse_whitespace(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// An error and its chain of causes on one line, outermost first, skipping a cause whose text
@@ -46,7 +51,7 @@ pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut next = Some(e);
     while let Some(cause) = next {
-        let text = cause.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        let text = collapse_whitespace(&cause.to_string());
         if !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 
-use crate::error::EngineError;
+use crate::error::{collapse_whitespace, EngineError};
 use crate::manifest::{FileRole, ModelDims};
 
 pub type Plan = Arc<TypedRunnableModel>;
@@ -76,13 +76,13 @@ pub fn load_bytes(bytes: &[u8], label: &str, shapes: &GraphShapes) -> Result<Pla
 }
 
 fn tract_error(label: &str, e: TractError) -> EngineError {
-    EngineError::Graph { path: label.to_string(), message: one_line(&format!("{e:#}")) }
+    EngineError::Graph { path: label.to_string(), message: collapse_whitespace(&format!("{e:#}")) }
 }
 
 /// Checks the graph's inputs against `shapes`, binds the symbols of fixed axes, checks the
 /// outputs, then optimises.
 fn optimise(model: InferenceModel, shapes: &GraphShapes) -> Result<Plan, String> {
-    let tract = |e: TractError| one_line(&format!("{e:#}"));
+    let tract = |e: TractError| collapse_whitespace(&format!("{e:#}"));
     let model = model.into_typed().map_err(tract)?;
     let inputs = model.input_outlets().map_err(tract)?.to_vec();
     let bindings = check_facts(&model, "input", &inputs, &shapes.inputs)?;
@@ -136,8 +136,4 @@ fn check_facts(
         }
     }
     Ok(bindings)
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }

@@ -35,8 +35,9 @@ pub struct Stat {
 }
 
 impl Stat {
-    fn of(samples: &[Duration]) -> Stat {
-        let ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    /// Median and 90th percentile of one field over the timed captions.
+    fn of(samples: &[Sample], field: fn(&Sample) -> f64) -> Stat {
+        let ms: Vec<f64> = samples.iter().map(field).collect();
         Stat { median_ms: median(&ms), p90_ms: percentile(&ms, 90.0) }
     }
 }
@@ -121,31 +122,28 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport> {
     model.check_options(&gen)?;
     model.caption(&samples[0].image, &gen).context("warm-up caption")?;
     let mut timed = Vec::<Sample>::new();
-    let mut timings = Vec::<StageTimings>::new();
     for _ in 0..opts.runs.max(1) {
         for s in &samples {
             let c = model.caption(&s.image, &gen).with_context(|| format!("{}: cannot caption", s.path.display()))?;
             timed.push(Sample::new(&s.path, c.tokens.len(), &c.timings));
-            timings.push(c.timings);
         }
     }
     let tokens: usize = timed.iter().map(|s| s.tokens).sum();
-    let stat = |f: fn(&StageTimings) -> Duration| Stat::of(&timings.iter().map(f).collect::<Vec<_>>());
-    let next: Vec<f64> = timed.iter().map(|s| s.next_token_ms).collect();
-    let decoder_s: f64 = timings.iter().map(|t| t.decoder.as_secs_f64()).sum();
+    let stat = |field| Stat::of(&timed, field);
+    let decoder_s: f64 = timed.iter().map(|s| s.decoder_ms).sum::<f64>() / 1e3;
     Ok(BenchReport {
         bundle: opts.bundle.display().to_string(),
         precision: format!("{:?}", model.manifest.precision).to_lowercase(),
         threads: opts.threads,
         load_ms: load.as_secs_f64() * 1e3,
-        captions: timings.len(),
-        preprocess: stat(|t| t.preprocess),
-        image_encoder: stat(|t| t.image_encoder),
-        mapper: stat(|t| t.mapper),
-        decoder: stat(|t| t.decoder),
-        first_token: stat(|t| t.first_token),
-        next_token: Stat { median_ms: median(&next), p90_ms: percentile(&next, 90.0) },
-        total: stat(|t| t.total()),
+        captions: timed.len(),
+        preprocess: stat(|s| s.preprocess_ms),
+        image_encoder: stat(|s| s.image_encoder_ms),
+        mapper: stat(|s| s.mapper_ms),
+        decoder: stat(|s| s.decoder_ms),
+        first_token: stat(|s| s.first_token_ms),
+        next_token: stat(|s| s.next_token_ms),
+        total: stat(|s| s.total_ms),
         tokens_per_s: if decoder_s > 0.0 { tokens as f64 / decoder_s } else { 0.0 },
         peak_rss_mib: status_mib("VmHWM"),
         loaded_rss_mib,

@@ -241,7 +241,7 @@ fn set<T>(slot: &mut T, value: Option<T>) {
 fn load_file(path: &Path) -> Result<Config> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
     toml::from_str(&text).map_err(|e| {
-        let detail = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+        let detail = edgecap_engine::error::collapse_whitespace(e.message());
         let at = e.span().map(|s| line_of(&text, s.start)).map(|l| format!(" (line {l})")).unwrap_or_default();
         anyhow::anyhow!("{}: invalid config{at}: {detail}", path.display())
     })
