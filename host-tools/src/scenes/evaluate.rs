@@ -52,12 +52,13 @@ pub fn render_table(e: &Evaluation) -> String {
     let a = &e.attributes;
     let mut out =
         format!("{}: {} scenes ({} group, {} relation)\n", e.scenes_dir, a.scenes, a.group_scenes, a.relation_scenes);
-    let rows: [(&str, &Accuracy); 6] = [
+    let rows: [(&str, &Accuracy); 7] = [
         ("colour", &a.colour),
         ("shape", &a.shape),
         ("count (group scenes)", &a.count),
         ("size (group scenes)", &a.size),
         ("position / relation", &a.position),
+        ("correct caption", &a.correct),
         ("exact match", &a.exact),
     ];
     for (name, acc) in rows {

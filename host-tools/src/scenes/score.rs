@@ -8,6 +8,8 @@
 //!   Count and size are judged on group scenes only.
 //! * A caption that does not parse, or has the other form (a relation caption for a group scene),
 //!   is wrong for every attribute judged on that scene.
+//! * Correct caption: every attribute right, i.e. the caption states what the scene shows (a
+//!   relation in either order). This is what "describes the scene correctly" means.
 //! * Exact match: the predicted caption, read back, is the scene's own caption (same order too).
 
 use serde::ser::SerializeStruct;
@@ -63,6 +65,8 @@ pub struct AttributeScores {
     pub size: Accuracy,
     /// A group's position, or a relation.
     pub position: Accuracy,
+    /// Every attribute right (a relation may be stated in either order).
+    pub correct: Accuracy,
     pub exact: Accuracy,
     /// Predicted captions that are not scene captions at all.
     pub unparseable: usize,
@@ -84,6 +88,7 @@ impl AttributeScores {
         self.scenes += 1;
         self.unparseable += usize::from(guess.is_none());
         self.exact.judge(guess.as_ref() == Some(truth));
+        self.correct.judge(guess.as_ref().map(canonical) == Some(canonical(truth)));
         match (canonical(truth), guess.map(|g| canonical(&g))) {
             (
                 Description::Group { count, size, colour, shape, position },
@@ -180,6 +185,7 @@ mod tests {
         assert_eq!(s.count, acc(1, 4));
         assert_eq!(s.size, acc(2, 4));
         assert_eq!(s.position, acc(2 + 2, 8));
+        assert_eq!(s.correct, acc(2, 8), "the exact one and the same relation stated the other way");
         assert_eq!(s.exact, acc(1, 8));
         assert_eq!(s.exact.rate(), 0.125);
         assert_eq!(AttributeScores::default().colour.rate(), 0.0);
