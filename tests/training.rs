@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use edgecap_tests::{binary, fixtures, gpt2_tokenizer_dir};
+use edgecap_tests::{binary, cosine, fixtures, gpt2_tokenizer_dir};
 use serde_json::Value;
 
 fn run(cmd: &mut Command) -> Output {
@@ -273,15 +273,13 @@ fn trainers_refuse_bad_data_with_one_line() {
 }
 
 /// Cosine of the text embeddings `clip` gives two captions (through `host-tools memory build`).
-fn caption_cosine(clip: &Path, a: &str, b: &str, dir: &Path) -> f32 {
+fn caption_cosine(clip: &Path, a: &str, b: &str, dir: &Path) -> f64 {
     let captions = dir.join("pair.txt");
     std::fs::write(&captions, format!("{a}\n{b}\n")).unwrap();
     let memory = dir.join("pair.safetensors");
     run(&mut host_tools(&["memory", "build", "--clip", p(clip), "--captions", p(&captions), "--out", p(&memory)]));
     let m = edgecap_engine::memory::SupportMemory::read(&memory).unwrap();
-    let (x, y) = (m.row(0), m.row(1));
-    let dot = |u: &[f32], v: &[f32]| u.iter().zip(v).map(|(p, q)| p * q).sum::<f32>();
-    dot(&x, &y) / (dot(&x, &x) * dot(&y, &y)).sqrt()
+    cosine(&m.row(0), &m.row(1))
 }
 
 #[test]

@@ -88,8 +88,9 @@ impl AttributeScores {
         self.scenes += 1;
         self.unparseable += usize::from(guess.is_none());
         self.exact.judge(guess.as_ref() == Some(truth));
-        self.correct.judge(guess.as_ref().map(canonical) == Some(canonical(truth)));
-        match (canonical(truth), guess.map(|g| canonical(&g))) {
+        let (truth, guess) = (canonical(truth), guess.map(|g| canonical(&g)));
+        self.correct.judge(guess == Some(truth));
+        match (truth, guess) {
             (
                 Description::Group { count, size, colour, shape, position },
                 Some(Description::Group { count: c, size: s, colour: k, shape: h, position: p }),
