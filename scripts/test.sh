@@ -25,31 +25,47 @@ fi
 # Debian starts a system mosquitto on 1883; the tests start their own on free ports.
 rustup target add aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
 
+# Each step prints how long it took, so a slow CI run shows where its time went.
+step() { echo "test.sh: $1 done after $((SECONDS / 60)) min $((SECONDS % 60)) s (total)"; }
+
 # 1. Dependencies are built with opt-level 3 even in the test profile (see Cargo.toml): the
 # numerical tests on unoptimised tract would be 10-50x slower.
 cargo test --workspace --locked "$@"
+step "x86 workspace tests"
 
 # 2. ARM. The release binaries the boards run, with the camera backend, as packaged (and
 # host-tools without its training feature, to run validate on the board).
+# Cargo unifies dependency features over the packages named on its command line, and a change in
+# any feature rebuilds all of tract (15 min per target here). So every ARM command names the same
+# three packages and features, and the engine's tests differ from the binaries' build only by
+# their dev-dependencies (tempfile: tract's ONNX loader is rebuilt, tract-core/linalg are not).
 arm_targets=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
+arm_packages=(-p edgecap-engine -p edgecap -p host-tools --no-default-features --features edgecap/camera)
+engine_tests=(--lib --test tokenizer_reference --test clip_tokenizer_reference --test preprocess_reference)
 for target in "${arm_targets[@]}"; do
-    cargo build --release --locked --target "$target" -p edgecap -p host-tools --no-default-features \
-        --features edgecap/camera
+    cargo build --release --locked --target "$target" "${arm_packages[@]}"
+    step "$target release build"
 done
 # An assembler without `sdot` makes tract silently leave its dot-product int8 kernel out.
 if ! grep -q arm64simd_mmm_i32_8x8_dot target/aarch64-unknown-linux-gnu/release/edgecap; then
     echo "test.sh: the aarch64 edgecap lacks tract's SDOT int8 kernel (assembler too old?)" >&2
     exit 1
 fi
-# The engine's own tests on each emulated CPU (qemu-user is the runner; see .cargo/config.toml).
+# The engine's (and host-tools' library) tests on each emulated CPU (qemu-user is the runner; see
+# .cargo/config.toml).
 for cpu in cortex-a72 cortex-a76; do
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu $cpu -L /usr/aarch64-linux-gnu" \
-        cargo test --release --locked --target aarch64-unknown-linux-gnu -p edgecap-engine
+        cargo test --release --locked --target aarch64-unknown-linux-gnu "${arm_packages[@]}" "${engine_tests[@]}"
+    step "engine tests on $cpu"
 done
 TRACT_CPU_ARM32_NEON=true \
     CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUNNER="qemu-arm -cpu cortex-a7 -L /usr/arm-linux-gnueabihf" \
-    cargo test --release --locked --target armv7-unknown-linux-gnueabihf -p edgecap-engine
+    cargo test --release --locked --target armv7-unknown-linux-gnueabihf "${arm_packages[@]}" "${engine_tests[@]}"
+step "engine tests on cortex-a7"
 
 # 3. Packages, then the end-to-end emulated runs (captions, validate, the installed package).
+# `--workspace` again, so the x86 build of step 1 is reused rather than rebuilt for one package.
 scripts/package-deb.sh "${arm_targets[@]}"
-cargo test --locked -p edgecap-tests --test arm_emulation --test packaging -- --ignored
+step "packages"
+cargo test --workspace --locked --test arm_emulation --test packaging -- --ignored
+step "emulated end-to-end tests"
