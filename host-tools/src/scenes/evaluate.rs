@@ -52,13 +52,15 @@ pub fn render_table(e: &Evaluation) -> String {
     let a = &e.attributes;
     let mut out =
         format!("{}: {} scenes ({} group, {} relation)\n", e.scenes_dir, a.scenes, a.group_scenes, a.relation_scenes);
-    let rows: [(&str, &Accuracy); 7] = [
+    let rows: [(&str, &Accuracy); 9] = [
         ("colour", &a.colour),
         ("shape", &a.shape),
         ("count (group scenes)", &a.count),
         ("size (group scenes)", &a.size),
         ("position / relation", &a.position),
         ("correct caption", &a.correct),
+        ("  group scenes", &a.correct_group),
+        ("  relation scenes", &a.correct_relation),
         ("exact match", &a.exact),
     ];
     for (name, acc) in rows {

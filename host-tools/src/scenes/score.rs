@@ -67,6 +67,10 @@ pub struct AttributeScores {
     pub position: Accuracy,
     /// Every attribute right (a relation may be stated in either order).
     pub correct: Accuracy,
+    /// `correct` over group scenes only, and over relation scenes only: the two kinds fail in
+    /// different ways, and a model can be good at one and poor at the other.
+    pub correct_group: Accuracy,
+    pub correct_relation: Accuracy,
     pub exact: Accuracy,
     /// Predicted captions that are not scene captions at all.
     pub unparseable: usize,
@@ -89,7 +93,12 @@ impl AttributeScores {
         self.unparseable += usize::from(guess.is_none());
         self.exact.judge(guess.as_ref() == Some(truth));
         let (truth, guess) = (canonical(truth), guess.map(|g| canonical(&g)));
-        self.correct.judge(guess == Some(truth));
+        let right = guess == Some(truth);
+        self.correct.judge(right);
+        match truth {
+            Description::Group { .. } => self.correct_group.judge(right),
+            Description::Relation { .. } => self.correct_relation.judge(right),
+        }
         match (truth, guess) {
             (
                 Description::Group { count, size, colour, shape, position },
@@ -187,6 +196,7 @@ mod tests {
         assert_eq!(s.size, acc(2, 4));
         assert_eq!(s.position, acc(2 + 2, 8));
         assert_eq!(s.correct, acc(2, 8), "the exact one and the same relation stated the other way");
+        assert_eq!((s.correct_group, s.correct_relation), (acc(1, 4), acc(1, 4)));
         assert_eq!(s.exact, acc(1, 8));
         assert_eq!(s.exact.rate(), 0.125);
         assert_eq!(AttributeScores::default().colour.rate(), 0.0);
