@@ -37,8 +37,7 @@ step "x86 workspace tests"
 # host-tools without its training feature, to run validate on the board).
 # Cargo unifies dependency features over the packages named on its command line, and a change in
 # any feature rebuilds all of tract (15 min per target here). So every ARM command names the same
-# three packages and features, and the engine's tests differ from the binaries' build only by
-# their dev-dependencies (tempfile: tract's ONNX loader is rebuilt, tract-core/linalg are not).
+# three packages and features (the tests' dev-dependencies add no feature: engine/Cargo.toml).
 arm_targets=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
 arm_packages=(-p edgecap-engine -p edgecap -p host-tools --no-default-features --features edgecap/camera)
 engine_tests=(--lib --test tokenizer_reference --test clip_tokenizer_reference --test preprocess_reference)

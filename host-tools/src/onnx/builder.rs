@@ -8,8 +8,8 @@
 //! Only opset-17 standard operators are emitted (no `Gelu`, which is opset 20, and no contrib ops),
 //! so the graphs are valid ONNX as well as loadable by tract 0.23.9.
 
+use edgecap_engine::fsutil::write_atomic;
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -412,21 +412,7 @@ fn value_info(name: &str, elem: Elem, dims: &[Dim]) -> pb::ValueInfoProto {
     }
 }
 
-/// Writes `model` to `path` atomically: a temporary file beside it, then a rename, so a reader
-/// never sees half a graph.
+/// Writes `model` to `path` atomically, so a reader never sees half a graph.
 pub fn save(model: &pb::ModelProto, path: &Path) -> Result<()> {
-    let file_name = path.file_name().with_context(|| format!("{}: not a file path", path.display()))?.to_string_lossy();
-    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-    let write = || -> Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&model.encode_to_vec())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
-    };
-    write()
-        .inspect_err(|_e| {
-            let _ = std::fs::remove_file(&tmp);
-        })
-        .with_context(|| format!("{}: cannot write ONNX graph", path.display()))
+    write_atomic(path, &model.encode_to_vec()).with_context(|| format!("{}: cannot write ONNX graph", path.display()))
 }
