@@ -35,9 +35,14 @@ step "x86 workspace tests"
 
 # 2. ARM. The release binaries the boards run, with the camera backend, as packaged (and
 # host-tools without its training feature, to run validate on the board).
-# Cargo unifies dependency features over the packages named on its command line, and a change in
-# any feature rebuilds all of tract (15 min per target here). So every ARM command names the same
-# three packages and features (the tests' dev-dependencies add no feature: engine/Cargo.toml).
+# Every ARM command builds on one compilation of tract per target (15 min each here), which needs:
+# - the same dependency features: cargo unifies them over the packages named on its command
+#   line, so every ARM command names the same three packages and features (the tests'
+#   dev-dependencies add none: engine/Cargo.toml);
+# - no cross-crate LTO: with it cargo compiles dependencies differently for a build of binaries
+#   and for a build of tests, and the engine tests rebuilt all of tract. These builds (and the
+#   packages made from them below) are therefore made without the release profile's thin LTO.
+export CARGO_PROFILE_RELEASE_LTO=false
 arm_targets=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
 arm_packages=(-p edgecap-engine -p edgecap -p host-tools --no-default-features --features edgecap/camera)
 engine_tests=(--lib --test tokenizer_reference --test clip_tokenizer_reference --test preprocess_reference)

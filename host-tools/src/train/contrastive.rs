@@ -63,7 +63,8 @@ pub struct ClipTrainOptions {
     pub lr: f64,
     #[arg(long, default_value_t = 100)]
     pub warmup: usize,
-    /// Decay the learning rate linearly to zero at --steps (a resume must keep --steps).
+    /// Decay the learning rate linearly to zero at --steps. A resume to a larger --steps decays
+    /// to the new count: the rate jumps back up (a warm restart; the default model's recipe).
     #[arg(long)]
     pub lr_decay: bool,
     /// Half of each batch: captions one token away from the other half's (hard negatives).
