@@ -190,6 +190,12 @@ fn validate_verdict_and_exit_codes() {
     let (code, _, err) = host_tools(&["validate", fp, other.to_str().unwrap(), "--images", imgs]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not a quantization"), "{err}");
+
+    // The two bundles the wrong way round: refused, rather than a report with swapped columns.
+    let (code, _, err) = host_tools(&["validate", i8, fp, "--images", imgs]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("give the fp32 bundle first"), "{err}");
 }
 
 #[test]

@@ -136,6 +136,7 @@ pub struct Report {
 pub fn validate(opts: &ValidateOptions) -> Result<Report> {
     let load = |p: &Path| CaptionModel::load(p).with_context(|| format!("cannot load bundle {}", p.display()));
     let (fp32, int8) = (load(&opts.fp32)?, load(&opts.int8)?);
+    check_order(&fp32, &int8, opts)?;
     check_compatible(&fp32, &int8, &opts.int8)?;
     let refs = opts.references.as_deref().map(references::read).transpose()?;
     let samples = images::load_dir(&opts.images)?;
@@ -181,6 +182,20 @@ pub fn validate(opts: &ValidateOptions) -> Result<Report> {
         checks,
         per_image,
     })
+}
+
+/// An int8 bundle given as the reference and an fp32 one as the quantized model would print a
+/// report with every column under the other's name.
+fn check_order(fp32: &CaptionModel, int8: &CaptionModel, opts: &ValidateOptions) -> Result<()> {
+    use edgecap_engine::manifest::Precision;
+    if fp32.manifest.precision == Precision::Int8 && int8.manifest.precision == Precision::Fp32 {
+        bail!(
+            "{}: an int8 bundle where the fp32 reference goes, and {} is fp32: give the fp32 bundle first",
+            opts.fp32.display(),
+            opts.int8.display()
+        );
+    }
+    Ok(())
 }
 
 /// The int8 bundle must be the same model as the fp32 one, or nothing compares.
