@@ -8,11 +8,11 @@
 //! Only opset-17 standard operators are emitted (no `Gelu`, which is opset 20, and no contrib ops),
 //! so the graphs are valid ONNX as well as loadable by tract 0.23.9.
 
-use edgecap_engine::fsutil::write_atomic;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use edgecap_engine::fsutil::write_atomic;
 use prost::Message;
 use tract_onnx::pb;
 use tract_onnx::pb::attribute_proto::AttributeType;

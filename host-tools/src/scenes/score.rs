@@ -93,12 +93,6 @@ impl AttributeScores {
         self.unparseable += usize::from(guess.is_none());
         self.exact.judge(guess.as_ref() == Some(truth));
         let (truth, guess) = (canonical(truth), guess.map(|g| canonical(&g)));
-        let right = guess == Some(truth);
-        self.correct.judge(right);
-        match truth {
-            Description::Group { .. } => self.correct_group.judge(right),
-            Description::Relation { .. } => self.correct_relation.judge(right),
-        }
         match (truth, guess) {
             (
                 Description::Group { count, size, colour, shape, position },
@@ -117,8 +111,13 @@ impl AttributeScores {
         }
     }
 
+    /// A caption is correct when every attribute judged on its scene is right: in canonical
+    /// form, that is the same as stating the same description.
     fn judge_group(&mut self, [colour, shape, count, size, position]: [bool; 5]) {
         self.group_scenes += 1;
+        let right = colour && shape && count && size && position;
+        self.correct.judge(right);
+        self.correct_group.judge(right);
         self.colour.judge(colour);
         self.shape.judge(shape);
         self.count.judge(count);
@@ -128,6 +127,9 @@ impl AttributeScores {
 
     fn judge_relation(&mut self, [colours, shapes, relation]: [bool; 3]) {
         self.relation_scenes += 1;
+        let right = colours && shapes && relation;
+        self.correct.judge(right);
+        self.correct_relation.judge(right);
         self.colour.judge(colours);
         self.shape.judge(shapes);
         self.position.judge(relation);
