@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use edgecap_engine::manifest::Precision;
 use edgecap_engine::model::CaptionModel;
 use edgecap_engine::session::DecoderState;
 use serde::Serialize;
@@ -136,8 +137,7 @@ pub struct Report {
 pub fn validate(opts: &ValidateOptions) -> Result<Report> {
     let load = |p: &Path| CaptionModel::load(p).with_context(|| format!("cannot load bundle {}", p.display()));
     let (fp32, int8) = (load(&opts.fp32)?, load(&opts.int8)?);
-    check_order(&fp32, &int8, opts)?;
-    check_compatible(&fp32, &int8, &opts.int8)?;
+    check_compatible(&fp32, &int8, opts)?;
     let refs = opts.references.as_deref().map(references::read).transpose()?;
     let samples = images::load_dir(&opts.images)?;
 
@@ -184,22 +184,17 @@ pub fn validate(opts: &ValidateOptions) -> Result<Report> {
     })
 }
 
-/// An int8 bundle given as the reference and an fp32 one as the quantized model would print a
-/// report with every column under the other's name.
-fn check_order(fp32: &CaptionModel, int8: &CaptionModel, opts: &ValidateOptions) -> Result<()> {
-    use edgecap_engine::manifest::Precision;
+/// The int8 bundle must be the same model as the fp32 one, or nothing compares; and the two the
+/// wrong way round would print a report with every column under the other's name.
+fn check_compatible(fp32: &CaptionModel, int8: &CaptionModel, opts: &ValidateOptions) -> Result<()> {
+    let int8_path = &opts.int8;
     if fp32.manifest.precision == Precision::Int8 && int8.manifest.precision == Precision::Fp32 {
         bail!(
             "{}: an int8 bundle where the fp32 reference goes, and {} is fp32: give the fp32 bundle first",
             opts.fp32.display(),
-            opts.int8.display()
+            int8_path.display()
         );
     }
-    Ok(())
-}
-
-/// The int8 bundle must be the same model as the fp32 one, or nothing compares.
-fn check_compatible(fp32: &CaptionModel, int8: &CaptionModel, int8_path: &Path) -> Result<()> {
     if fp32.manifest.architecture != int8.manifest.architecture {
         bail!(
             "{}: not a quantization of the fp32 bundle (architecture {} vs {})",
