@@ -65,13 +65,13 @@ impl GraphShapes {
 /// Loads the ONNX graph at `path` into a plan for `shapes`.
 pub fn load(path: &Path, shapes: &GraphShapes) -> Result<Plan, EngineError> {
     let shown = path.display().to_string();
-    let model = tract_onnx::onnx().model_for_path(path).map_err(|e| tract_error(&shown, e))?;
+    let model = crate::int8::onnx().model_for_path(path).map_err(|e| tract_error(&shown, e))?;
     optimise(model, shapes).map_err(|message| EngineError::Graph { path: shown, message })
 }
 
 /// Loads an ONNX graph held in memory (`label` names it in errors).
 pub fn load_bytes(bytes: &[u8], label: &str, shapes: &GraphShapes) -> Result<Plan, EngineError> {
-    let model = tract_onnx::onnx().model_for_read(&mut &bytes[..]).map_err(|e| tract_error(label, e))?;
+    let model = crate::int8::onnx().model_for_read(&mut &bytes[..]).map_err(|e| tract_error(label, e))?;
     optimise(model, shapes).map_err(|message| EngineError::Graph { path: label.to_string(), message })
 }
 
@@ -89,6 +89,8 @@ fn optimise(model: InferenceModel, shapes: &GraphShapes) -> Result<Plan, String>
     let model = if bindings.is_empty() { model } else { model.set_symbols(&bindings).map_err(tract)? };
     let outputs = model.output_outlets().map_err(tract)?.to_vec();
     check_facts(&model, "output", &outputs, &shapes.outputs)?;
+    let mut model = model;
+    crate::int8::op::merge_blocks(&mut model).map_err(tract)?;
     model.into_optimized().and_then(|m| m.into_runnable()).map_err(tract)
 }
 

@@ -11,6 +11,7 @@ pub mod fsutil;
 pub mod generate;
 pub mod graph;
 pub mod image_load;
+pub mod int8;
 pub mod manifest;
 pub mod memory;
 pub mod model;

@@ -1,0 +1,24 @@
+//! edgecap's own int8 matrix products, for the one-row products of decoding.
+//!
+//! Graphs stay standard ONNX (`QLinearMatMul`, `MatMulInteger`: ONNX Runtime and Netron read
+//! them); while a graph is parsed, every such product by a constant weight becomes an
+//! [`op::Int8MatMul`] running [`kernel`], and each `QuantizeLinear` a [`quantize::QuantizeLinear`],
+//! on CPUs that have a kernel here. Elsewhere tract's own implementation runs, as before.
+
+pub mod kernel;
+pub mod op;
+pub mod quantize;
+
+pub use kernel::Kernel;
+
+/// tract's ONNX loader with the integer products of this module in place of tract's.
+pub fn onnx() -> tract_onnx::Onnx {
+    let mut onnx = tract_onnx::onnx();
+    op::register(&mut onnx.op_register);
+    onnx
+}
+
+/// tract's ONNX loader unchanged: the reference the tests compare against.
+pub fn tract_only() -> tract_onnx::Onnx {
+    tract_onnx::onnx()
+}

@@ -1,0 +1,667 @@
+//! The tract operator that runs an ONNX `QLinearMatMul` or `MatMulInteger` by a constant int8
+//! weight on [`Kernel`], and the parsers that put it in place of tract's own.
+//!
+//! Semantics are ONNX's: `MatMulInteger` gives the i32 sums Σ_k (a − a_zero)·w;
+//! `QLinearMatMul` requantizes them, `saturate(round_half_even(sum · m) + y_zero)` with
+//! `m = a_scale · w_scale / y_scale`. The fast path takes the weight, its scale and every zero point from initializers
+//! (as `host-tools quantize` writes them) with the weight's zero point 0; any other form is left
+//! to tract.
+
+use std::sync::{Arc, OnceLock};
+
+use tract_onnx::model::{OnnxOpRegister, ParsingContext};
+use tract_onnx::pb::{GraphProto, NodeProto};
+use tract_onnx::tract_hir::internal::*;
+
+use super::kernel::{Activations, Kernel, PackedWeights, PANEL};
+use super::quantize::round_half_even;
+
+/// Products of at least this many multiply-adds are split between tract's threads.
+const THREADED_MACS: usize = 16 << 20;
+
+/// What the product hands on.
+#[derive(Debug, Clone, PartialEq)]
+enum Output {
+    /// `MatMulInteger`: the i32 sums.
+    Sums,
+    /// `QLinearMatMul`: the sums requantized with one multiplier per column (or one for all).
+    Requantized { multipliers: Arc<[f32]>, zero: i32, datum: DatumType },
+}
+
+/// `a · w` for activations `a` of shape `[..., k]` (i8 or u8) and a constant `[k, n]` int8 weight.
+#[derive(Debug, Clone)]
+pub struct Int8MatMul {
+    kernel: Kernel,
+    weights: Arc<PackedWeights>,
+    /// The activations' zero point, in their own type (i8 or u8).
+    a_zero: i32,
+    output: Output,
+}
+
+impl PartialEq for Int8MatMul {
+    // Weights compare by identity: comparing megabytes whenever tract looks for duplicate nodes
+    // would cost more than the duplicates it could find.
+    fn eq(&self, other: &Self) -> bool {
+        self.kernel == other.kernel
+            && Arc::ptr_eq(&self.weights, &other.weights)
+            && self.a_zero == other.a_zero
+            && self.output == other.output
+    }
+}
+
+// tract's Op needs Eq; the multipliers are finite scales, never NaN.
+impl Eq for Int8MatMul {}
+
+impl Int8MatMul {
+    fn output_datum(&self) -> DatumType {
+        match &self.output {
+            Output::Sums => i32::datum_type(),
+            Output::Requantized { datum, .. } => *datum,
+        }
+    }
+
+    /// The activations in the kernel's layout, and their zero point on its u8 scale.
+    fn widen(&self, a: &Tensor) -> TractResult<(Activations, i32)> {
+        let unsigned = match a.datum_type().unquantized() {
+            DatumType::U8 => true,
+            DatumType::I8 => false,
+            other => bail!("Int8MatMul: activations of type {other:?}, expected i8 or u8"),
+        };
+        let k = self.weights.k();
+        ensure!(a.shape().last() == Some(&k), "Int8MatMul: activations {:?}, weight has {k} rows", a.shape());
+        // i8 → u8 by adding 128, which flips the top bit.
+        let rows = Activations::new(a.try_as_plain_ram()?.as_bytes(), k, if unsigned { 0 } else { 0x80 });
+        Ok((rows, self.a_zero + if unsigned { 0 } else { 128 }))
+    }
+
+    /// Raw sums, panel by panel, split between tract's threads.
+    fn products(&self, a: &Activations) -> TractResult<Vec<i32>> {
+        let (w, rows) = (&*self.weights, a.rows());
+        // Room for an even number of panels: threads take whole pairs, as one thread does.
+        let per_pair = 2 * rows * PANEL;
+        let mut out = vec![0i32; w.panels().div_ceil(2) * per_pair];
+        if rows == 0 {
+            return Ok(out);
+        }
+        // Below THREADED_MACS a product runs on the calling thread: waking tract's pool costs
+        // ~60 µs, more than a one-row product of a 768×3072 weight takes (~35 µs).
+        let macs = rows * w.k() * w.n();
+        let work = if macs >= THREADED_MACS { macs } else { 0 };
+        tract_linalg::multithread::par_chunks_mut(&mut out, per_pair, work, |pair, chunk| {
+            let panels = 2 * pair..(2 * pair + 2 * chunk.len() / per_pair).min(w.panels());
+            self.kernel.run(a, w, panels.clone(), &mut chunk[..panels.len() * rows * PANEL]);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Subtracts the zero point's share and writes `[rows, n]` in the output type.
+    fn finish(&self, sums: &[i32], rows: usize, a_zero_u8: i32, shape: &[usize]) -> TractResult<Tensor> {
+        let (n, col_sums) = (self.weights.n(), self.weights.col_sums());
+        let mut exact = vec![0i32; rows * n];
+        for (p, panel) in sums.chunks_exact(rows * PANEL).take(self.weights.panels()).enumerate() {
+            let cols = p * PANEL..((p + 1) * PANEL).min(n);
+            for (r, s) in panel.chunks_exact(PANEL).enumerate() {
+                let row = &mut exact[r * n + cols.start..r * n + cols.end];
+                for ((e, s), c) in row.iter_mut().zip(s).zip(&col_sums[cols.clone()]) {
+                    *e = s - a_zero_u8 * c;
+                }
+            }
+        }
+        let Output::Requantized { multipliers, zero, datum } = &self.output else {
+            return Tensor::from_shape(shape, &exact);
+        };
+        let (lo, hi) = if *datum == DatumType::U8 { (0, 255) } else { (-128, 127) };
+        let mut q = vec![0i32; exact.len()];
+        for (q, e) in q.chunks_exact_mut(n).zip(exact.chunks_exact(n)) {
+            // Clamped first: the rounding is exact well beyond any int8 result.
+            let requantize = |(q, (&e, &m)): (&mut i32, (&i32, &f32))| {
+                *q = (round_half_even((e as f32 * m).clamp(-1024.0, 1024.0)) + zero).clamp(lo, hi)
+            };
+            if multipliers.len() == 1 {
+                q.iter_mut().zip(e.iter().zip(std::iter::repeat(&multipliers[0]))).for_each(requantize);
+            } else {
+                q.iter_mut().zip(e.iter().zip(multipliers.iter())).for_each(requantize);
+            }
+        }
+        if *datum == DatumType::U8 {
+            Tensor::from_shape(shape, &q.iter().map(|&v| v as u8).collect::<Vec<u8>>())
+        } else {
+            Tensor::from_shape(shape, &q.iter().map(|&v| v as i8).collect::<Vec<i8>>())
+        }
+    }
+}
+
+impl Op for Int8MatMul {
+    fn name(&self) -> StaticName {
+        "Int8MatMul".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "{:?}, weight {}×{}, output {:?}",
+            self.kernel,
+            self.weights.k(),
+            self.weights.n(),
+            self.output_datum()
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for Int8MatMul {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let a = &inputs[0];
+        let (rows, a_zero_u8) = self.widen(a)?;
+        let sums = self.products(&rows)?;
+        let mut shape = a.shape().to_vec();
+        *shape.last_mut().context("Int8MatMul: scalar activations")? = self.weights.n();
+        Ok(tvec!(self.finish(&sums, rows.rows(), a_zero_u8, &shape)?.into_tvalue()))
+    }
+}
+
+impl TypedOp for Int8MatMul {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let mut shape = inputs[0].shape.to_tvec();
+        ensure!(
+            shape.last() == Some(&self.weights.k().to_dim()),
+            "Int8MatMul: activations {:?}, weight has {} rows",
+            shape,
+            self.weights.k()
+        );
+        *shape.last_mut().unwrap() = self.weights.n().to_dim();
+        Ok(tvec!(self.output_datum().fact(shape)))
+    }
+
+    as_op!();
+}
+
+/// The inference-time face of [`Int8MatMul`]: ONNX nodes become it while the graph is parsed.
+#[derive(Debug, Clone)]
+struct Int8MatMulNode {
+    op: Int8MatMul,
+    /// The node's inputs (all but the first are initializers the op has already read).
+    arity: usize,
+}
+
+impl Expansion for Int8MatMulNode {
+    fn name(&self) -> StaticName {
+        "Int8MatMul".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, self.arity)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, self.op.output_datum())?;
+        s.equals(&inputs[0].rank, &outputs[0].rank)?;
+        let n = self.op.weights.n();
+        s.given(&inputs[0].shape, move |s, mut shape| {
+            if let Some(last) = shape.last_mut() {
+                *last = n.to_dim();
+            }
+            s.equals(&outputs[0].shape, shape)
+        })
+    }
+
+    fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+        model.wire_node(prefix, self.op.clone(), &inputs[..1])
+    }
+}
+
+/// Fuses the column blocks of each product back into one [`Int8MatMul`].
+///
+/// `host-tools quantize` cuts weights into blocks of at most 1 MiB for tract's own kernels (its
+/// constant-folding budget); for this kernel they are only overhead: one small product each, too
+/// small to share between threads. A `Concat` along the last axis of products that read the same
+/// activations the same way becomes one product with the blocks' columns side by side.
+pub fn merge_blocks(model: &mut TypedModel) -> TractResult<usize> {
+    let mut merged = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(concat) = node.op_as::<tract_onnx::tract_core::ops::array::TypedConcat>() else { continue };
+        let rank = model.outlet_fact(node.inputs[0])?.rank();
+        if concat.axis + 1 != rank || node.inputs.len() < 2 {
+            continue;
+        }
+        let blocks: Vec<(&Int8MatMul, OutletId)> = node
+            .inputs
+            .iter()
+            .filter_map(|o| {
+                let producer = model.node(o.node);
+                producer.op_as::<Int8MatMul>().map(|op| (op, producer.inputs[0]))
+            })
+            .collect();
+        let (first, input) = match blocks.first() {
+            Some(b) if blocks.len() == node.inputs.len() => *b,
+            _ => continue,
+        };
+        let same = |op: &Int8MatMul| op.kernel == first.kernel && op.a_zero == first.a_zero;
+        if !blocks.iter().all(|(op, i)| *i == input && same(op) && op.output.joins(&first.output)) {
+            continue;
+        }
+        let weights: Vec<&PackedWeights> = blocks.iter().map(|(op, _)| &*op.weights).collect();
+        let output = Output::join(blocks.iter().map(|(op, _)| (&op.output, op.weights.n())));
+        let op = Int8MatMul {
+            kernel: first.kernel,
+            weights: Arc::new(PackedWeights::concat(&weights)),
+            a_zero: first.a_zero,
+            output,
+        };
+        let mut patch = TypedModelPatch::default();
+        let tapped = patch.tap_model(model, input)?;
+        let wire = patch.wire_node(format!("{}.merged", node.name), op, &[tapped])?;
+        patch.shunt_outside(model, OutletId::new(id, 0), wire[0])?;
+        patch.apply(model)?;
+        merged += 1;
+    }
+    Ok(merged)
+}
+
+impl Output {
+    /// Whether products with these outputs can be computed as one.
+    fn joins(&self, other: &Output) -> bool {
+        match (self, other) {
+            (Output::Sums, Output::Sums) => true,
+            (Output::Requantized { zero: z1, datum: d1, .. }, Output::Requantized { zero: z2, datum: d2, .. }) => {
+                z1 == z2 && d1 == d2
+            }
+            _ => false,
+        }
+    }
+
+    /// The output of the blocks side by side (`n` columns each): multipliers per column.
+    fn join<'a>(blocks: impl Iterator<Item = (&'a Output, usize)>) -> Output {
+        let mut multipliers = Vec::new();
+        let mut last = Output::Sums;
+        for (output, n) in blocks {
+            if let Output::Requantized { multipliers: m, .. } = output {
+                multipliers.extend((0..n).map(|j| m[if m.len() == 1 { 0 } else { j }]));
+            }
+            last = output.clone();
+        }
+        match last {
+            Output::Sums => Output::Sums,
+            Output::Requantized { zero, datum, .. } => {
+                Output::Requantized { multipliers: multipliers.into(), zero, datum }
+            }
+        }
+    }
+}
+
+type Builder = fn(&ParsingContext, &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
+
+/// tract's parser for `op`, for the nodes the fast path does not take.
+pub(super) fn tract_builder(op: &str) -> TractResult<Builder> {
+    static TRACT: OnceLock<OnnxOpRegister> = OnceLock::new();
+    let register = TRACT.get_or_init(|| tract_onnx::onnx().op_register);
+    register.0.get(op).copied().with_context(|| format!("tract has no parser for {op}"))
+}
+
+/// Puts the fast path in place of tract's parsers for the two ONNX integer products and the
+/// quantization of their activations, on CPUs with a kernel.
+pub fn register(register: &mut OnnxOpRegister) {
+    if Kernel::detect().is_some() {
+        register.insert("QLinearMatMul", qlinear_matmul);
+        register.insert("MatMulInteger", matmul_integer);
+        register.insert("QuantizeLinear", super::quantize::parse);
+    }
+}
+
+fn qlinear_matmul(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    match (Kernel::detect(), Constants::new(ctx, node)) {
+        (Some(kernel), Some(c)) if node.input.len() == 8 => {
+            if let Some(op) = qlinear_op(kernel, &c)? {
+                return Ok((expand(Int8MatMulNode { op, arity: 8 }), vec![]));
+            }
+        }
+        _ => {}
+    }
+    tract_builder("QLinearMatMul")?(ctx, node)
+}
+
+/// Inputs: a, a_scale, a_zero, w, w_scale, w_zero, y_scale, y_zero.
+fn qlinear_op(kernel: Kernel, c: &Constants) -> TractResult<Option<Int8MatMul>> {
+    let (Some(a_scale), Some(a_zero), Some(w), Some(w_scale), Some(w_zero), Some(y_scale), Some(y_zero)) =
+        (c.get(1)?, c.get(2)?, c.get(3)?, c.get(4)?, c.get(5)?, c.get(6)?, c.get(7)?)
+    else {
+        return Ok(None);
+    };
+    let Some(weights) = packed(&w, Some(&w_zero))? else { return Ok(None) };
+    let (Some(a_scale), Some(y_scale), Some(a_zero), Some(zero)) =
+        (scalar_f32(&a_scale)?, scalar_f32(&y_scale)?, scalar_int(&a_zero)?, scalar_int(&y_zero)?)
+    else {
+        return Ok(None);
+    };
+    let datum = y_zero.datum_type();
+    let w_scale = w_scale.cast_to::<f32>()?;
+    let w_scale = w_scale.try_as_plain_ram()?.as_slice::<f32>()?;
+    if !(w_scale.len() == 1 || w_scale.len() == weights.n()) || !matches!(datum, DatumType::I8 | DatumType::U8) {
+        return Ok(None);
+    }
+    let multipliers = w_scale.iter().map(|s| a_scale * s / y_scale).collect();
+    Ok(Some(Int8MatMul {
+        kernel,
+        weights: Arc::new(weights),
+        a_zero,
+        output: Output::Requantized { multipliers, zero, datum },
+    }))
+}
+
+fn matmul_integer(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    // Optional zero points may be given as empty names; only the plain forms take the fast path.
+    let arity = node.input.iter().filter(|i| !i.is_empty()).count();
+    if let (Some(kernel), Some(c)) = (Kernel::detect(), Constants::new(ctx, node)) {
+        if node.input.len() == arity {
+            if let Some(op) = integer_op(kernel, &c, arity)? {
+                return Ok((expand(Int8MatMulNode { op, arity }), vec![]));
+            }
+        }
+    }
+    tract_builder("MatMulInteger")?(ctx, node)
+}
+
+/// Inputs: a, w, optional a_zero, optional w_zero.
+fn integer_op(kernel: Kernel, c: &Constants, arity: usize) -> TractResult<Option<Int8MatMul>> {
+    let Some(w) = c.get(1)? else { return Ok(None) };
+    let w_zero = if arity > 3 { c.get(3)? } else { None };
+    if arity > 3 && w_zero.is_none() {
+        return Ok(None);
+    }
+    let a_zero = match arity {
+        2 => 0,
+        _ => match c.get(2)?.map(|z| scalar_int(&z)).transpose()?.flatten() {
+            Some(z) => z,
+            None => return Ok(None),
+        },
+    };
+    let Some(weights) = packed(&w, w_zero.as_ref())? else { return Ok(None) };
+    Ok(Some(Int8MatMul { kernel, weights: Arc::new(weights), a_zero, output: Output::Sums }))
+}
+
+/// The node's inputs that are initializers of the graph holding it.
+pub(super) struct Constants<'a> {
+    graph: &'a GraphProto,
+    ctx: &'a ParsingContext<'a>,
+    node: &'a NodeProto,
+}
+
+impl<'a> Constants<'a> {
+    pub(super) fn new(ctx: &'a ParsingContext<'a>, node: &'a NodeProto) -> Option<Constants<'a>> {
+        // tract pushes each graph it parses, so the last one holds the node.
+        Some(Constants { graph: ctx.parent_graphs.last()?, ctx, node })
+    }
+
+    pub(super) fn get(&self, input: usize) -> TractResult<Option<Tensor>> {
+        let Some(name) = self.node.input.get(input).filter(|n| !n.is_empty()) else { return Ok(None) };
+        match self.graph.initializer.iter().find(|t| &t.name == name) {
+            Some(t) => Ok(Some(tract_onnx::tensor::load_tensor(&*self.ctx.framework.provider, t, self.ctx.model_dir)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The weight packed for the kernel, if it is a 2-D int8 matrix with a zero point of 0.
+fn packed(w: &Tensor, zero: Option<&Tensor>) -> TractResult<Option<PackedWeights>> {
+    if w.datum_type() != DatumType::I8 || w.rank() != 2 {
+        return Ok(None);
+    }
+    if let Some(zero) = zero {
+        if zero.datum_type() != DatumType::I8 || zero.try_as_plain_ram()?.as_slice::<i8>()?.iter().any(|&z| z != 0) {
+            return Ok(None);
+        }
+    }
+    let (k, n) = (w.shape()[0], w.shape()[1]);
+    Ok(Some(PackedWeights::pack(w.try_as_plain_ram()?.as_slice::<i8>()?, k, n)))
+}
+
+fn scalar_f32(t: &Tensor) -> TractResult<Option<f32>> {
+    if t.len() != 1 || t.datum_type() != DatumType::F32 {
+        return Ok(None);
+    }
+    Ok(Some(t.try_as_plain_ram()?.as_slice::<f32>()?[0]))
+}
+
+/// A one-value i8 or u8 zero point.
+fn scalar_int(t: &Tensor) -> TractResult<Option<i32>> {
+    if t.len() != 1 {
+        return Ok(None);
+    }
+    Ok(match t.datum_type() {
+        DatumType::I8 => Some(t.try_as_plain_ram()?.as_slice::<i8>()?[0] as i32),
+        DatumType::U8 => Some(t.try_as_plain_ram()?.as_slice::<u8>()?[0] as i32),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use tract_onnx::pb;
+    use tract_onnx::pb::tensor_proto::DataType;
+    use tract_onnx::prelude::Framework;
+
+    use super::*;
+
+    fn values(seed: u64, len: usize) -> Vec<i8> {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (s >> 56) as i8
+            })
+            .collect()
+    }
+
+    fn initializer(name: &str, dims: &[usize], data_type: DataType, raw_data: Vec<u8>) -> pb::TensorProto {
+        pb::TensorProto {
+            name: name.into(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: data_type as i32,
+            raw_data,
+            ..Default::default()
+        }
+    }
+
+    fn node(op: &str, inputs: &[&str], output: &str) -> pb::NodeProto {
+        pb::NodeProto {
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            ..Default::default()
+        }
+    }
+
+    fn value_info(name: &str, elem_type: DataType) -> pb::ValueInfoProto {
+        let tensor = pb::type_proto::Tensor { elem_type: elem_type as i32, shape: None };
+        let r#type = pb::TypeProto { value: Some(pb::type_proto::Value::TensorType(tensor)), ..Default::default() };
+        pb::ValueInfoProto { name: name.into(), r#type: Some(r#type), ..Default::default() }
+    }
+
+    /// `a` (int8 `[rows, k]`) → `QLinearMatMul` by a `[k, n]` weight (per-tensor scale) → `y`, and
+    /// `MatMulInteger` by the same weight with a's zero point → `sums`: the two forms
+    /// `host-tools quantize` writes.
+    fn graph(k: usize, n: usize, a_zero: i8) -> pb::ModelProto {
+        let f = |v: f32| v.to_le_bytes().to_vec();
+        let w: Vec<u8> = values(k as u64 * 7 + n as u64, k * n).into_iter().map(|v| v as u8).collect();
+        let graph = pb::GraphProto {
+            node: vec![
+                node("QLinearMatMul", &["a", "a_scale", "a_zero", "w", "w_scale", "w_zero", "y_scale", "y_zero"], "y"),
+                node("MatMulInteger", &["a", "w2", "a_zero", "w_zero"], "sums"),
+            ],
+            initializer: vec![
+                initializer("a_scale", &[], DataType::Float, f(0.02)),
+                initializer("a_zero", &[], DataType::Int8, vec![a_zero as u8]),
+                initializer("w", &[k, n], DataType::Int8, w.clone()),
+                initializer("w2", &[k, n], DataType::Int8, w),
+                initializer("w_scale", &[], DataType::Float, f(0.01)),
+                initializer("w_zero", &[], DataType::Int8, vec![0]),
+                initializer("y_scale", &[], DataType::Float, f(0.05)),
+                initializer("y_zero", &[], DataType::Int8, vec![3]),
+            ],
+            input: vec![value_info("a", DataType::Int8)],
+            output: vec![value_info("y", DataType::Int8), value_info("sums", DataType::Int32)],
+            ..Default::default()
+        };
+        pb::ModelProto {
+            ir_version: 7,
+            opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 13 }],
+            graph: Some(graph),
+            ..Default::default()
+        }
+    }
+
+    fn run(onnx: &tract_onnx::Onnx, proto: &pb::ModelProto, a: &Tensor) -> (Vec<i8>, Vec<i32>, usize) {
+        let model = onnx
+            .model_for_proto_model(proto)
+            .unwrap()
+            .with_input_fact(0, InferenceFact::dt_shape(i8::datum_type(), a.shape()))
+            .unwrap();
+        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+        let fast = plan.model().nodes().iter().filter(|n| n.op_is::<Int8MatMul>()).count();
+        let out = plan.run(tvec!(a.clone().into_tvalue())).unwrap();
+        let y = out[0].try_as_plain_ram().unwrap().as_slice::<i8>().unwrap().to_vec();
+        let sums = out[1].try_as_plain_ram().unwrap().as_slice::<i32>().unwrap().to_vec();
+        (y, sums, fast)
+    }
+
+    #[test]
+    fn products_match_tract_and_onnx_semantics() {
+        let Some(_) = Kernel::detect() else {
+            eprintln!("no int8 kernel on this CPU: the engine runs tract's products, nothing to compare");
+            return;
+        };
+        for (rows, k, n, a_zero) in [(1, 768, 300, -5i8), (3, 64, 17, 0), (10, 130, 40, 7), (50, 96, 33, -128)] {
+            let proto = graph(k, n, a_zero);
+            let a = Tensor::from_shape(&[rows, k], &values(rows as u64 + 99, rows * k)).unwrap();
+            let (y, sums, fast) = run(&super::super::onnx(), &proto, &a);
+            let (y_ref, sums_ref, fast_ref) = run(&super::super::tract_only(), &proto, &a);
+            assert_eq!((fast, fast_ref), (2, 0), "both products run by Int8MatMul, none in tract's plan");
+            assert_eq!(sums, sums_ref, "MatMulInteger rows {rows} k {k} n {n}");
+            // Requantization: the ONNX formula computed here in f64, and tract's result, within
+            // one step (rounding of exact halves may differ).
+            let w = values(k as u64 * 7 + n as u64, k * n);
+            let av = values(rows as u64 + 99, rows * k);
+            for r in 0..rows {
+                for j in 0..n {
+                    let s: i64 = (0..k).map(|kk| (av[r * k + kk] as i64 - a_zero as i64) * w[kk * n + j] as i64).sum();
+                    assert_eq!(sums[r * n + j] as i64, s);
+                    let want = ((s as f64 * 0.02 * 0.01 / 0.05).round() + 3.0).clamp(-128.0, 127.0);
+                    let got = y[r * n + j] as f64;
+                    assert!((got - want).abs() <= 1.0, "y[{r}][{j}] = {got}, ONNX formula {want}");
+                    assert!(
+                        (got - y_ref[r * n + j] as f64).abs() <= 1.0,
+                        "y[{r}][{j}] = {got}, tract {}",
+                        y_ref[r * n + j]
+                    );
+                }
+            }
+            let exact = y.iter().zip(&y_ref).filter(|(a, b)| a == b).count();
+            assert!(exact * 100 >= y.len() * 99, "only {exact} of {} requantized values equal tract's", y.len());
+        }
+    }
+
+    /// The QLinearMatMul of [`graph`] cut into column blocks with a scale each, concatenated
+    /// again, as `host-tools quantize` writes a large weight.
+    fn blocked_graph(k: usize, n: usize, cuts: &[usize]) -> pb::ModelProto {
+        let mut proto = graph(k, n, 2);
+        let g = proto.graph.as_mut().unwrap();
+        let w = g.initializer.iter().find(|t| t.name == "w").unwrap().raw_data.clone();
+        g.node.clear();
+        g.output.truncate(1);
+        let mut parts = Vec::new();
+        for (b, c) in cuts.windows(2).enumerate() {
+            let cols: Vec<u8> = (0..k).flat_map(|kk| w[kk * n + c[0]..kk * n + c[1]].to_vec()).collect();
+            let (wb, sb, yb) = (format!("block{b}"), format!("block{b}_scale"), format!("y{b}"));
+            g.initializer.push(initializer(&wb, &[k, c[1] - c[0]], DataType::Int8, cols));
+            g.initializer.push(initializer(
+                &sb,
+                &[],
+                DataType::Float,
+                (0.01 + 0.002 * b as f32).to_le_bytes().to_vec(),
+            ));
+            g.node.push(node(
+                "QLinearMatMul",
+                &["a", "a_scale", "a_zero", &wb, &sb, "w_zero", "y_scale", "y_zero"],
+                &yb,
+            ));
+            parts.push(yb);
+        }
+        let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+        let mut concat = node("Concat", &refs, "y");
+        concat.attribute.push(pb::AttributeProto {
+            name: "axis".into(),
+            r#type: pb::attribute_proto::AttributeType::Int as i32,
+            i: -1,
+            ..Default::default()
+        });
+        g.node.push(concat);
+        proto
+    }
+
+    #[test]
+    fn column_blocks_merge_into_one_product() {
+        if Kernel::detect().is_none() {
+            eprintln!("no int8 kernel on this CPU: nothing to merge");
+            return;
+        }
+        let (k, n) = (40, 100);
+        let proto = blocked_graph(k, n, &[0, 30, 33, 70, 100]);
+        let a = Tensor::from_shape(&[3, k], &values(8, 3 * k)).unwrap();
+        let load = |onnx: tract_onnx::Onnx, merge: bool| {
+            let model = onnx
+                .model_for_proto_model(&proto)
+                .unwrap()
+                .with_input_fact(0, InferenceFact::dt_shape(i8::datum_type(), a.shape()))
+                .unwrap();
+            let mut typed = model.into_typed().unwrap();
+            let merged = if merge { merge_blocks(&mut typed).unwrap() } else { 0 };
+            let plan = typed.into_optimized().unwrap().into_runnable().unwrap();
+            let ops = plan.model().nodes().iter().filter(|n| n.op_is::<Int8MatMul>()).count();
+            let out = plan.run(tvec!(a.clone().into_tvalue())).unwrap();
+            (merged, ops, out[0].try_as_plain_ram().unwrap().as_slice::<i8>().unwrap().to_vec())
+        };
+        let (merged, ops, y) = load(super::super::onnx(), true);
+        let (_, blocks, y_blocks) = load(super::super::onnx(), false);
+        let (_, _, y_tract) = load(super::super::tract_only(), false);
+        assert_eq!((merged, ops, blocks), (1, 1, 4), "4 blocks, merged into one product");
+        // Same arithmetic, per-block scales carried per column: identical to the blocks.
+        assert_eq!(y, y_blocks);
+        // And the ONNX formula, block by block.
+        let (w, av, cuts) = (values(k as u64 * 7 + n as u64, k * n), values(8, 3 * k), [0, 30, 33, 70, 100]);
+        for r in 0..3 {
+            for j in 0..n {
+                let b = cuts.windows(2).position(|c| j < c[1]).unwrap();
+                let s: i64 = (0..k).map(|kk| (av[r * k + kk] as i64 - 2) * w[kk * n + j] as i64).sum();
+                let want = ((s as f64 * 0.02 * (0.01 + 0.002 * b as f64) / 0.05).round() + 3.0).clamp(-128.0, 127.0);
+                assert!(
+                    (y[r * n + j] as f64 - want).abs() <= 1.0,
+                    "y[{r}][{j}] = {}, ONNX formula {want}",
+                    y[r * n + j]
+                );
+            }
+        }
+        let far: Vec<_> =
+            y.iter().zip(&y_tract).enumerate().filter(|(_, (a, b))| (**a as i32 - **b as i32).abs() > 1).collect();
+        assert!(far.is_empty(), "{far:?}");
+    }
+
+    #[test]
+    fn other_forms_are_left_to_tract() {
+        // A weight with a non-zero zero point is not what the kernel handles: tract parses it.
+        let mut proto = graph(16, 8, 0);
+        let graph = proto.graph.as_mut().unwrap();
+        graph.initializer.iter_mut().find(|t| t.name == "w_zero").unwrap().raw_data = vec![1];
+        let a = Tensor::from_shape(&[2, 16], &values(5, 32)).unwrap();
+        let (y, sums, fast) = run(&super::super::onnx(), &proto, &a);
+        let (y_ref, sums_ref, _) = run(&super::super::tract_only(), &proto, &a);
+        assert_eq!(fast, 0);
+        assert_eq!((y, sums), (y_ref, sums_ref));
+    }
+}
