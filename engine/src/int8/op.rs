@@ -223,7 +223,24 @@ impl Expansion for Int8MatMulNode {
 /// small to share between threads. A `Concat` along the last axis of products that read the same
 /// activations the same way becomes one product with the blocks' columns side by side.
 pub fn merge_blocks(model: &mut TypedModel) -> TractResult<usize> {
+    // Dead nodes go first (the initializers the products have packed), then after each merge the
+    // blocks it replaced: a weight is never held three times over while the bundle loads.
+    model.compact()?;
     let mut merged = 0;
+    while let Some((concat, input, op)) = next_merge(model)? {
+        let mut patch = TypedModelPatch::default();
+        let tapped = patch.tap_model(model, input)?;
+        let wire = patch.wire_node(format!("{}.merged", model.node(concat).name), op, &[tapped])?;
+        patch.shunt_outside(model, OutletId::new(concat, 0), wire[0])?;
+        patch.apply(model)?;
+        model.compact()?;
+        merged += 1;
+    }
+    Ok(merged)
+}
+
+/// The first `Concat` of blocks that can merge: its node, the blocks' input, the merged product.
+fn next_merge(model: &TypedModel) -> TractResult<Option<(usize, OutletId, Int8MatMul)>> {
     for id in model.eval_order()? {
         let node = model.node(id);
         let Some(concat) = node.op_as::<tract_onnx::tract_core::ops::array::TypedConcat>() else { continue };
@@ -249,20 +266,10 @@ pub fn merge_blocks(model: &mut TypedModel) -> TractResult<usize> {
         }
         let weights: Vec<&PackedWeights> = blocks.iter().map(|(op, _)| &*op.weights).collect();
         let output = Output::join(blocks.iter().map(|(op, _)| (&op.output, op.weights.n())));
-        let op = Int8MatMul {
-            kernel: first.kernel,
-            weights: Arc::new(PackedWeights::concat(&weights)),
-            a_zero: first.a_zero,
-            output,
-        };
-        let mut patch = TypedModelPatch::default();
-        let tapped = patch.tap_model(model, input)?;
-        let wire = patch.wire_node(format!("{}.merged", node.name), op, &[tapped])?;
-        patch.shunt_outside(model, OutletId::new(id, 0), wire[0])?;
-        patch.apply(model)?;
-        merged += 1;
+        let weights = Arc::new(PackedWeights::concat(&weights));
+        return Ok(Some((id, input, Int8MatMul { kernel: first.kernel, weights, a_zero: first.a_zero, output })));
     }
-    Ok(merged)
+    Ok(None)
 }
 
 impl Output {
