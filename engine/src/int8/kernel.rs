@@ -326,10 +326,11 @@ mod vnni {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn lcg(seed: u64, len: usize) -> Vec<u8> {
+    /// Deterministic pseudo-random bytes (a 64-bit LCG's top byte).
+    pub(crate) fn lcg(seed: u64, len: usize) -> Vec<u8> {
         let mut s = seed;
         (0..len)
             .map(|_| {

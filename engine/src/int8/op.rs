@@ -457,13 +457,7 @@ mod tests {
     use super::*;
 
     fn values(seed: u64, len: usize) -> Vec<i8> {
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                (s >> 56) as i8
-            })
-            .collect()
+        super::super::kernel::tests::lcg(seed, len).into_iter().map(|v| v as i8).collect()
     }
 
     fn initializer(name: &str, dims: &[usize], data_type: DataType, raw_data: Vec<u8>) -> pb::TensorProto {
