@@ -3,9 +3,9 @@
 //!
 //! Semantics are ONNX's: `MatMulInteger` gives the i32 sums Σ_k (a − a_zero)·w;
 //! `QLinearMatMul` requantizes them, `saturate(round_half_even(sum · m) + y_zero)` with
-//! `m = a_scale · w_scale / y_scale`. The fast path takes the weight, its scale and every zero point from initializers
-//! (as `host-tools quantize` writes them) with the weight's zero point 0; any other form is left
-//! to tract.
+//! `m = a_scale · w_scale / y_scale`. The fast path takes the weight, its scale and every zero
+//! point from initializers (as `host-tools quantize` writes them) with the weight's zero point 0;
+//! any other form is left to tract.
 
 use std::sync::{Arc, OnceLock};
 
