@@ -179,17 +179,17 @@ impl TypedOp for Int8MatMul {
     as_op!();
 }
 
-/// The inference-time face of [`Int8MatMul`]: ONNX nodes become it while the graph is parsed.
+/// An edgecap operator as tract's ONNX parser holds it: its output follows from its first input
+/// by the operator's own `output_facts`; the node's other inputs are initializers it has read.
 #[derive(Debug, Clone)]
-struct Int8MatMulNode {
-    op: Int8MatMul,
-    /// The node's inputs (all but the first are initializers the op has already read).
-    arity: usize,
+pub(super) struct Parsed<O> {
+    pub op: O,
+    pub arity: usize,
 }
 
-impl Expansion for Int8MatMulNode {
+impl<O: TypedOp + Clone> Expansion for Parsed<O> {
     fn name(&self) -> StaticName {
-        "Int8MatMul".into()
+        self.op.name()
     }
 
     fn rules<'r, 'p: 'r, 's: 'r>(
@@ -200,14 +200,10 @@ impl Expansion for Int8MatMulNode {
     ) -> InferenceResult {
         check_input_arity(inputs, self.arity)?;
         check_output_arity(outputs, 1)?;
-        s.equals(&outputs[0].datum_type, self.op.output_datum())?;
-        s.equals(&inputs[0].rank, &outputs[0].rank)?;
-        let n = self.op.weights.n();
-        s.given(&inputs[0].shape, move |s, mut shape| {
-            if let Some(last) = shape.last_mut() {
-                *last = n.to_dim();
-            }
-            s.equals(&outputs[0].shape, shape)
+        s.given_2(&inputs[0].datum_type, &inputs[0].shape, move |s, datum, shape| {
+            let fact = self.op.output_facts(&[&datum.fact(shape)])?.remove(0);
+            s.equals(&outputs[0].datum_type, fact.datum_type)?;
+            s.equals(&outputs[0].shape, fact.shape.to_tvec())
         })
     }
 
@@ -326,7 +322,7 @@ fn qlinear_matmul(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dy
     match (Kernel::detect(), Constants::new(ctx, node)) {
         (Some(kernel), Some(c)) if node.input.len() == 8 => {
             if let Some(op) = qlinear_op(kernel, &c)? {
-                return Ok((expand(Int8MatMulNode { op, arity: 8 }), vec![]));
+                return Ok((expand(Parsed { op, arity: 8 }), vec![]));
             }
         }
         _ => {}
@@ -368,7 +364,7 @@ fn matmul_integer(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dy
     if let (Some(kernel), Some(c)) = (Kernel::detect(), Constants::new(ctx, node)) {
         if node.input.len() == arity {
             if let Some(op) = integer_op(kernel, &c, arity)? {
-                return Ok((expand(Int8MatMulNode { op, arity }), vec![]));
+                return Ok((expand(Parsed { op, arity }), vec![]));
             }
         }
     }

@@ -7,7 +7,7 @@ use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
-use super::op::{tract_builder, Constants};
+use super::op::{tract_builder, Constants, Parsed};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantizeLinear {
@@ -84,41 +84,11 @@ impl TypedOp for QuantizeLinear {
     as_op!();
 }
 
-/// The inference-time face of [`QuantizeLinear`].
-#[derive(Debug, Clone)]
-struct QuantizeLinearNode {
-    op: QuantizeLinear,
-    arity: usize,
-}
-
-impl Expansion for QuantizeLinearNode {
-    fn name(&self) -> StaticName {
-        "QuantizeLinear".into()
-    }
-
-    fn rules<'r, 'p: 'r, 's: 'r>(
-        &'s self,
-        s: &mut Solver<'r>,
-        inputs: &'p [TensorProxy],
-        outputs: &'p [TensorProxy],
-    ) -> InferenceResult {
-        check_input_arity(inputs, self.arity)?;
-        check_output_arity(outputs, 1)?;
-        s.equals(&inputs[0].datum_type, f32::datum_type())?;
-        s.equals(&outputs[0].datum_type, self.op.datum)?;
-        s.equals(&inputs[0].shape, &outputs[0].shape)
-    }
-
-    fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
-        model.wire_node(prefix, self.op.clone(), &inputs[..1])
-    }
-}
-
 /// `QuantizeLinear(x, scale, zero)` with a one-value scale and i8/u8 zero point from
 /// initializers; any other form is tract's.
 pub fn parse(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     if let Some(op) = from_node(ctx, node)? {
-        return Ok((expand(QuantizeLinearNode { op, arity: node.input.len() }), vec![]));
+        return Ok((expand(Parsed { op, arity: node.input.len() }), vec![]));
     }
     tract_builder("QuantizeLinear")?(ctx, node)
 }
