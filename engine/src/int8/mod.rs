@@ -17,8 +17,3 @@ pub fn onnx() -> tract_onnx::Onnx {
     op::register(&mut onnx.op_register);
     onnx
 }
-
-/// tract's ONNX loader unchanged: the reference the tests compare against.
-pub fn tract_only() -> tract_onnx::Onnx {
-    tract_onnx::onnx()
-}

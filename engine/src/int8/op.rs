@@ -95,39 +95,40 @@ impl Int8MatMul {
         Ok(out)
     }
 
-    /// Subtracts the zero point's share and writes `[rows, n]` in the output type.
+    /// Subtracts the zero point's share and writes `[rows, n]` in the output type, in one pass
+    /// from the kernel's panels to the output tensor.
     fn finish(&self, sums: &[i32], rows: usize, a_zero_u8: i32, shape: &[usize]) -> TractResult<Tensor> {
-        let (n, col_sums) = (self.weights.n(), self.weights.col_sums());
-        let mut exact = vec![0i32; rows * n];
-        for (p, panel) in sums.chunks_exact(rows * PANEL).take(self.weights.panels()).enumerate() {
-            let cols = p * PANEL..((p + 1) * PANEL).min(n);
-            for (r, s) in panel.chunks_exact(PANEL).enumerate() {
-                let row = &mut exact[r * n + cols.start..r * n + cols.end];
-                for ((e, s), c) in row.iter_mut().zip(s).zip(&col_sums[cols.clone()]) {
-                    *e = s - a_zero_u8 * c;
+        let mut out = Tensor::zero_dt(self.output_datum(), shape)?;
+        let mut view = out.try_as_plain_ram_mut()?;
+        match &self.output {
+            Output::Sums => self.each_sum(sums, rows, a_zero_u8, view.as_slice_mut::<i32>()?, |s, _| s),
+            Output::Requantized { multipliers, zero, datum } => {
+                let (lo, hi) = if *datum == DatumType::U8 { (0, 255) } else { (-128, 127) };
+                let m = |j: usize| multipliers[if multipliers.len() == 1 { 0 } else { j }];
+                // Clamped first: the rounding is exact well beyond any int8 result.
+                let q =
+                    |s: i32, j: usize| (round_half_even((s as f32 * m(j)).clamp(-1024.0, 1024.0)) + zero).clamp(lo, hi);
+                if *datum == DatumType::U8 {
+                    self.each_sum(sums, rows, a_zero_u8, view.as_slice_mut::<u8>()?, |s, j| q(s, j) as u8)
+                } else {
+                    self.each_sum(sums, rows, a_zero_u8, view.as_slice_mut::<i8>()?, |s, j| q(s, j) as i8)
                 }
             }
         }
-        let Output::Requantized { multipliers, zero, datum } = &self.output else {
-            return Tensor::from_shape(shape, &exact);
-        };
-        let (lo, hi) = if *datum == DatumType::U8 { (0, 255) } else { (-128, 127) };
-        let mut q = vec![0i32; exact.len()];
-        for (q, e) in q.chunks_exact_mut(n).zip(exact.chunks_exact(n)) {
-            // Clamped first: the rounding is exact well beyond any int8 result.
-            let requantize = |(q, (&e, &m)): (&mut i32, (&i32, &f32))| {
-                *q = (round_half_even((e as f32 * m).clamp(-1024.0, 1024.0)) + zero).clamp(lo, hi)
-            };
-            if multipliers.len() == 1 {
-                q.iter_mut().zip(e.iter().zip(std::iter::repeat(&multipliers[0]))).for_each(requantize);
-            } else {
-                q.iter_mut().zip(e.iter().zip(multipliers.iter())).for_each(requantize);
+        Ok(out)
+    }
+
+    /// `out[r][j] = f(sum[r][j] − a_zero · Σ_k w[k][j], j)` from the panel-ordered sums.
+    fn each_sum<T>(&self, sums: &[i32], rows: usize, a_zero_u8: i32, out: &mut [T], f: impl Fn(i32, usize) -> T) {
+        let (n, col_sums) = (self.weights.n(), self.weights.col_sums());
+        for (p, panel) in sums.chunks_exact(rows * PANEL).take(self.weights.panels()).enumerate() {
+            let cols = p * PANEL..((p + 1) * PANEL).min(n);
+            for (r, s) in panel.chunks_exact(PANEL).enumerate() {
+                let row = &mut out[r * n + cols.start..r * n + cols.end];
+                for ((o, s), j) in row.iter_mut().zip(s).zip(cols.clone()) {
+                    *o = f(s - a_zero_u8 * col_sums[j], j);
+                }
             }
-        }
-        if *datum == DatumType::U8 {
-            Tensor::from_shape(shape, &q.iter().map(|&v| v as u8).collect::<Vec<u8>>())
-        } else {
-            Tensor::from_shape(shape, &q.iter().map(|&v| v as i8).collect::<Vec<i8>>())
         }
     }
 }
@@ -538,7 +539,7 @@ mod tests {
             let proto = graph(k, n, a_zero);
             let a = Tensor::from_shape(&[rows, k], &values(rows as u64 + 99, rows * k)).unwrap();
             let (y, sums, fast) = run(&super::super::onnx(), &proto, &a);
-            let (y_ref, sums_ref, fast_ref) = run(&super::super::tract_only(), &proto, &a);
+            let (y_ref, sums_ref, fast_ref) = run(&tract_onnx::onnx(), &proto, &a);
             assert_eq!((fast, fast_ref), (2, 0), "both products run by Int8MatMul, none in tract's plan");
             assert_eq!(sums, sums_ref, "MatMulInteger rows {rows} k {k} n {n}");
             // Requantization: the ONNX formula computed here in f64, and tract's result, within
@@ -626,7 +627,7 @@ mod tests {
         };
         let (merged, ops, y) = load(super::super::onnx(), true);
         let (_, blocks, y_blocks) = load(super::super::onnx(), false);
-        let (_, _, y_tract) = load(super::super::tract_only(), false);
+        let (_, _, y_tract) = load(tract_onnx::onnx(), false);
         assert_eq!((merged, ops, blocks), (1, 1, 4), "4 blocks, merged into one product");
         // Same arithmetic, per-block scales carried per column: identical to the blocks.
         assert_eq!(y, y_blocks);
@@ -657,7 +658,7 @@ mod tests {
         graph.initializer.iter_mut().find(|t| t.name == "w_zero").unwrap().raw_data = vec![1];
         let a = Tensor::from_shape(&[2, 16], &values(5, 32)).unwrap();
         let (y, sums, fast) = run(&super::super::onnx(), &proto, &a);
-        let (y_ref, sums_ref, _) = run(&super::super::tract_only(), &proto, &a);
+        let (y_ref, sums_ref, _) = run(&tract_onnx::onnx(), &proto, &a);
         assert_eq!(fast, 0);
         assert_eq!((y, sums), (y_ref, sums_ref));
     }
