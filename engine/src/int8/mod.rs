@@ -9,8 +9,6 @@ pub mod kernel;
 pub mod op;
 pub mod quantize;
 
-pub use kernel::Kernel;
-
 /// tract's ONNX loader with the integer products of this module in place of tract's.
 pub fn onnx() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();

@@ -24,7 +24,7 @@ const THREADED_MACS: usize = 16 << 20;
 enum Output {
     /// `MatMulInteger`: the i32 sums.
     Sums,
-    /// `QLinearMatMul`: the sums requantized with one multiplier per column (or one for all).
+    /// `QLinearMatMul`: the sums requantized with one multiplier per column.
     Requantized { multipliers: Arc<[f32]>, zero: i32, datum: DatumType },
 }
 
@@ -104,10 +104,10 @@ impl Int8MatMul {
             Output::Sums => self.each_sum(sums, rows, a_zero_u8, view.as_slice_mut::<i32>()?, |s, _| s),
             Output::Requantized { multipliers, zero, datum } => {
                 let (lo, hi) = if *datum == DatumType::U8 { (0, 255) } else { (-128, 127) };
-                let m = |j: usize| multipliers[if multipliers.len() == 1 { 0 } else { j }];
                 // Clamped first: the rounding is exact well beyond any int8 result.
-                let q =
-                    |s: i32, j: usize| (round_half_even((s as f32 * m(j)).clamp(-1024.0, 1024.0)) + zero).clamp(lo, hi);
+                let q = |s: i32, j: usize| {
+                    (round_half_even((s as f32 * multipliers[j]).clamp(-1024.0, 1024.0)) + zero).clamp(lo, hi)
+                };
                 if *datum == DatumType::U8 {
                     self.each_sum(sums, rows, a_zero_u8, view.as_slice_mut::<u8>()?, |s, j| q(s, j) as u8)
                 } else {
@@ -262,7 +262,7 @@ fn next_merge(model: &TypedModel) -> TractResult<Option<(usize, OutletId, Int8Ma
             continue;
         }
         let weights: Vec<&PackedWeights> = blocks.iter().map(|(op, _)| &*op.weights).collect();
-        let output = Output::join(blocks.iter().map(|(op, _)| (&op.output, op.weights.n())));
+        let output = Output::join(&first.output, blocks.iter().map(|(op, _)| &op.output));
         let weights = Arc::new(PackedWeights::concat(&weights));
         return Ok(Some((id, input, Int8MatMul { kernel: first.kernel, weights, a_zero: first.a_zero, output })));
     }
@@ -281,20 +281,18 @@ impl Output {
         }
     }
 
-    /// The output of the blocks side by side (`n` columns each): multipliers per column.
-    fn join<'a>(blocks: impl Iterator<Item = (&'a Output, usize)>) -> Output {
-        let mut multipliers = Vec::new();
-        let mut last = Output::Sums;
-        for (output, n) in blocks {
-            if let Output::Requantized { multipliers: m, .. } = output {
-                multipliers.extend((0..n).map(|j| m[if m.len() == 1 { 0 } else { j }]));
-            }
-            last = output.clone();
-        }
-        match last {
+    /// The output of blocks side by side: their multipliers one after the other.
+    fn join<'a>(first: &Output, blocks: impl Iterator<Item = &'a Output>) -> Output {
+        match first {
             Output::Sums => Output::Sums,
             Output::Requantized { zero, datum, .. } => {
-                Output::Requantized { multipliers: multipliers.into(), zero, datum }
+                let multipliers = blocks
+                    .flat_map(|b| match b {
+                        Output::Requantized { multipliers, .. } => multipliers.to_vec(),
+                        Output::Sums => Vec::new(),
+                    })
+                    .collect();
+                Output::Requantized { multipliers, zero: *zero, datum: *datum }
             }
         }
     }
@@ -350,7 +348,9 @@ fn qlinear_op(kernel: Kernel, c: &Constants) -> TractResult<Option<Int8MatMul>> 
     if !(w_scale.len() == 1 || w_scale.len() == weights.n()) || !matches!(datum, DatumType::I8 | DatumType::U8) {
         return Ok(None);
     }
-    let multipliers = w_scale.iter().map(|s| a_scale * s / y_scale).collect();
+    // One multiplier per column, a per-tensor scale repeated: one indexing in the output loop.
+    let multipliers =
+        (0..weights.n()).map(|j| a_scale * w_scale[if w_scale.len() == 1 { 0 } else { j }] / y_scale).collect();
     Ok(Some(Int8MatMul {
         kernel,
         weights: Arc::new(weights),
