@@ -57,15 +57,19 @@ fn missing_file_is_named() {
 
 #[test]
 fn wrong_hash_is_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let bundle = fresh_bundle(dir.path());
-    let path = bundle.join("decoder.onnx");
-    let mut bytes = std::fs::read(&path).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x55;
-    std::fs::write(&path, bytes).unwrap();
-    let e = load_error(&bundle);
-    assert!(e.contains("decoder.onnx") && e.contains("sha256 mismatch"), "{e}");
+    // A flipped weight (the graph still parses) and a damaged header (it does not): files are
+    // hashed while they are parsed, and the damage is what gets reported either way.
+    for middle in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = fresh_bundle(dir.path());
+        let path = bundle.join("decoder.onnx");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = if middle { bytes.len() / 2 } else { 0 };
+        bytes[at] ^= 0x55;
+        std::fs::write(&path, bytes).unwrap();
+        let e = load_error(&bundle);
+        assert!(e.contains("decoder.onnx") && e.contains("sha256 mismatch"), "byte {at}: {e}");
+    }
 }
 
 #[test]

@@ -44,6 +44,15 @@ pub struct Bundle {
 impl Bundle {
     /// Reads and verifies the bundle in `dir`.
     pub fn open(dir: &Path) -> Result<Bundle, BundleError> {
+        let bundle = Bundle::read(dir)?;
+        bundle.verify()?;
+        Ok(bundle)
+    }
+
+    /// Reads the manifest and checks that each file is there with its size, without hashing:
+    /// [`Bundle::verify`] must follow before the bundle is used (the crate's loader hashes while
+    /// it parses).
+    pub(crate) fn read(dir: &Path) -> Result<Bundle, BundleError> {
         let manifest_path = dir.join(MANIFEST_FILE);
         let shown = manifest_path.display().to_string();
         if !manifest_path.is_file() {
@@ -52,14 +61,22 @@ impl Bundle {
         let text = std::fs::read_to_string(&manifest_path)
             .map_err(|source| BundleError::Io { path: shown.clone(), source })?;
         let manifest = parse_manifest(&shown, &text)?;
+        for entry in &manifest.files {
+            check_size(dir, entry)?;
+        }
+        Ok(Bundle { dir: dir.to_path_buf(), manifest })
+    }
+
+    /// Checks every file against its sha256.
+    pub(crate) fn verify(&self) -> Result<(), BundleError> {
         // Hashing hundreds of MB is a good part of start-up: one thread per file. The first
         // failure in manifest order is reported, as a sequential check would.
         let checks: Vec<Result<(), BundleError>> = std::thread::scope(|s| {
-            let handles: Vec<_> = manifest.files.iter().map(|entry| s.spawn(move || verify_file(dir, entry))).collect();
+            let handles: Vec<_> =
+                self.manifest.files.iter().map(|entry| s.spawn(move || verify_hash(&self.dir, entry))).collect();
             handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
         });
-        checks.into_iter().collect::<Result<(), BundleError>>()?;
-        Ok(Bundle { dir: dir.to_path_buf(), manifest })
+        checks.into_iter().collect()
     }
 
     /// The path of the file playing `role` (present: checked by `open`).
@@ -86,7 +103,7 @@ pub fn parse_manifest(shown: &str, text: &str) -> Result<Manifest, BundleError> 
     Ok(manifest)
 }
 
-fn verify_file(dir: &Path, entry: &FileEntry) -> Result<(), BundleError> {
+fn check_size(dir: &Path, entry: &FileEntry) -> Result<(), BundleError> {
     let path = dir.join(&entry.path);
     let shown = path.display().to_string();
     let meta = match std::fs::metadata(&path) {
@@ -103,6 +120,12 @@ fn verify_file(dir: &Path, entry: &FileEntry) -> Result<(), BundleError> {
             message: format!("size {} bytes, manifest says {}", meta.len(), entry.bytes),
         });
     }
+    Ok(())
+}
+
+fn verify_hash(dir: &Path, entry: &FileEntry) -> Result<(), BundleError> {
+    let path = dir.join(&entry.path);
+    let shown = path.display().to_string();
     let actual = sha256_file(&path).map_err(|source| BundleError::Io { path: shown.clone(), source })?;
     if !actual.eq_ignore_ascii_case(&entry.sha256) {
         return Err(BundleError::HashMismatch { path: shown, expected: entry.sha256.clone(), actual });

@@ -90,7 +90,7 @@ fn optimise(model: InferenceModel, shapes: &GraphShapes) -> Result<Plan, String>
     let outputs = model.output_outlets().map_err(tract)?.to_vec();
     check_facts(&model, "output", &outputs, &shapes.outputs)?;
     let mut model = model;
-    crate::int8::op::merge_blocks(&mut model).map_err(tract)?;
+    crate::int8::op::prepare(&mut model).map_err(tract)?;
     model.into_optimized().and_then(|m| m.into_runnable()).map_err(tract)
 }
 

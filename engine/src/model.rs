@@ -33,8 +33,16 @@ pub struct CaptionModel {
 impl CaptionModel {
     /// Opens, verifies and loads the bundle in `dir`.
     pub fn load(dir: &Path) -> Result<CaptionModel, EngineError> {
-        let bundle = Bundle::open(dir)?;
-        CaptionModel::from_bundle(&bundle)
+        let bundle = Bundle::read(dir)?;
+        // The files are hashed on other threads while this one parses them, which hides the
+        // hashing in start-up. A damaged file is still reported as damaged, ahead of whatever
+        // its parse made of it, and no model comes out of a bundle that fails verification.
+        std::thread::scope(|s| {
+            let verified = s.spawn(|| bundle.verify());
+            let model = CaptionModel::from_bundle(&bundle);
+            verified.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            model
+        })
     }
 
     pub fn from_bundle(bundle: &Bundle) -> Result<CaptionModel, EngineError> {
@@ -45,7 +53,7 @@ impl CaptionModel {
                 .ok_or_else(|| EngineError::Option(format!("{role:?} is not a graph")))?;
             let started = std::time::Instant::now();
             let plan = graph::load(&bundle.path(role), &shapes)?;
-            log::debug!("{role:?} loaded in {} ms", started.elapsed().as_millis());
+            log_loaded(&format!("{role:?}"), started);
             Ok(plan)
         };
         // One graph at a time: loading makes transient copies of every weight,
@@ -54,12 +62,16 @@ impl CaptionModel {
         let image_encoder = load(FileRole::ImageEncoder)?;
         let mapper = load(FileRole::Mapper)?;
         let decoder = load(FileRole::Decoder)?;
+        let started = std::time::Instant::now();
         let token_embeddings = load_token_embeddings(&bundle.path(FileRole::TokenEmbeddings), dims)?;
+        log_loaded("token embeddings", started);
+        let started = std::time::Instant::now();
         let tokenizer = TextTokenizer::from_files(
             m.tokenizer.kind,
             &bundle.path(FileRole::TokenizerVocab),
             &bundle.path(FileRole::TokenizerMerges),
         )?;
+        log_loaded("tokenizer", started);
         let memory = match m.file(FileRole::Memory) {
             Some(_) => Some(load_memory(&bundle.path(FileRole::Memory), dims)?),
             None => None,
@@ -146,6 +158,17 @@ impl CaptionModel {
     }
 }
 
+/// Start-up time and memory, part by part (`RUST_LOG=edgecap_engine=debug`).
+fn log_loaded(part: &str, started: std::time::Instant) {
+    let mib = |field| crate::platform::process_memory_mib(field).map_or("?".into(), |v| format!("{v:.0}"));
+    log::debug!(
+        "{part} loaded in {} ms; resident {} MiB, peak {} MiB",
+        started.elapsed().as_millis(),
+        mib("VmRSS"),
+        mib("VmHWM")
+    );
+}
+
 /// The causal attention mask for `seq` new positions after `past` cached ones, [seq, past+seq]
 /// row-major: 0 where query i may attend key j (j ≤ past + i), -inf elsewhere. The decoder, the
 /// CLIP text tower and teacher-forced validation all feed this as `attention_bias`.
@@ -168,20 +191,19 @@ enum TokenTable {
 fn load_token_embeddings(path: &Path, dims: &ModelDims) -> Result<TokenTable, EngineError> {
     let shown = path.display().to_string();
     let graph_err = |message: String| EngineError::Graph { path: shown.clone(), message };
-    let bytes = std::fs::read(path).map_err(|e| graph_err(e.to_string()))?;
     let npy_err = |e: npy::NpyError| graph_err(e.to_string());
-    let (shape, table) = match npy::element_type(&shown, &bytes).map_err(npy_err)?.as_str() {
-        "<f2" => npy::from_bytes::<f16>(&shown, &bytes).map(|(s, t)| (s, TokenTable::F16(t))),
-        _ => npy::from_bytes::<f32>(&shown, &bytes).map(|(s, t)| (s, TokenTable::F32(t))),
-    }
-    .map_err(npy_err)?;
-    if shape != [dims.vocab_size, dims.hidden_size] {
+    let file = npy::NpyFile::open(path).map_err(npy_err)?;
+    if file.shape != [dims.vocab_size, dims.hidden_size] {
         return Err(graph_err(format!(
-            "token embeddings have shape {shape:?}, the manifest implies [{}, {}]",
-            dims.vocab_size, dims.hidden_size
+            "token embeddings have shape {:?}, the manifest implies [{}, {}]",
+            file.shape, dims.vocab_size, dims.hidden_size
         )));
     }
-    Ok(table)
+    match file.descr.as_str() {
+        "<f2" => file.data::<f16>().map(TokenTable::F16),
+        _ => file.data::<f32>().map(TokenTable::F32),
+    }
+    .map_err(npy_err)
 }
 
 /// A trimmed LM head's ids: as many as its logits, ascending, inside the vocabulary, and holding

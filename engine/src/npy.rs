@@ -4,6 +4,7 @@
 //! Bundles keep the token-embedding table as `.npy`, `host-tools trace` writes intermediate
 //! tensors as `.npy` so they open directly in NumPy next to the PyTorch reference.
 
+use std::io::Read;
 use std::path::Path;
 
 use thiserror::Error;
@@ -99,7 +100,8 @@ struct Header {
     data_start: usize,
 }
 
-fn parse_header(name: &str, bytes: &[u8]) -> Result<Header, NpyError> {
+/// Where the header text starts and ends (the data's start), from the first [`PREAMBLE`] bytes.
+fn header_extent(name: &str, bytes: &[u8]) -> Result<(usize, usize), NpyError> {
     let bad = |reason: String| NpyError::Format { path: name.to_string(), reason };
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(bad("missing NUMPY magic".into()));
@@ -109,10 +111,18 @@ fn parse_header(name: &str, bytes: &[u8]) -> Result<Header, NpyError> {
         2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
         v => return Err(bad(format!("unsupported version {v}"))),
     };
-    let data_start = header_start
-        .checked_add(header_len)
-        .filter(|&e| e <= bytes.len())
-        .ok_or_else(|| bad("header runs past the end of the file".into()))?;
+    Ok((header_start, header_start + header_len))
+}
+
+/// Bytes that hold the magic, the version and the header's length in every version.
+const PREAMBLE: usize = 12;
+
+fn parse_header(name: &str, bytes: &[u8]) -> Result<Header, NpyError> {
+    let bad = |reason: String| NpyError::Format { path: name.to_string(), reason };
+    let (header_start, data_start) = header_extent(name, bytes)?;
+    if data_start > bytes.len() {
+        return Err(bad("header runs past the end of the file".into()));
+    }
     let header = std::str::from_utf8(&bytes[header_start..data_start]).map_err(|_| bad("header is not text".into()))?;
     let descr = dict_value(header, "descr")
         .and_then(|v| v.strip_prefix('\''))
@@ -149,9 +159,62 @@ pub fn from_bytes<T: NpyElement>(name: &str, bytes: &[u8]) -> Result<(Vec<usize>
 
 /// Reads an `.npy` file holding elements of type `T`; returns (shape, data).
 pub fn read<T: NpyElement>(path: &Path) -> Result<(Vec<usize>, Vec<T>), NpyError> {
-    let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| NpyError::Io { path: name.clone(), source })?;
-    from_bytes(&name, &bytes)
+    let file = NpyFile::open(path)?;
+    let shape = file.shape.clone();
+    Ok((shape, file.data()?))
+}
+
+/// An `.npy` file whose header has been read; [`NpyFile::data`] then reads the payload straight
+/// into its vector, so a large table (the 77 MB token embeddings) is not held twice at start-up.
+pub struct NpyFile {
+    name: String,
+    file: std::fs::File,
+    /// The element type, e.g. `<f4`.
+    pub descr: String,
+    pub shape: Vec<usize>,
+    payload_len: u64,
+}
+
+impl NpyFile {
+    pub fn open(path: &Path) -> Result<NpyFile, NpyError> {
+        let name = path.display().to_string();
+        let io = |source| NpyError::Io { path: name.clone(), source };
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let mut head = Vec::with_capacity(PREAMBLE);
+        (&mut file).take(PREAMBLE as u64).read_to_end(&mut head).map_err(io)?;
+        let (_, data_start) = header_extent(&name, &head)?;
+        if (data_start as u64) > len {
+            return Err(NpyError::Format { path: name, reason: "header runs past the end of the file".into() });
+        }
+        let rest = data_start.saturating_sub(head.len()) as u64;
+        (&mut file).take(rest).read_to_end(&mut head).map_err(io)?;
+        let Header { descr, shape, .. } = parse_header(&name, &head)?;
+        Ok(NpyFile { payload_len: len - data_start as u64, name, file, descr, shape })
+    }
+
+    /// The payload as `T`s (which must be the file's element type).
+    pub fn data<T: NpyElement>(mut self) -> Result<Vec<T>, NpyError> {
+        let bad = |reason: String| NpyError::Format { path: self.name.clone(), reason };
+        if self.descr != T::DESCR {
+            return Err(bad(format!("element type '{}', expected '{}'", self.descr, T::DESCR)));
+        }
+        let size = std::mem::size_of::<T>();
+        let count = self.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        let count = count.filter(|c| c.checked_mul(size) == Some(self.payload_len as usize)).ok_or_else(|| {
+            bad(format!("shape {:?} does not match the {} bytes the file holds", self.shape, self.payload_len))
+        })?;
+        let mut data = Vec::with_capacity(count);
+        // In chunks of whole elements: the only other copy is this buffer.
+        let mut buf = vec![0u8; (1 << 20) / size * size];
+        while data.len() < count {
+            let len = ((count - data.len()) * size).min(buf.len());
+            let chunk = &mut buf[..len];
+            self.file.read_exact(chunk).map_err(|source| NpyError::Io { path: self.name.clone(), source })?;
+            data.extend(chunk.chunks_exact(size).map(T::read_le));
+        }
+        Ok(data)
+    }
 }
 
 fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
@@ -200,5 +263,28 @@ mod tests {
         let err = from_bytes::<f32>("a.npy", &bytes[..bytes.len() - 1]).unwrap_err().to_string();
         assert!(err.contains("needs 4 elements"), "{err}");
         assert!(from_bytes::<f32>("a.npy", b"hello").is_err());
+    }
+
+    #[test]
+    fn files_read_in_chunks_match_the_bytes_and_are_checked_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.npy");
+        // Over the 1 MiB read buffer, and not a multiple of it.
+        let data: Vec<f16> = (0..700_000).map(|i| f16::from_f32((i % 977) as f32 - 400.0)).collect();
+        let bytes = to_bytes(&[7, 100_000], &data);
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(read::<f16>(&path).unwrap(), from_bytes::<f16>("x", &bytes).unwrap());
+        let file = NpyFile::open(&path).unwrap();
+        assert_eq!((file.descr.as_str(), &file.shape[..]), ("<f2", &[7, 100_000][..]));
+        let err = NpyFile::open(&path).unwrap().data::<f32>().unwrap_err().to_string();
+        assert!(err.contains("element type '<f2'"), "{err}");
+        std::fs::write(&path, &bytes[..bytes.len() - 2]).unwrap();
+        let err = read::<f16>(&path).unwrap_err().to_string();
+        assert!(err.starts_with(&path.display().to_string()) && err.contains("does not match"), "{err}");
+        for short in [&bytes[..5], &bytes[..20]] {
+            std::fs::write(&path, short).unwrap();
+            let err = read::<f16>(&path).unwrap_err().to_string();
+            assert!(err.contains("not a .npy file"), "{err}");
+        }
     }
 }

@@ -59,6 +59,17 @@ pub fn set_threads(threads: usize) {
     multithread::set_default_executor(executor);
 }
 
+/// A memory figure of this process (`VmHWM`, `VmRSS`...) from `/proc/self/status`, in MiB;
+/// `None` where the OS has no such file.
+pub fn process_memory_mib(field: &str) -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+    Some(kib as f64 / 1024.0)
+}
+
 /// Hands the heap's free pages back to the OS. Loading a bundle makes and frees transient
 /// copies of every weight (file bytes, decoded protobuf, tract's tensors before packing); glibc
 /// may keep the freed pages resident unless asked.

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use edgecap_engine::generate::GenerationOptions;
 use edgecap_engine::model::CaptionModel;
 use edgecap_engine::pipeline::StageTimings;
+use edgecap_engine::platform::process_memory_mib;
 use serde::Serialize;
 
 use crate::images;
@@ -114,7 +115,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport> {
     let model =
         CaptionModel::load(&opts.bundle).with_context(|| format!("cannot load bundle {}", opts.bundle.display()))?;
     let load = started.elapsed();
-    let loaded_rss_mib = status_mib("VmRSS");
+    let loaded_rss_mib = process_memory_mib("VmRSS");
     let mut gen = model.default_options();
     if let Some(n) = opts.tokens {
         gen = GenerationOptions { max_tokens: n, beam_width: 1, stop_token_ids: Vec::new(), ..gen };
@@ -145,20 +146,10 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport> {
         next_token: stat(|s| s.next_token_ms),
         total: stat(|s| s.total_ms),
         tokens_per_s: if decoder_s > 0.0 { tokens as f64 / decoder_s } else { 0.0 },
-        peak_rss_mib: status_mib("VmHWM"),
+        peak_rss_mib: process_memory_mib("VmHWM"),
         loaded_rss_mib,
         samples: if opts.samples { timed } else { Vec::new() },
     })
-}
-
-/// A memory figure of this process (`VmHWM`, `VmRSS`...) from `/proc/self/status`, in MiB.
-fn status_mib(field: &str) -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
-    Some(kib as f64 / 1024.0)
 }
 
 pub fn render(r: &BenchReport) -> String {

@@ -39,11 +39,18 @@ impl PackedWeights {
         // Panel by panel, so that the writes are sequential (a weight of 50257 columns written
         // row by row would touch a new cache line for every value).
         for (p, panel) in data.chunks_exact_mut(panel_len).enumerate() {
-            let cols = p * PANEL..((p + 1) * PANEL).min(n);
-            for kk in 0..k {
-                let at = (kk / DEPTH) * PANEL * DEPTH + kk % DEPTH;
-                for (c, &v) in w[kk * n + cols.start..kk * n + cols.end].iter().enumerate() {
-                    panel[at + c * DEPTH] = v;
+            let c0 = p * PANEL;
+            let width = PANEL.min(n - c0);
+            for (g, group) in panel.chunks_exact_mut(PANEL * DEPTH).enumerate() {
+                let k0 = g * DEPTH;
+                let depth = DEPTH.min(k - k0);
+                let src = &w[k0 * n + c0..];
+                if width == PANEL && depth == DEPTH {
+                    interleave(src, n, group);
+                } else {
+                    for (d, c) in (0..depth).flat_map(|d| (0..width).map(move |c| (d, c))) {
+                        group[c * DEPTH + d] = src[d * n + c];
+                    }
                 }
             }
         }
@@ -54,31 +61,20 @@ impl PackedWeights {
         PackedWeights { k, n, data, col_sums }
     }
 
-    /// The weights side by side: `[k][n1 + n2 + ...]`.
-    pub fn concat(blocks: &[&PackedWeights]) -> PackedWeights {
-        let k = blocks.first().map_or(0, |b| b.k);
-        assert!(blocks.iter().all(|b| b.k == k), "blocks of different depths");
-        let n: usize = blocks.iter().map(|b| b.n).sum();
-        let mut w = vec![0i8; k * n];
-        let mut col0 = 0;
-        for b in blocks {
-            b.unpack_into(&mut w, n, col0);
-            col0 += b.n;
+    /// Packs blocks that lie side by side, `[k][n1 + n2 + ...]`: each is row-major `[k][n_i]`,
+    /// given with its width.
+    pub fn pack_blocks(k: usize, blocks: &[(&[i8], usize)]) -> PackedWeights {
+        if let [(w, n)] = blocks {
+            return PackedWeights::pack(w, k, *n);
         }
-        PackedWeights::pack(&w, k, n)
-    }
-
-    /// Writes w[kk][j] to `dst[kk * dst_n + col0 + j]`, reading the panels in order.
-    fn unpack_into(&self, dst: &mut [i8], dst_n: usize, col0: usize) {
-        let panel_len = self.k_padded() * PANEL;
-        for (p, panel) in self.data.chunks_exact(panel_len).enumerate() {
-            let cols = p * PANEL..((p + 1) * PANEL).min(self.n);
-            for kk in 0..self.k {
-                let at = (kk / DEPTH) * PANEL * DEPTH + kk % DEPTH;
-                let row = &mut dst[kk * dst_n + col0 + cols.start..kk * dst_n + col0 + cols.end];
-                row.iter_mut().enumerate().for_each(|(c, v)| *v = panel[at + c * DEPTH]);
+        let n: usize = blocks.iter().map(|(_, n)| n).sum();
+        let mut joined = Vec::with_capacity(k * n);
+        for kk in 0..k {
+            for (w, width) in blocks {
+                joined.extend_from_slice(&w[kk * width..(kk + 1) * width]);
             }
         }
+        PackedWeights::pack(&joined, k, n)
     }
 
     pub fn k(&self) -> usize {
@@ -106,6 +102,31 @@ impl PackedWeights {
     fn panel(&self, p: usize) -> &[i8] {
         let len = self.k_padded() * PANEL;
         &self.data[p * len..(p + 1) * len]
+    }
+}
+
+/// One full group of a panel: `group[c * DEPTH + d] = src[d * stride + c]` for the PANEL columns
+/// `c` and DEPTH rows `d`. Packing is a good part of loading a bundle, hence the byte shuffles.
+fn interleave(src: &[i8], stride: usize, group: &mut [i8]) {
+    assert!(src.len() >= (DEPTH - 1) * stride + PANEL && group.len() == PANEL * DEPTH);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the assert bounds the four 16-byte loads (one per row) and the four stores.
+    unsafe {
+        use std::arch::x86_64::*;
+        let row = |d: usize| _mm_loadu_si128(src.as_ptr().add(d * stride) as *const __m128i);
+        let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+        // Bytes of rows 0/1 and 2/3 paired, then the pairs paired: 4 bytes per column.
+        let (lo01, hi01) = (_mm_unpacklo_epi8(r0, r1), _mm_unpackhi_epi8(r0, r1));
+        let (lo23, hi23) = (_mm_unpacklo_epi8(r2, r3), _mm_unpackhi_epi8(r2, r3));
+        let out = group.as_mut_ptr() as *mut __m128i;
+        _mm_storeu_si128(out, _mm_unpacklo_epi16(lo01, lo23));
+        _mm_storeu_si128(out.add(1), _mm_unpackhi_epi16(lo01, lo23));
+        _mm_storeu_si128(out.add(2), _mm_unpacklo_epi16(hi01, hi23));
+        _mm_storeu_si128(out.add(3), _mm_unpackhi_epi16(hi01, hi23));
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for (d, c) in (0..DEPTH).flat_map(|d| (0..PANEL).map(move |c| (d, c))) {
+        group[c * DEPTH + d] = src[d * stride + c];
     }
 }
 
@@ -369,10 +390,11 @@ pub(crate) mod tests {
 
     #[test]
     fn packing_keeps_every_weight_and_sums_columns() {
-        let (k, n) = (7, 19);
+        // Full groups and panels (the shuffled path) and partial ones at both edges.
+        let (k, n) = (11, 37);
         let w: Vec<i8> = lcg(1, k * n).into_iter().map(|v| v as i8).collect();
         let p = PackedWeights::pack(&w, k, n);
-        assert_eq!((p.k_padded(), p.panels()), (8, 2));
+        assert_eq!((p.k_padded(), p.panels()), (12, 3));
         for kk in 0..k {
             for j in 0..n {
                 let at = (j / PANEL) * p.k_padded() * PANEL
@@ -389,15 +411,14 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn concatenated_blocks_are_the_whole_matrix() {
+    fn blocks_side_by_side_are_the_whole_matrix() {
         let (k, n) = (9, 40);
         let w: Vec<i8> = lcg(3, k * n).into_iter().map(|v| v as i8).collect();
-        let block = |c0: usize, c1: usize| {
-            let cols: Vec<i8> = (0..k).flat_map(|kk| w[kk * n + c0..kk * n + c1].to_vec()).collect();
-            PackedWeights::pack(&cols, k, c1 - c0)
-        };
+        let block =
+            |c0: usize, c1: usize| -> Vec<i8> { (0..k).flat_map(|kk| w[kk * n + c0..kk * n + c1].to_vec()).collect() };
         let (a, b, c) = (block(0, 13), block(13, 30), block(30, 40));
-        assert_eq!(PackedWeights::concat(&[&a, &b, &c]), PackedWeights::pack(&w, k, n));
+        let blocks = [(&a[..], 13), (&b[..], 17), (&c[..], 10)];
+        assert_eq!(PackedWeights::pack_blocks(k, &blocks), PackedWeights::pack(&w, k, n));
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //! point from initializers (as `host-tools quantize` writes them) with the weight's zero point 0;
 //! any other form is left to tract.
 
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 use tract_onnx::model::{OnnxOpRegister, ParsingContext};
-use tract_onnx::pb::{GraphProto, NodeProto};
+use tract_onnx::pb::tensor_proto::DataType as TensorProtoDataType;
+use tract_onnx::pb::{GraphProto, NodeProto, TensorProto};
 use tract_onnx::tract_hir::internal::*;
 
 use super::kernel::{Activations, Kernel, PackedWeights, PANEL};
@@ -28,11 +30,61 @@ enum Output {
     Requantized { multipliers: Arc<[f32]>, zero: i32, datum: DatumType },
 }
 
+/// A constant int8 weight `[k, n]`.
+#[derive(Debug)]
+enum Weights {
+    /// Parsed, not yet wired: the initializer feeding the node's input `input`. The tensor is
+    /// taken from tract's own constant when the node is wired, rather than decoded a second time.
+    Input {
+        input: usize,
+        k: usize,
+        n: usize,
+    },
+    /// Wired: `[k, n_i]` column blocks side by side (one, unless the quantizer cut it).
+    /// Packing waits for [`prepare`], after the blocks are merged, so each weight is packed once.
+    Blocks(Vec<Arc<Tensor>>),
+    Packed(PackedWeights),
+}
+
+impl Weights {
+    fn k(&self) -> usize {
+        match self {
+            Weights::Input { k, .. } => *k,
+            Weights::Blocks(blocks) => blocks[0].shape()[0],
+            Weights::Packed(p) => p.k(),
+        }
+    }
+
+    fn n(&self) -> usize {
+        match self {
+            Weights::Input { n, .. } => *n,
+            Weights::Blocks(blocks) => blocks.iter().map(|b| b.shape()[1]).sum(),
+            Weights::Packed(p) => p.n(),
+        }
+    }
+
+    /// The kernel's layout: packed by [`prepare`] or, in a graph that skipped it, now.
+    fn packed(&self) -> TractResult<Cow<'_, PackedWeights>> {
+        match self {
+            Weights::Packed(p) => Ok(Cow::Borrowed(p)),
+            Weights::Input { .. } => bail!("Int8MatMul: weight not wired"),
+            Weights::Blocks(blocks) => {
+                let k = self.k();
+                let slices = blocks
+                    .iter()
+                    .map(|b| Ok((b.try_as_plain_ram()?.as_slice::<i8>()?, b.shape()[1])))
+                    .collect::<TractResult<Vec<_>>>()?;
+                Ok(Cow::Owned(PackedWeights::pack_blocks(k, &slices)))
+            }
+        }
+    }
+}
+
 /// `a · w` for activations `a` of shape `[..., k]` (i8 or u8) and a constant `[k, n]` int8 weight.
 #[derive(Debug, Clone)]
 pub struct Int8MatMul {
     kernel: Kernel,
-    weights: Arc<PackedWeights>,
+    weights: Arc<Weights>,
     /// The activations' zero point, in their own type (i8 or u8).
     a_zero: i32,
     output: Output,
@@ -61,13 +113,12 @@ impl Int8MatMul {
     }
 
     /// The activations in the kernel's layout, and their zero point on its u8 scale.
-    fn widen(&self, a: &Tensor) -> TractResult<(Activations, i32)> {
+    fn widen(&self, a: &Tensor, k: usize) -> TractResult<(Activations, i32)> {
         let unsigned = match a.datum_type().unquantized() {
             DatumType::U8 => true,
             DatumType::I8 => false,
             other => bail!("Int8MatMul: activations of type {other:?}, expected i8 or u8"),
         };
-        let k = self.weights.k();
         ensure!(a.shape().last() == Some(&k), "Int8MatMul: activations {:?}, weight has {k} rows", a.shape());
         // i8 → u8 by adding 128, which flips the top bit.
         let rows = Activations::new(a.try_as_plain_ram()?.as_bytes(), k, if unsigned { 0 } else { 0x80 });
@@ -75,8 +126,8 @@ impl Int8MatMul {
     }
 
     /// Raw sums, panel by panel, split between tract's threads.
-    fn products(&self, a: &Activations) -> TractResult<Vec<i32>> {
-        let (w, rows) = (&*self.weights, a.rows());
+    fn products(&self, a: &Activations, w: &PackedWeights) -> TractResult<Vec<i32>> {
+        let rows = a.rows();
         // Room for an even number of panels: threads take whole pairs, as one thread does.
         let per_pair = 2 * rows * PANEL;
         let mut out = vec![0i32; w.panels().div_ceil(2) * per_pair];
@@ -97,11 +148,18 @@ impl Int8MatMul {
 
     /// Subtracts the zero point's share and writes `[rows, n]` in the output type, in one pass
     /// from the kernel's panels to the output tensor.
-    fn finish(&self, sums: &[i32], rows: usize, a_zero_u8: i32, shape: &[usize]) -> TractResult<Tensor> {
+    fn finish(
+        &self,
+        w: &PackedWeights,
+        sums: &[i32],
+        rows: usize,
+        a_zero_u8: i32,
+        shape: &[usize],
+    ) -> TractResult<Tensor> {
         let mut out = Tensor::zero_dt(self.output_datum(), shape)?;
         let mut view = out.try_as_plain_ram_mut()?;
         match &self.output {
-            Output::Sums => self.each_sum(sums, rows, a_zero_u8, view.as_slice_mut::<i32>()?, |s, _| s),
+            Output::Sums => each_sum(w, sums, rows, a_zero_u8, view.as_slice_mut::<i32>()?, |s, _| s),
             Output::Requantized { multipliers, zero, datum } => {
                 let (lo, hi) = if *datum == DatumType::U8 { (0, 255) } else { (-128, 127) };
                 // Clamped first: the rounding is exact well beyond any int8 result.
@@ -109,25 +167,32 @@ impl Int8MatMul {
                     (round_half_even((s as f32 * multipliers[j]).clamp(-1024.0, 1024.0)) + zero).clamp(lo, hi)
                 };
                 if *datum == DatumType::U8 {
-                    self.each_sum(sums, rows, a_zero_u8, view.as_slice_mut::<u8>()?, |s, j| q(s, j) as u8)
+                    each_sum(w, sums, rows, a_zero_u8, view.as_slice_mut::<u8>()?, |s, j| q(s, j) as u8)
                 } else {
-                    self.each_sum(sums, rows, a_zero_u8, view.as_slice_mut::<i8>()?, |s, j| q(s, j) as i8)
+                    each_sum(w, sums, rows, a_zero_u8, view.as_slice_mut::<i8>()?, |s, j| q(s, j) as i8)
                 }
             }
         }
         Ok(out)
     }
+}
 
-    /// `out[r][j] = f(sum[r][j] − a_zero · Σ_k w[k][j], j)` from the panel-ordered sums.
-    fn each_sum<T>(&self, sums: &[i32], rows: usize, a_zero_u8: i32, out: &mut [T], f: impl Fn(i32, usize) -> T) {
-        let (n, col_sums) = (self.weights.n(), self.weights.col_sums());
-        for (p, panel) in sums.chunks_exact(rows * PANEL).take(self.weights.panels()).enumerate() {
-            let cols = p * PANEL..((p + 1) * PANEL).min(n);
-            for (r, s) in panel.chunks_exact(PANEL).enumerate() {
-                let row = &mut out[r * n + cols.start..r * n + cols.end];
-                for ((o, s), j) in row.iter_mut().zip(s).zip(cols.clone()) {
-                    *o = f(s - a_zero_u8 * col_sums[j], j);
-                }
+/// `out[r][j] = f(sum[r][j] − a_zero · Σ_k w[k][j], j)` from the panel-ordered sums.
+fn each_sum<T>(
+    w: &PackedWeights,
+    sums: &[i32],
+    rows: usize,
+    a_zero_u8: i32,
+    out: &mut [T],
+    f: impl Fn(i32, usize) -> T,
+) {
+    let (n, col_sums) = (w.n(), w.col_sums());
+    for (p, panel) in sums.chunks_exact(rows * PANEL).take(w.panels()).enumerate() {
+        let cols = p * PANEL..((p + 1) * PANEL).min(n);
+        for (r, s) in panel.chunks_exact(PANEL).enumerate() {
+            let row = &mut out[r * n + cols.start..r * n + cols.end];
+            for ((o, s), j) in row.iter_mut().zip(s).zip(cols.clone()) {
+                *o = f(s - a_zero_u8 * col_sums[j], j);
             }
         }
     }
@@ -155,12 +220,12 @@ impl EvalOp for Int8MatMul {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let a = &inputs[0];
-        let (rows, a_zero_u8) = self.widen(a)?;
-        let sums = self.products(&rows)?;
+        let (a, w) = (&inputs[0], self.weights.packed()?);
+        let (rows, a_zero_u8) = self.widen(a, w.k())?;
+        let sums = self.products(&rows, &w)?;
         let mut shape = a.shape().to_vec();
-        *shape.last_mut().context("Int8MatMul: scalar activations")? = self.weights.n();
-        Ok(tvec!(self.finish(&sums, rows.rows(), a_zero_u8, &shape)?.into_tvalue()))
+        *shape.last_mut().context("Int8MatMul: scalar activations")? = w.n();
+        Ok(tvec!(self.finish(&w, &sums, rows.rows(), a_zero_u8, &shape)?.into_tvalue()))
     }
 }
 
@@ -180,6 +245,31 @@ impl TypedOp for Int8MatMul {
     as_op!();
 }
 
+/// An operator parsed by edgecap, as it goes into the typed graph.
+pub(super) trait Wired: TypedOp + Clone {
+    /// The operator for a node whose inputs are wired to `inputs` (initializers are constants
+    /// there); by default itself.
+    fn wired(&self, _model: &TypedModel, _inputs: &[OutletId]) -> TractResult<Self> {
+        Ok(self.clone())
+    }
+}
+
+impl Wired for Int8MatMul {
+    /// Takes the weight from tract's constant: the tensor is shared, not copied.
+    fn wired(&self, model: &TypedModel, inputs: &[OutletId]) -> TractResult<Self> {
+        let Weights::Input { input, k, n } = *self.weights else { return Ok(self.clone()) };
+        let outlet = *inputs.get(input).context("Int8MatMul: weight input not wired")?;
+        let w = model.outlet_fact(outlet)?.konst.clone().context("Int8MatMul: weight is not a constant")?;
+        ensure!(
+            w.datum_type() == DatumType::I8 && w.shape() == [k, n],
+            "Int8MatMul: weight {:?} {:?}, parsed as i8 [{k}, {n}]",
+            w.datum_type(),
+            w.shape()
+        );
+        Ok(Int8MatMul { weights: Arc::new(Weights::Blocks(vec![w])), ..self.clone() })
+    }
+}
+
 /// An edgecap operator as tract's ONNX parser holds it: its output follows from its first input
 /// by the operator's own `output_facts`; the node's other inputs are initializers it has read.
 #[derive(Debug, Clone)]
@@ -188,7 +278,7 @@ pub(super) struct Parsed<O> {
     pub arity: usize,
 }
 
-impl<O: TypedOp + Clone> Expansion for Parsed<O> {
+impl<O: Wired> Expansion for Parsed<O> {
     fn name(&self) -> StaticName {
         self.op.name()
     }
@@ -209,8 +299,25 @@ impl<O: TypedOp + Clone> Expansion for Parsed<O> {
     }
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
-        model.wire_node(prefix, self.op.clone(), &inputs[..1])
+        let op = self.op.wired(model, inputs)?;
+        model.wire_node(prefix, op, &inputs[..1])
     }
+}
+
+/// Readies a parsed graph's products for the kernel: column blocks merged ([`merge_blocks`]),
+/// then every weight packed, each dropping its parsed blocks as soon as it is packed. Returns the
+/// number of merges.
+pub fn prepare(model: &mut TypedModel) -> TractResult<usize> {
+    let merged = merge_blocks(model)?;
+    for id in 0..model.nodes().len() {
+        let Some(op) = model.node(id).op_as::<Int8MatMul>() else { continue };
+        if let Weights::Blocks(_) = &*op.weights {
+            let packed = Weights::Packed(op.weights.packed()?.into_owned());
+            let op = Int8MatMul { weights: Arc::new(packed), ..op.clone() };
+            model.node_mut(id).op = Box::new(op);
+        }
+    }
+    Ok(merged)
 }
 
 /// Fuses the column blocks of each product back into one [`Int8MatMul`].
@@ -261,9 +368,17 @@ fn next_merge(model: &TypedModel) -> TractResult<Option<(usize, OutletId, Int8Ma
         if !blocks.iter().all(|(op, i)| *i == input && same(op) && op.output.joins(&first.output)) {
             continue;
         }
-        let weights: Vec<&PackedWeights> = blocks.iter().map(|(op, _)| &*op.weights).collect();
+        // Only wired, unpacked blocks merge (packing comes after merging).
+        let weights: Option<Vec<Vec<Arc<Tensor>>>> = blocks
+            .iter()
+            .map(|(op, _)| match &*op.weights {
+                Weights::Blocks(b) => Some(b.clone()),
+                Weights::Input { .. } | Weights::Packed(_) => None,
+            })
+            .collect();
+        let Some(weights) = weights.map(|w| w.concat()) else { continue };
         let output = Output::join(&first.output, blocks.iter().map(|(op, _)| &op.output));
-        let weights = Arc::new(PackedWeights::concat(&weights));
+        let weights = Arc::new(Weights::Blocks(weights));
         return Ok(Some((id, input, Int8MatMul { kernel: first.kernel, weights, a_zero: first.a_zero, output })));
     }
     Ok(None)
@@ -331,12 +446,12 @@ fn qlinear_matmul(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dy
 
 /// Inputs: a, a_scale, a_zero, w, w_scale, w_zero, y_scale, y_zero.
 fn qlinear_op(kernel: Kernel, c: &Constants) -> TractResult<Option<Int8MatMul>> {
-    let (Some(a_scale), Some(a_zero), Some(w), Some(w_scale), Some(w_zero), Some(y_scale), Some(y_zero)) =
-        (c.get(1)?, c.get(2)?, c.get(3)?, c.get(4)?, c.get(5)?, c.get(6)?, c.get(7)?)
+    let (Some(a_scale), Some(a_zero), Some(w_scale), Some(w_zero), Some(y_scale), Some(y_zero)) =
+        (c.get(1)?, c.get(2)?, c.get(4)?, c.get(5)?, c.get(6)?, c.get(7)?)
     else {
         return Ok(None);
     };
-    let Some(weights) = packed(&w, Some(&w_zero))? else { return Ok(None) };
+    let Some(weights) = weight_input(c, 3, Some(&w_zero))? else { return Ok(None) };
     let (Some(a_scale), Some(y_scale), Some(a_zero), Some(zero)) =
         (scalar_f32(&a_scale)?, scalar_f32(&y_scale)?, scalar_int(&a_zero)?, scalar_int(&y_zero)?)
     else {
@@ -374,7 +489,6 @@ fn matmul_integer(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dy
 
 /// Inputs: a, w, optional a_zero, optional w_zero.
 fn integer_op(kernel: Kernel, c: &Constants, arity: usize) -> TractResult<Option<Int8MatMul>> {
-    let Some(w) = c.get(1)? else { return Ok(None) };
     let w_zero = if arity > 3 { c.get(3)? } else { None };
     if arity > 3 && w_zero.is_none() {
         return Ok(None);
@@ -386,7 +500,7 @@ fn integer_op(kernel: Kernel, c: &Constants, arity: usize) -> TractResult<Option
             None => return Ok(None),
         },
     };
-    let Some(weights) = packed(&w, w_zero.as_ref())? else { return Ok(None) };
+    let Some(weights) = weight_input(c, 1, w_zero.as_ref())? else { return Ok(None) };
     Ok(Some(Int8MatMul { kernel, weights: Arc::new(weights), a_zero, output: Output::Sums }))
 }
 
@@ -404,26 +518,30 @@ impl<'a> Constants<'a> {
     }
 
     pub(super) fn get(&self, input: usize) -> TractResult<Option<Tensor>> {
-        let Some(name) = self.node.input.get(input).filter(|n| !n.is_empty()) else { return Ok(None) };
-        match self.graph.initializer.iter().find(|t| &t.name == name) {
+        match self.proto(input) {
             Some(t) => Ok(Some(tract_onnx::tensor::load_tensor(&*self.ctx.framework.provider, t, self.ctx.model_dir)?)),
             None => Ok(None),
         }
     }
+
+    /// The initializer feeding `input`, undecoded.
+    fn proto(&self, input: usize) -> Option<&'a TensorProto> {
+        let name = self.node.input.get(input).filter(|n| !n.is_empty())?;
+        self.graph.initializer.iter().find(|t| &t.name == name)
+    }
 }
 
-/// The weight packed for the kernel, if it is a 2-D int8 matrix with a zero point of 0.
-fn packed(w: &Tensor, zero: Option<&Tensor>) -> TractResult<Option<PackedWeights>> {
-    if w.datum_type() != DatumType::I8 || w.rank() != 2 {
-        return Ok(None);
-    }
+/// The weight feeding `input`, if it is a 2-D int8 initializer with a zero point of 0.
+fn weight_input(c: &Constants, input: usize, zero: Option<&Tensor>) -> TractResult<Option<Weights>> {
+    let Some(w) = c.proto(input) else { return Ok(None) };
+    let (&[k, n], true) = (&w.dims[..], w.data_type == TensorProtoDataType::Int8 as i32) else { return Ok(None) };
+    let (Ok(k), Ok(n)) = (usize::try_from(k), usize::try_from(n)) else { return Ok(None) };
     if let Some(zero) = zero {
         if zero.datum_type() != DatumType::I8 || zero.try_as_plain_ram()?.as_slice::<i8>()?.iter().any(|&z| z != 0) {
             return Ok(None);
         }
     }
-    let (k, n) = (w.shape()[0], w.shape()[1]);
-    Ok(Some(PackedWeights::pack(w.try_as_plain_ram()?.as_slice::<i8>()?, k, n)))
+    Ok(Some(Weights::Input { input, k, n }))
 }
 
 fn scalar_f32(t: &Tensor) -> TractResult<Option<f32>> {
@@ -619,9 +737,13 @@ mod tests {
                 .with_input_fact(0, InferenceFact::dt_shape(i8::datum_type(), a.shape()))
                 .unwrap();
             let mut typed = model.into_typed().unwrap();
-            let merged = if merge { merge_blocks(&mut typed).unwrap() } else { 0 };
+            let merged = if merge { prepare(&mut typed).unwrap() } else { 0 };
             let plan = typed.into_optimized().unwrap().into_runnable().unwrap();
-            let ops = plan.model().nodes().iter().filter(|n| n.op_is::<Int8MatMul>()).count();
+            let ops: Vec<&Int8MatMul> = plan.model().nodes().iter().filter_map(|n| n.op_as::<Int8MatMul>()).collect();
+            // Prepared: packed once at load; otherwise the parsed blocks, packed by each run.
+            let packed = ops.iter().filter(|op| matches!(*op.weights, Weights::Packed(_))).count();
+            assert_eq!(packed, if merge { ops.len() } else { 0 });
+            let ops = ops.len();
             let out = plan.run(tvec!(a.clone().into_tvalue())).unwrap();
             (merged, ops, out[0].try_as_plain_ram().unwrap().as_slice::<i8>().unwrap().to_vec())
         };

@@ -7,7 +7,7 @@ use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
-use super::op::{tract_builder, Constants, Parsed};
+use super::op::{tract_builder, Constants, Parsed, Wired};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantizeLinear {
@@ -74,6 +74,8 @@ impl EvalOp for QuantizeLinear {
         Ok(tvec!(y.into_tvalue()))
     }
 }
+
+impl Wired for QuantizeLinear {}
 
 impl TypedOp for QuantizeLinear {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
