@@ -51,10 +51,7 @@ impl CaptionModel {
         let load = |role| -> Result<Plan, EngineError> {
             let shapes = GraphShapes::for_role(role, dims, m.preprocess.image_size as usize)
                 .ok_or_else(|| EngineError::Option(format!("{role:?} is not a graph")))?;
-            let started = std::time::Instant::now();
-            let plan = graph::load(&bundle.path(role), &shapes)?;
-            log_loaded(&format!("{role:?}"), started);
-            Ok(plan)
+            logged(&format!("{role:?}"), || graph::load(&bundle.path(role), &shapes))
         };
         // One graph at a time: loading makes transient copies of every weight,
         // and side by side they raised the peak by ~100 MB for no gain on a 2-core x86 (tract's
@@ -62,16 +59,15 @@ impl CaptionModel {
         let image_encoder = load(FileRole::ImageEncoder)?;
         let mapper = load(FileRole::Mapper)?;
         let decoder = load(FileRole::Decoder)?;
-        let started = std::time::Instant::now();
-        let token_embeddings = load_token_embeddings(&bundle.path(FileRole::TokenEmbeddings), dims)?;
-        log_loaded("token embeddings", started);
-        let started = std::time::Instant::now();
-        let tokenizer = TextTokenizer::from_files(
-            m.tokenizer.kind,
-            &bundle.path(FileRole::TokenizerVocab),
-            &bundle.path(FileRole::TokenizerMerges),
-        )?;
-        log_loaded("tokenizer", started);
+        let token_embeddings =
+            logged("token embeddings", || load_token_embeddings(&bundle.path(FileRole::TokenEmbeddings), dims))?;
+        let tokenizer = logged("tokenizer", || {
+            TextTokenizer::from_files(
+                m.tokenizer.kind,
+                &bundle.path(FileRole::TokenizerVocab),
+                &bundle.path(FileRole::TokenizerMerges),
+            )
+        })?;
         let memory = match m.file(FileRole::Memory) {
             Some(_) => Some(load_memory(&bundle.path(FileRole::Memory), dims)?),
             None => None,
@@ -158,8 +154,11 @@ impl CaptionModel {
     }
 }
 
-/// Start-up time and memory, part by part (`RUST_LOG=edgecap_engine=debug`).
-fn log_loaded(part: &str, started: std::time::Instant) {
+/// Runs `load`, logging its time and the memory after it: start-up, part by part
+/// (`RUST_LOG=edgecap_engine=debug`).
+fn logged<T>(part: &str, load: impl FnOnce() -> T) -> T {
+    let started = std::time::Instant::now();
+    let loaded = load();
     let mib = |field| crate::platform::process_memory_mib(field).map_or("?".into(), |v| format!("{v:.0}"));
     log::debug!(
         "{part} loaded in {} ms; resident {} MiB, peak {} MiB",
@@ -167,6 +166,7 @@ fn log_loaded(part: &str, started: std::time::Instant) {
         mib("VmRSS"),
         mib("VmHWM")
     );
+    loaded
 }
 
 /// The causal attention mask for `seq` new positions after `past` cached ones, [seq, past+seq]

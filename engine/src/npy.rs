@@ -111,7 +111,9 @@ fn header_extent(name: &str, bytes: &[u8]) -> Result<(usize, usize), NpyError> {
         2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
         v => return Err(bad(format!("unsupported version {v}"))),
     };
-    Ok((header_start, header_start + header_len))
+    // checked: a version-2 length near u32::MAX would wrap a 32-bit usize (armv7 boards).
+    let data_start = header_start.checked_add(header_len).ok_or_else(|| bad("header length overflows".into()))?;
+    Ok((header_start, data_start))
 }
 
 /// Bytes that hold the magic, the version and the header's length in every version.
