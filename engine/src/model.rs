@@ -53,12 +53,14 @@ impl CaptionModel {
                 .ok_or_else(|| EngineError::Option(format!("{role:?} is not a graph")))?;
             logged(&format!("{role:?}"), || graph::load(&bundle.path(role), &shapes))
         };
-        // One graph at a time: loading makes transient copies of every weight,
-        // and side by side they raised the peak by ~100 MB for no gain on a 2-core x86 (tract's
-        // optimisation is memory-bound there).
+        // One graph at a time: loading makes transient copies of every weight (about three times
+        // the graph's size), and side by side they raised the peak by ~100 MB for no gain on a
+        // 2-core x86 (tract's optimisation is memory-bound there). The largest transient goes
+        // first, while little else is resident: the peak is the resident model plus one
+        // graph's transient, and the decoder (with its LM head) has the largest.
+        let decoder = load(FileRole::Decoder)?;
         let image_encoder = load(FileRole::ImageEncoder)?;
         let mapper = load(FileRole::Mapper)?;
-        let decoder = load(FileRole::Decoder)?;
         let token_embeddings =
             logged("token embeddings", || load_token_embeddings(&bundle.path(FileRole::TokenEmbeddings), dims))?;
         let tokenizer = logged("tokenizer", || {
@@ -159,6 +161,9 @@ impl CaptionModel {
 fn logged<T>(part: &str, load: impl FnOnce() -> T) -> T {
     let started = std::time::Instant::now();
     let loaded = load();
+    // The part's transient copies are freed now; trimmed here, glibc does not keep them
+    // resident under the next part's (the peak is then the model so far plus one transient).
+    crate::platform::release_free_memory();
     let mib = |field| crate::platform::process_memory_mib(field).map_or("?".into(), |v| format!("{v:.0}"));
     log::debug!(
         "{part} loaded in {} ms; resident {} MiB, peak {} MiB",
