@@ -146,8 +146,7 @@ impl Int8MatMul {
         Ok(out)
     }
 
-    /// Subtracts the zero point's share and writes `[rows, n]` in the output type, in one pass
-    /// from the kernel's panels to the output tensor.
+    /// Subtracts the zero point's share and writes `[rows, n]` in the output type.
     fn finish(
         &self,
         w: &PackedWeights,
@@ -159,17 +158,14 @@ impl Int8MatMul {
         let mut out = Tensor::zero_dt(self.output_datum(), shape)?;
         let mut view = out.try_as_plain_ram_mut()?;
         match &self.output {
-            Output::Sums => each_sum(w, sums, rows, a_zero_u8, view.as_slice_mut::<i32>()?, |s, _| s),
+            Output::Sums => each_sum(w, sums, rows, a_zero_u8, view.as_slice_mut::<i32>()?),
             Output::Requantized { multipliers, zero, datum } => {
-                let (lo, hi) = if *datum == DatumType::U8 { (0, 255) } else { (-128, 127) };
-                // Clamped first: the rounding is exact well beyond any int8 result.
-                let q = |s: i32, j: usize| {
-                    (round_half_even((s as f32 * multipliers[j]).clamp(-1024.0, 1024.0)) + zero).clamp(lo, hi)
-                };
+                let mut corrected = vec![0i32; rows * w.n()];
+                each_sum(w, sums, rows, a_zero_u8, &mut corrected);
                 if *datum == DatumType::U8 {
-                    each_sum(w, sums, rows, a_zero_u8, view.as_slice_mut::<u8>()?, |s, j| q(s, j) as u8)
+                    requantize(&corrected, multipliers, *zero, (0, 255), view.as_slice_mut::<u8>()?, |v| v as u8)
                 } else {
-                    each_sum(w, sums, rows, a_zero_u8, view.as_slice_mut::<i8>()?, |s, j| q(s, j) as i8)
+                    requantize(&corrected, multipliers, *zero, (-128, 127), view.as_slice_mut::<i8>()?, |v| v as i8)
                 }
             }
         }
@@ -177,23 +173,28 @@ impl Int8MatMul {
     }
 }
 
-/// `out[r][j] = f(sum[r][j] − a_zero · Σ_k w[k][j], j)` from the panel-ordered sums.
-fn each_sum<T>(
-    w: &PackedWeights,
-    sums: &[i32],
-    rows: usize,
-    a_zero_u8: i32,
-    out: &mut [T],
-    f: impl Fn(i32, usize) -> T,
-) {
+/// `out[r][j] = sum[r][j] − a_zero · Σ_k w[k][j]`, row-major, from the panel-ordered sums.
+fn each_sum(w: &PackedWeights, sums: &[i32], rows: usize, a_zero_u8: i32, out: &mut [i32]) {
     let (n, col_sums) = (w.n(), w.col_sums());
     for (p, panel) in sums.chunks_exact(rows * PANEL).take(w.panels()).enumerate() {
         let cols = p * PANEL..((p + 1) * PANEL).min(n);
         for (r, s) in panel.chunks_exact(PANEL).enumerate() {
             let row = &mut out[r * n + cols.start..r * n + cols.end];
-            for ((o, s), j) in row.iter_mut().zip(s).zip(cols.clone()) {
-                *o = f(s - a_zero_u8 * col_sums[j], j);
+            for ((o, s), c) in row.iter_mut().zip(s).zip(&col_sums[cols.clone()]) {
+                *o = s - a_zero_u8 * c;
             }
+        }
+    }
+}
+
+/// `out = saturate(round_half_even(sum · m_j) + zero)`, row by row; slices zipped, so that the
+/// loop vectorises.
+fn requantize<T>(sums: &[i32], multipliers: &[f32], zero: i32, (lo, hi): (i32, i32), out: &mut [T], to: fn(i32) -> T) {
+    let n = multipliers.len().max(1);
+    for (out, sums) in out.chunks_exact_mut(n).zip(sums.chunks_exact(n)) {
+        for ((o, &s), &m) in out.iter_mut().zip(sums).zip(multipliers) {
+            // Clamped first: the rounding is exact well beyond any int8 result.
+            *o = to((round_half_even((s as f32 * m).clamp(-1024.0, 1024.0)) + zero).clamp(lo, hi));
         }
     }
 }

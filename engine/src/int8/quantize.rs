@@ -32,19 +32,21 @@ impl QuantizeLinear {
     /// The quantized values, still as i32.
     fn quantize<'a>(&self, xs: &'a [f32]) -> impl Iterator<Item = i32> + 'a {
         let (lo, hi) = self.range();
-        // Clamped before rounding, so that the rounding trick stays exact and NaN-free inputs
-        // saturate as ONNX asks.
+        // Clamped before rounding, so that the rounding trick stays exact and values saturate as
+        // ONNX asks; max/min (not clamp) send NaN to the low end rather than through the trick.
         let (lo_f, hi_f) = ((lo - self.zero) as f32, (hi - self.zero) as f32);
         let (scale, zero) = (self.scale, self.zero);
-        xs.iter().map(move |&x| round_half_even((x / scale).clamp(lo_f, hi_f)) + zero)
+        xs.iter().map(move |&x| round_half_even((x / scale).max(lo_f).min(hi_f)) + zero)
     }
 }
 
-/// Half to even under the default rounding mode, for |v| < 2^22: adding and removing 1.5·2^23
-/// leaves the nearest integer (no libm call, so the loop vectorises).
+/// Half to even under the default rounding mode, for |v| < 2^22: `v + 1.5·2^23` lies where
+/// floats are one apart, so it is rounded to the nearest integer and that integer sits in the
+/// low bits. Read from the bits, without a float-to-int conversion: Rust's saturating `as i32`
+/// is scalar on x86-64's baseline, and it kept the quantizing loops from vectorising.
 pub fn round_half_even(v: f32) -> i32 {
     const MAGIC: f32 = 12_582_912.0;
-    ((v + MAGIC) - MAGIC) as i32
+    (v + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
 }
 
 impl Op for QuantizeLinear {
@@ -131,12 +133,19 @@ mod tests {
         assert_eq!(got, [3, 5, 3, 1, 5, 127, -128, 3, 127, -127]);
         let u = QuantizeLinear { scale: 0.1, zero: 10, datum: DatumType::U8 };
         assert_eq!(u.quantize(&[-5.0, 0.0, 24.5, 30.0]).collect::<Vec<_>>(), [0, 10, 255, 255]);
+        // Non-finite activations stay inside the type's range.
+        let odd = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
+        assert_eq!(q.quantize(&odd).collect::<Vec<_>>(), [-128, 127, -128]);
     }
 
     #[test]
     fn magic_rounding_matches_the_standard_library() {
         for i in -40_000..40_000 {
             let v = i as f32 * 0.0125;
+            assert_eq!(round_half_even(v), v.round_ties_even() as i32, "{v}");
+        }
+        // Up to the edge of the trick's range, 2^22.
+        for v in [4_194_303.5f32, -4_194_303.5, 4_194_302.5, 1e6 + 0.5, -1e6 - 0.5] {
             assert_eq!(round_half_even(v), v.round_ties_even() as i32, "{v}");
         }
     }
