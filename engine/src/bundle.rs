@@ -8,6 +8,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -69,14 +70,33 @@ impl Bundle {
 
     /// Checks every file against its sha256.
     pub(crate) fn verify(&self) -> Result<(), BundleError> {
-        // Hashing hundreds of MB is a good part of start-up: one thread per file. The first
-        // failure in manifest order is reported, as a sequential check would.
-        let checks: Vec<Result<(), BundleError>> = std::thread::scope(|s| {
-            let handles: Vec<_> =
-                self.manifest.files.iter().map(|entry| s.spawn(move || verify_hash(&self.dir, entry))).collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+        // Hashing hundreds of MB is a good part of start-up, so it runs beside the loader: on
+        // every core but one, which is left to the loader (a thread per file made the loader
+        // share its core with the hashing and start-up slower). The first failure in manifest
+        // order is reported, as a sequential check would.
+        let files = &self.manifest.files;
+        let next = AtomicUsize::new(0);
+        let threads = (crate::platform::available_cores() - 1).clamp(1, files.len().max(1));
+        let mut checks: Vec<(usize, Result<(), BundleError>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(entry) = files.get(i) else { return done };
+                            done.push((i, verify_hash(&self.dir, entry)));
+                        }
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
         });
-        checks.into_iter().collect()
+        checks.sort_by_key(|(i, _)| *i);
+        checks.into_iter().map(|(_, check)| check).collect()
     }
 
     /// The path of the file playing `role` (present: checked by `open`).

@@ -57,6 +57,7 @@ pub fn available_cores() -> usize {
 pub fn set_threads(threads: usize) {
     let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
     multithread::set_default_executor(executor);
+    crate::int8::pool::set_threads(threads);
 }
 
 /// A memory figure of this process (`VmHWM`, `VmRSS`...) from `/proc/self/status`, in MiB;

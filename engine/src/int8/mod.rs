@@ -4,9 +4,11 @@
 //! them); while a graph is parsed, every such product by a constant weight becomes an
 //! [`op::Int8MatMul`] running [`kernel`], and each `QuantizeLinear` a [`quantize::QuantizeLinear`],
 //! on CPUs that have a kernel here. Elsewhere tract's own implementation runs, as before.
+//! The products are shared between the threads of [`pool`].
 
 pub mod kernel;
 pub mod op;
+pub mod pool;
 pub mod quantize;
 
 /// tract's ONNX loader with the integer products of this module in place of tract's.

@@ -16,10 +16,12 @@ use tract_onnx::pb::{GraphProto, NodeProto, TensorProto};
 use tract_onnx::tract_hir::internal::*;
 
 use super::kernel::{Activations, Kernel, PackedWeights, PANEL};
+use super::pool::Pool;
 use super::quantize::round_half_even;
 
-/// Products of at least this many multiply-adds are split between tract's threads.
-const THREADED_MACS: usize = 16 << 20;
+/// Products of at least this many multiply-adds are shared between the pool's threads: about
+/// 5 µs of work on one thread, several times what handing out a job costs.
+const THREADED_MACS: usize = 1 << 18;
 
 /// What the product hands on.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,24 +127,27 @@ impl Int8MatMul {
         Ok((rows, self.a_zero + if unsigned { 0 } else { 128 }))
     }
 
-    /// Raw sums, panel by panel, split between tract's threads.
-    fn products(&self, a: &Activations, w: &PackedWeights) -> TractResult<Vec<i32>> {
+    /// Raw sums, panel by panel, split between the threads of `pool` if the product is large.
+    fn products(&self, a: &Activations, w: &PackedWeights, pool: Option<&Pool>) -> TractResult<Vec<i32>> {
         let rows = a.rows();
         // Room for an even number of panels: threads take whole pairs, as one thread does.
         let per_pair = 2 * rows * PANEL;
-        let mut out = vec![0i32; w.panels().div_ceil(2) * per_pair];
-        if rows == 0 {
-            return Ok(out);
-        }
-        // Below THREADED_MACS a product runs on the calling thread: waking tract's pool costs
-        // ~60 µs, more than a one-row product of a 768×3072 weight takes (~35 µs).
-        let macs = rows * w.k() * w.n();
-        let work = if macs >= THREADED_MACS { macs } else { 0 };
-        tract_linalg::multithread::par_chunks_mut(&mut out, per_pair, work, |pair, chunk| {
+        let pairs = w.panels().div_ceil(2);
+        let mut out = vec![0i32; pairs * per_pair];
+        let run = |pair: usize, chunk: &mut [i32]| {
             let panels = 2 * pair..(2 * pair + 2 * chunk.len() / per_pair).min(w.panels());
             self.kernel.run(a, w, panels.clone(), &mut chunk[..panels.len() * rows * PANEL]);
-            Ok(())
-        })?;
+        };
+        match pool.filter(|_| rows * w.k() * w.n() >= THREADED_MACS) {
+            Some(pool) => {
+                // A few contiguous runs of pairs per thread: each streams its part of the weight
+                // in order, and a thread held up by the OS leaves its share to the others.
+                let per_task = pairs.div_ceil(4 * pool.threads()).max(1);
+                pool.for_each_chunk_mut(&mut out, per_task * per_pair, |task, chunk| run(task * per_task, chunk));
+            }
+            None if rows > 0 => run(0, &mut out),
+            None => {}
+        }
         Ok(out)
     }
 
@@ -223,7 +228,7 @@ impl EvalOp for Int8MatMul {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (a, w) = (&inputs[0], self.weights.packed()?);
         let (rows, a_zero_u8) = self.widen(a, w.k())?;
-        let sums = self.products(&rows, &w)?;
+        let sums = self.products(&rows, &w, super::pool::current().as_deref())?;
         let mut shape = a.shape().to_vec();
         *shape.last_mut().context("Int8MatMul: scalar activations")? = w.n();
         Ok(tvec!(self.finish(&w, &sums, rows.rows(), a_zero_u8, &shape)?.into_tvalue()))
@@ -681,6 +686,31 @@ mod tests {
             }
             let exact = y.iter().zip(&y_ref).filter(|(a, b)| a == b).count();
             assert!(exact * 100 >= y.len() * 99, "only {exact} of {} requantized values equal tract's", y.len());
+        }
+    }
+
+    #[test]
+    fn threads_share_a_product_without_changing_it() {
+        let Some(kernel) = Kernel::detect() else { return };
+        // One row by GPT-2's MLP weight and 50 rows by a small one: above THREADED_MACS, with a
+        // last task shorter than the others and a lone last panel.
+        for (rows, k, n) in [(1, 768, 3072 + 16), (50, 96, 1000)] {
+            let w = values(k as u64 + n as u64, k * n);
+            let packed = PackedWeights::pack(&w, k, n);
+            let op = Int8MatMul {
+                kernel,
+                weights: Arc::new(Weights::Packed(packed.clone())),
+                a_zero: 0,
+                output: Output::Sums,
+            };
+            let a_bytes: Vec<u8> = values(rows as u64, rows * k).into_iter().map(|v| v as u8).collect();
+            let a = Activations::new(&a_bytes, k, 0);
+            assert!(rows * k * n >= THREADED_MACS);
+            let alone = op.products(&a, &packed, None).unwrap();
+            for threads in [2, 3] {
+                let shared = op.products(&a, &packed, Some(&Pool::new(threads))).unwrap();
+                assert_eq!(shared, alone, "rows {rows} k {k} n {n}, {threads} threads");
+            }
         }
     }
 
