@@ -201,9 +201,14 @@ def tree_bytes(path: Path) -> int:
 
 def peak_rss_mib() -> float | None:
     """VmHWM of this process from /proc/self/status, in MiB."""
+    return process_memory_mib("VmHWM")
+
+
+def process_memory_mib(field: str) -> float | None:
+    """A memory figure (VmHWM, VmRSS...) of this process from /proc/self/status, in MiB."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -486,6 +491,7 @@ class EdgecapRuntime:
         self.threads, self.n_tokens = threads, n_tokens
         self.loads_ms: list[float] = []
         self.peak_rss: list[float] = []
+        self.loaded_rss: list[float] = []
 
     def load(self) -> None:
         """Checks that host-tools can produce per-caption samples of a fixed length (edgecap's
@@ -511,6 +517,8 @@ class EdgecapRuntime:
         self.loads_ms.append(float(report["load_ms"]))
         if report.get("peak_rss_mib") is not None:
             self.peak_rss.append(float(report["peak_rss_mib"]))
+        if report.get("loaded_rss_mib") is not None:
+            self.loaded_rss.append(float(report["loaded_rss_mib"]))
         return samples
 
 
@@ -610,10 +618,12 @@ def probe_main(args) -> int:
     int8_graphs = {role: args.ort_cache / f"{role}.int8.onnx" for role in GRAPHS}
     rt = python_runtime(kind, args, fp32, int8_graphs)
     load_ms = rt.load()
+    loaded_rss = process_memory_mib("VmRSS")
     t = now()
     rt.caption(load_rgb(args.probe_image))
     caption_ms = ms(now() - t)
-    print(json.dumps({"load_ms": load_ms, "caption_ms": caption_ms, "peak_rss_mib": peak_rss_mib()}))
+    print(json.dumps({"load_ms": load_ms, "caption_ms": caption_ms, "peak_rss_mib": peak_rss_mib(),
+                      "loaded_rss_mib": loaded_rss}))
     return 0
 
 
@@ -780,14 +790,14 @@ def render_latency_table(rts: dict) -> list[str]:
 
 def render_resource_table(rts: dict) -> list[str]:
     lines = ["| runtime | caption median (ms) | edgecap fp32 ÷ this | edgecap int8 ÷ this | load (ms) "
-             "| start-up (ms) | peak RSS (MiB) | size on disk (MiB) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| start-up (ms) | RSS after load (MiB) | peak RSS (MiB) | size on disk (MiB) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name in RUNTIME_ORDER:
         r = rts[name]
         lines.append(
             f"| {name} | {fmt_ms(r['stats']['total_ms']['median_ms'])} | {r['ratio_edgecap_fp32']:.2f} "
             f"| {r['ratio_edgecap_int8']:.2f} | {fmt_ms(r['load_ms'])} | {fmt_ms(r['startup_ms'])} "
-            f"| {fmt_mib(r['peak_rss_mib'])} | {fmt_mib(r['size_bytes'] / 2**20)} |")
+            f"| {fmt_mib(r['loaded_rss_mib'])} | {fmt_mib(r['peak_rss_mib'])} | {fmt_mib(r['size_bytes'] / 2**20)} |")
     return lines
 
 
@@ -807,8 +817,9 @@ def render_notes(report: dict) -> list[str]:
         "then load_state_dict; ORT: three InferenceSessions + token embeddings). Start-up = a whole process's "
         f"wall time minus its one caption: {edgecap_startup}; Python = one probe process (interpreter start, "
         "imports, load).",
-        "* Peak RSS = VmHWM; the Python figures come from a probe process per runtime that loads and captions one "
-        "image, so they include the interpreter and the framework.",
+        "* RSS after load = VmRSS once the model is loaded (edgecap: the largest of its rounds), what stays "
+        "resident while captioning; peak RSS = VmHWM, loading included. The Python figures come from a probe "
+        "process per runtime that loads and captions one image, so they include the interpreter and the framework.",
         "* Size: edgecap = the bundle directory; PyTorch = CLIP directory (text tower included, unused) + "
         "clipcap-mlp.pt + GPT-2 config; ORT = the three graphs + token_embeddings.npy.",
         f"* PyTorch: {torch_info.get('image_processor')}, GPT-2 attention `{torch_info.get('attn_implementation')}`, "
@@ -901,14 +912,17 @@ def summarise(args, fp32: Bundle, int8: Bundle, int8_graphs: dict[str, Path], sa
             e = edgecaps[name]
             load_ms = median(e.loads_ms)
             rss = max(e.peak_rss) if e.peak_rss else None
+            loaded_rss = max(e.loaded_rss) if e.loaded_rss else None
             startup = startups.get(name)
             extra = {"load_ms_runs": e.loads_ms, "peak_rss_mib_runs": e.peak_rss, "startup": startup}
             startup_ms = startup["median_ms"] if startup else None
         else:
             probe = probes[name]
             load_ms, rss, startup_ms = loads[name], probe["peak_rss_mib"], probe["startup_ms"]
+            loaded_rss = probe.get("loaded_rss_mib")
             extra = {"probe": probe}
-        out[name] = {"stats": stats, "load_ms": load_ms, "peak_rss_mib": rss, "startup_ms": startup_ms,
+        out[name] = {"stats": stats, "load_ms": load_ms, "peak_rss_mib": rss, "loaded_rss_mib": loaded_rss,
+                     "startup_ms": startup_ms,
                      "size_bytes": sizes[name], "samples": samples[name], **extra}
     for name in RUNTIME_ORDER:
         total = out[name]["stats"]["total_ms"]["median_ms"]
