@@ -51,9 +51,10 @@ pub fn available_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Runs tract's matrix products on `threads` threads from now on, process-wide (tract keeps one
-/// default executor). 1 = on the calling thread only, as without this call. Call it once, before
-/// captioning: each call with more than one thread builds a new pool.
+/// Runs tract's matrix products and edgecap's int8 products ([`crate::int8::pool`]) on `threads`
+/// threads from now on, process-wide (tract keeps one default executor). 1 = on the calling
+/// thread only, as without this call. Call it once, before captioning: each call with more than
+/// one thread builds new pools.
 pub fn set_threads(threads: usize) {
     let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
     multithread::set_default_executor(executor);

@@ -33,7 +33,24 @@ pub struct PackedWeights {
 impl PackedWeights {
     /// Packs `w`, row-major `[k][n]` (ONNX MatMul's second operand).
     pub fn pack(w: &[i8], k: usize, n: usize) -> PackedWeights {
-        assert_eq!(w.len(), k * n, "weight of {} values is not {k}×{n}", w.len());
+        PackedWeights::pack_blocks(k, &[(w, n)])
+    }
+
+    /// Packs blocks that lie side by side, `[k][n1 + n2 + ...]`: each is row-major `[k][n_i]`,
+    /// given with its width. Read in place: joining them first cost a copy of the whole weight
+    /// (38 MB for GPT-2's LM head) at every start.
+    pub fn pack_blocks(k: usize, blocks: &[(&[i8], usize)]) -> PackedWeights {
+        for (w, width) in blocks {
+            assert_eq!(w.len(), k * width, "weight block of {} values is not {k}×{width}", w.len());
+        }
+        let starts: Vec<usize> =
+            blocks.iter().scan(0, |end, (_, width)| Some(std::mem::replace(end, *end + width))).collect();
+        let n: usize = blocks.iter().map(|(_, width)| width).sum();
+        // The block holding column c, and c's column in it.
+        let locate = |c: usize| {
+            let b = starts.partition_point(|&start| start <= c) - 1;
+            (blocks[b], c - starts[b])
+        };
         let panel_len = k.next_multiple_of(DEPTH) * PANEL;
         let mut data = vec![0i8; n.div_ceil(PANEL) * panel_len];
         // Panel by panel, so that the writes are sequential (a weight of 50257 columns written
@@ -41,40 +58,29 @@ impl PackedWeights {
         for (p, panel) in data.chunks_exact_mut(panel_len).enumerate() {
             let c0 = p * PANEL;
             let width = PANEL.min(n - c0);
+            let ((w, stride), at) = locate(c0);
+            let whole = width == PANEL && at + PANEL <= stride;
             for (g, group) in panel.chunks_exact_mut(PANEL * DEPTH).enumerate() {
                 let k0 = g * DEPTH;
                 let depth = DEPTH.min(k - k0);
-                let src = &w[k0 * n + c0..];
-                if width == PANEL && depth == DEPTH {
-                    interleave(src, n, group);
+                if whole && depth == DEPTH {
+                    interleave(&w[k0 * stride + at..], stride, group);
                 } else {
+                    // Edges, and the few panels that straddle two blocks.
                     for (d, c) in (0..depth).flat_map(|d| (0..width).map(move |c| (d, c))) {
-                        group[c * DEPTH + d] = src[d * n + c];
+                        let ((w, stride), at) = locate(c0 + c);
+                        group[c * DEPTH + d] = w[(k0 + d) * stride + at];
                     }
                 }
             }
         }
         let mut col_sums = vec![0i32; n];
-        for row in w.chunks_exact(n.max(1)) {
-            col_sums.iter_mut().zip(row).for_each(|(s, &v)| *s += v as i32);
-        }
-        PackedWeights { k, n, data, col_sums }
-    }
-
-    /// Packs blocks that lie side by side, `[k][n1 + n2 + ...]`: each is row-major `[k][n_i]`,
-    /// given with its width.
-    pub fn pack_blocks(k: usize, blocks: &[(&[i8], usize)]) -> PackedWeights {
-        if let [(w, n)] = blocks {
-            return PackedWeights::pack(w, k, *n);
-        }
-        let n: usize = blocks.iter().map(|(_, n)| n).sum();
-        let mut joined = Vec::with_capacity(k * n);
-        for kk in 0..k {
-            for (w, width) in blocks {
-                joined.extend_from_slice(&w[kk * width..(kk + 1) * width]);
+        for ((w, width), start) in blocks.iter().zip(&starts) {
+            for row in w.chunks_exact((*width).max(1)) {
+                col_sums[*start..].iter_mut().zip(row).for_each(|(s, &v)| *s += v as i32);
             }
         }
-        PackedWeights::pack(&joined, k, n)
+        PackedWeights { k, n, data, col_sums }
     }
 
     pub fn k(&self) -> usize {
