@@ -96,7 +96,7 @@ impl Bundle {
                 .collect()
         });
         checks.sort_by_key(|(i, _)| *i);
-        checks.into_iter().map(|(_, check)| check).collect()
+        checks.into_iter().try_for_each(|(_, check)| check)
     }
 
     /// The path of the file playing `role` (present: checked by `open`).
