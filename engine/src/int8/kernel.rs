@@ -13,12 +13,16 @@
 
 use std::ops::Range;
 
+use super::pool::Pool;
+
 /// Output columns per panel: one AVX-512 register of i32 accumulators.
 pub const PANEL: usize = 16;
 /// Bytes of `k` that one `vpdpbusd` lane sums.
 pub const DEPTH: usize = 4;
 /// Rows multiplied by each weight load.
 pub const MAX_ROWS: usize = 8;
+/// Bytes of packed weight per packing task: whole panels, enough to outweigh handing out a task.
+const PACK_CHUNK: usize = 256 << 10;
 
 /// A constant int8 weight in panel order, with its column sums.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,13 +37,14 @@ pub struct PackedWeights {
 impl PackedWeights {
     /// Packs `w`, row-major `[k][n]` (ONNX MatMul's second operand).
     pub fn pack(w: &[i8], k: usize, n: usize) -> PackedWeights {
-        PackedWeights::pack_blocks(k, &[(w, n)])
+        PackedWeights::pack_blocks(k, &[(w, n)], None)
     }
 
     /// Packs blocks that lie side by side, `[k][n1 + n2 + ...]`: each is row-major `[k][n_i]`,
     /// given with its width. Read in place: joining them first cost a copy of the whole weight
-    /// (38 MB for GPT-2's LM head) at every start.
-    pub fn pack_blocks(k: usize, blocks: &[(&[i8], usize)]) -> PackedWeights {
+    /// (38 MB for GPT-2's LM head) at every start. Packing is a good part of loading a bundle,
+    /// so it shares the panels between the `pool`'s threads.
+    pub fn pack_blocks(k: usize, blocks: &[(&[i8], usize)], pool: Option<&Pool>) -> PackedWeights {
         for (w, width) in blocks {
             assert_eq!(w.len(), k * width, "weight block of {} values is not {k}×{width}", w.len());
         }
@@ -55,7 +60,7 @@ impl PackedWeights {
         let mut data = vec![0i8; n.div_ceil(PANEL) * panel_len];
         // Panel by panel, so that the writes are sequential (a weight of 50257 columns written
         // row by row would touch a new cache line for every value).
-        for (p, panel) in data.chunks_exact_mut(panel_len).enumerate() {
+        let pack_panel = |p: usize, panel: &mut [i8]| {
             let c0 = p * PANEL;
             let width = PANEL.min(n - c0);
             let ((w, stride), at) = locate(c0);
@@ -73,11 +78,33 @@ impl PackedWeights {
                     }
                 }
             }
-        }
+        };
+        let chunk_panels = PACK_CHUNK.div_ceil(panel_len).max(1);
+        let pack_chunk = |i: usize, chunk: &mut [i8]| {
+            for (j, panel) in chunk.chunks_exact_mut(panel_len).enumerate() {
+                pack_panel(i * chunk_panels + j, panel);
+            }
+        };
         let mut col_sums = vec![0i32; n];
-        for ((w, width), start) in blocks.iter().zip(&starts) {
-            for row in w.chunks_exact((*width).max(1)) {
-                col_sums[*start..].iter_mut().zip(row).for_each(|(s, &v)| *s += v as i32);
+        // Column sums from the packed panels: a panel's column c is bytes c·DEPTH.. of each group.
+        let sum_chunk = |data: &[i8], i: usize, sums: &mut [i32]| {
+            for (j, panel_sums) in sums.chunks_mut(PANEL).enumerate() {
+                let p = i * chunk_panels + j;
+                for group in data[p * panel_len..(p + 1) * panel_len].chunks_exact(PANEL * DEPTH) {
+                    for (s, column) in panel_sums.iter_mut().zip(group.chunks_exact(DEPTH)) {
+                        *s += column.iter().map(|&v| v as i32).sum::<i32>();
+                    }
+                }
+            }
+        };
+        match pool {
+            Some(pool) => {
+                pool.for_each_chunk_mut(&mut data, chunk_panels * panel_len, pack_chunk);
+                pool.for_each_chunk_mut(&mut col_sums, chunk_panels * PANEL, |i, sums| sum_chunk(&data, i, sums));
+            }
+            None => {
+                data.chunks_mut(chunk_panels * panel_len).enumerate().for_each(|(i, c)| pack_chunk(i, c));
+                col_sums.chunks_mut(chunk_panels * PANEL).enumerate().for_each(|(i, s)| sum_chunk(&data, i, s));
             }
         }
         PackedWeights { k, n, data, col_sums }
@@ -424,7 +451,24 @@ pub(crate) mod tests {
             |c0: usize, c1: usize| -> Vec<i8> { (0..k).flat_map(|kk| w[kk * n + c0..kk * n + c1].to_vec()).collect() };
         let (a, b, c) = (block(0, 13), block(13, 30), block(30, 40));
         let blocks = [(&a[..], 13), (&b[..], 17), (&c[..], 10)];
-        assert_eq!(PackedWeights::pack_blocks(k, &blocks), PackedWeights::pack(&w, k, n));
+        assert_eq!(PackedWeights::pack_blocks(k, &blocks, None), PackedWeights::pack(&w, k, n));
+    }
+
+    #[test]
+    fn packing_on_a_pool_is_packing_on_one_thread() {
+        // Several packing tasks (k 64: 1 KiB panels, 256 to a task), a panel straddling blocks.
+        let (k, n) = (64, 9000);
+        let w: Vec<i8> = lcg(5, k * n).into_iter().map(|v| v as i8).collect();
+        let block =
+            |c0: usize, c1: usize| -> Vec<i8> { (0..k).flat_map(|kk| w[kk * n + c0..kk * n + c1].to_vec()).collect() };
+        let (a, b) = (block(0, 4001), block(4001, n));
+        let blocks = [(&a[..], 4001), (&b[..], n - 4001)];
+        let alone = PackedWeights::pack_blocks(k, &blocks, None);
+        for threads in [2, 3] {
+            let pool = Pool::new(threads);
+            assert_eq!(PackedWeights::pack_blocks(k, &blocks, Some(&pool)), alone, "{threads} threads");
+        }
+        assert_eq!(alone.col_sums()[8999], (0..k).map(|kk| w[kk * n + 8999] as i32).sum::<i32>());
     }
 
     #[test]

@@ -76,7 +76,7 @@ impl Weights {
                     .iter()
                     .map(|b| Ok((b.try_as_plain_ram()?.as_slice::<i8>()?, b.shape()[1])))
                     .collect::<TractResult<Vec<_>>>()?;
-                Ok(Cow::Owned(PackedWeights::pack_blocks(k, &slices)))
+                Ok(Cow::Owned(PackedWeights::pack_blocks(k, &slices, super::pool::current().as_deref())))
             }
         }
     }
