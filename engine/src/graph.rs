@@ -65,13 +65,23 @@ impl GraphShapes {
 /// Loads the ONNX graph at `path` into a plan for `shapes`.
 pub fn load(path: &Path, shapes: &GraphShapes) -> Result<Plan, EngineError> {
     let shown = path.display().to_string();
-    let model = crate::int8::onnx().model_for_path(path).map_err(|e| tract_error(&shown, e))?;
+    let onnx = crate::int8::onnx();
+    // As tract's `model_for_path` does: external data lies beside the graph.
+    let dir = path.parent().and_then(|d| d.to_str());
+    let model = onnx
+        .proto_model_for_path(path)
+        .and_then(|proto| crate::int8::parse::model_for_proto(&onnx, proto, dir))
+        .map_err(|e| tract_error(&shown, e))?;
     optimise(model, shapes).map_err(|message| EngineError::Graph { path: shown, message })
 }
 
 /// Loads an ONNX graph held in memory (`label` names it in errors).
 pub fn load_bytes(bytes: &[u8], label: &str, shapes: &GraphShapes) -> Result<Plan, EngineError> {
-    let model = crate::int8::onnx().model_for_read(&mut &bytes[..]).map_err(|e| tract_error(label, e))?;
+    let onnx = crate::int8::onnx();
+    let model = onnx
+        .proto_model_for_read(&mut &bytes[..])
+        .and_then(|proto| crate::int8::parse::model_for_proto(&onnx, proto, None))
+        .map_err(|e| tract_error(label, e))?;
     optimise(model, shapes).map_err(|message| EngineError::Graph { path: label.to_string(), message })
 }
 

@@ -4,10 +4,12 @@
 //! them); while a graph is parsed, every such product by a constant weight becomes an
 //! [`op::Int8MatMul`] running [`kernel`], and each `QuantizeLinear` a [`quantize::QuantizeLinear`],
 //! on CPUs that have a kernel here. Elsewhere tract's own implementation runs, as before.
-//! The products are shared between the threads of [`pool`].
+//! The products are shared between the threads of [`pool`]. [`parse`] hands them their weights
+//! straight from the decoded file, without the tensor tract would make of each.
 
 pub mod kernel;
 pub mod op;
+pub mod parse;
 pub mod pool;
 pub mod quantize;
 

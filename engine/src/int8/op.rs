@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
+use tract_onnx::data_resolver::ModelDataResolver;
 use tract_onnx::model::{OnnxOpRegister, ParsingContext};
 use tract_onnx::pb::tensor_proto::DataType as TensorProtoDataType;
 use tract_onnx::pb::{GraphProto, NodeProto, TensorProto};
@@ -44,15 +45,49 @@ enum Weights {
     },
     /// Wired: `[k, n_i]` column blocks side by side (one, unless the quantizer cut it).
     /// Packing waits for [`prepare`], after the blocks are merged, so each weight is packed once.
-    Blocks(Vec<Arc<Tensor>>),
+    Blocks(Vec<Arc<Block>>),
     Packed(PackedWeights),
+}
+
+/// One column block of a weight, `[k, n]` row-major.
+#[derive(Debug)]
+enum Block {
+    /// tract's constant for the initializer, shared with the graph.
+    Constant(Arc<Tensor>),
+    /// The initializer's bytes, moved out of the ONNX proto before tract parsed it
+    /// ([`super::parse`]): tract made no tensor of them.
+    Taken { k: usize, n: usize, bytes: Vec<u8> },
+}
+
+impl Block {
+    fn k(&self) -> usize {
+        match self {
+            Block::Constant(t) => t.shape()[0],
+            Block::Taken { k, .. } => *k,
+        }
+    }
+
+    fn n(&self) -> usize {
+        match self {
+            Block::Constant(t) => t.shape()[1],
+            Block::Taken { n, .. } => *n,
+        }
+    }
+
+    fn values(&self) -> TractResult<&[i8]> {
+        match self {
+            Block::Constant(t) => t.try_as_plain_ram()?.as_slice::<i8>(),
+            // SAFETY: i8 and u8 have the same size and alignment, and every byte is a valid i8.
+            Block::Taken { bytes, .. } => Ok(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast(), bytes.len()) }),
+        }
+    }
 }
 
 impl Weights {
     fn k(&self) -> usize {
         match self {
             Weights::Input { k, .. } => *k,
-            Weights::Blocks(blocks) => blocks[0].shape()[0],
+            Weights::Blocks(blocks) => blocks[0].k(),
             Weights::Packed(p) => p.k(),
         }
     }
@@ -60,7 +95,7 @@ impl Weights {
     fn n(&self) -> usize {
         match self {
             Weights::Input { n, .. } => *n,
-            Weights::Blocks(blocks) => blocks.iter().map(|b| b.shape()[1]).sum(),
+            Weights::Blocks(blocks) => blocks.iter().map(|b| b.n()).sum(),
             Weights::Packed(p) => p.n(),
         }
     }
@@ -72,10 +107,7 @@ impl Weights {
             Weights::Input { .. } => bail!("Int8MatMul: weight not wired"),
             Weights::Blocks(blocks) => {
                 let k = self.k();
-                let slices = blocks
-                    .iter()
-                    .map(|b| Ok((b.try_as_plain_ram()?.as_slice::<i8>()?, b.shape()[1])))
-                    .collect::<TractResult<Vec<_>>>()?;
+                let slices = blocks.iter().map(|b| Ok((b.values()?, b.n()))).collect::<TractResult<Vec<_>>>()?;
                 Ok(Cow::Owned(PackedWeights::pack_blocks(k, &slices, super::pool::current().as_deref())))
             }
         }
@@ -272,7 +304,7 @@ impl Wired for Int8MatMul {
             w.datum_type(),
             w.shape()
         );
-        Ok(Int8MatMul { weights: Arc::new(Weights::Blocks(vec![w])), ..self.clone() })
+        Ok(Int8MatMul { weights: Arc::new(Weights::Blocks(vec![Arc::new(Block::Constant(w))])), ..self.clone() })
     }
 }
 
@@ -282,6 +314,25 @@ impl Wired for Int8MatMul {
 pub(super) struct Parsed<O> {
     pub op: O,
     pub arity: usize,
+}
+
+impl Parsed<Int8MatMul> {
+    /// The node input whose initializer holds the weight and the weight's `[k, n]`, while the
+    /// weight is still to be wired from it.
+    pub(super) fn weight_input(&self) -> Option<(usize, usize, usize)> {
+        match *self.op.weights {
+            Weights::Input { input, k, n } => Some((input, k, n)),
+            Weights::Blocks(_) | Weights::Packed(_) => None,
+        }
+    }
+
+    /// The product with its weight's `[k, n]` bytes in hand, taken from the initializer.
+    pub(super) fn with_taken(self, bytes: Vec<u8>) -> Parsed<Int8MatMul> {
+        let (k, n) = (self.op.weights.k(), self.op.weights.n());
+        debug_assert_eq!(bytes.len(), k * n);
+        let weights = Arc::new(Weights::Blocks(vec![Arc::new(Block::Taken { k, n, bytes })]));
+        Parsed { op: Int8MatMul { weights, ..self.op }, arity: self.arity }
+    }
 }
 
 impl<O: Wired> Expansion for Parsed<O> {
@@ -375,7 +426,7 @@ fn next_merge(model: &TypedModel) -> TractResult<Option<(usize, OutletId, Int8Ma
             continue;
         }
         // Only wired, unpacked blocks merge (packing comes after merging).
-        let weights: Option<Vec<Vec<Arc<Tensor>>>> = blocks
+        let weights: Option<Vec<Vec<Arc<Block>>>> = blocks
             .iter()
             .map(|(op, _)| match &*op.weights {
                 Weights::Blocks(b) => Some(b.clone()),
@@ -432,22 +483,41 @@ pub(super) fn tract_builder(op: &str) -> TractResult<Builder> {
 /// quantization of their activations, on CPUs with a kernel.
 pub fn register(register: &mut OnnxOpRegister) {
     if Kernel::detect().is_some() {
-        register.insert("QLinearMatMul", qlinear_matmul);
-        register.insert("MatMulInteger", matmul_integer);
+        register.insert("QLinearMatMul", product);
+        register.insert("MatMulInteger", product);
         register.insert("QuantizeLinear", super::quantize::parse);
     }
 }
 
-fn qlinear_matmul(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    match (Kernel::detect(), Constants::new(ctx, node)) {
-        (Some(kernel), Some(c)) if node.input.len() == 8 => {
-            if let Some(op) = qlinear_op(kernel, &c)? {
-                return Ok((expand(Parsed { op, arity: 8 }), vec![]));
-            }
-        }
-        _ => {}
+/// The parser of both products: the operator parsed ahead with its weight taken, the fast path,
+/// or tract's own.
+fn product(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let parsed = match super::parse::taken(node) {
+        Some(parsed) => Some(parsed),
+        None => match Constants::new(ctx, node) {
+            Some(c) => fast_op(&c)?,
+            None => None,
+        },
+    };
+    match parsed {
+        Some(parsed) => Ok((expand(parsed), vec![])),
+        None => tract_builder(&node.op_type)?(ctx, node),
     }
-    tract_builder("QLinearMatMul")?(ctx, node)
+}
+
+/// The [`Int8MatMul`] for a `QLinearMatMul` or `MatMulInteger` node, if it takes the fast path:
+/// a kernel for this CPU, and the constants in the forms `host-tools quantize` writes.
+pub(super) fn fast_op(c: &Constants) -> TractResult<Option<Parsed<Int8MatMul>>> {
+    let Some(kernel) = Kernel::detect() else { return Ok(None) };
+    let node = c.node;
+    // Optional zero points may be given as empty names; only the plain forms take the fast path.
+    let arity = node.input.iter().filter(|i| !i.is_empty()).count();
+    let op = match node.op_type.as_str() {
+        "QLinearMatMul" if node.input.len() == 8 && arity == 8 => qlinear_op(kernel, c)?,
+        "MatMulInteger" if node.input.len() == arity => integer_op(kernel, c, arity)?,
+        _ => None,
+    };
+    Ok(op.map(|op| Parsed { op, arity }))
 }
 
 /// Inputs: a, a_scale, a_zero, w, w_scale, w_zero, y_scale, y_zero.
@@ -480,19 +550,6 @@ fn qlinear_op(kernel: Kernel, c: &Constants) -> TractResult<Option<Int8MatMul>> 
     }))
 }
 
-fn matmul_integer(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    // Optional zero points may be given as empty names; only the plain forms take the fast path.
-    let arity = node.input.iter().filter(|i| !i.is_empty()).count();
-    if let (Some(kernel), Some(c)) = (Kernel::detect(), Constants::new(ctx, node)) {
-        if node.input.len() == arity {
-            if let Some(op) = integer_op(kernel, &c, arity)? {
-                return Ok((expand(Parsed { op, arity }), vec![]));
-            }
-        }
-    }
-    tract_builder("MatMulInteger")?(ctx, node)
-}
-
 /// Inputs: a, w, optional a_zero, optional w_zero.
 fn integer_op(kernel: Kernel, c: &Constants, arity: usize) -> TractResult<Option<Int8MatMul>> {
     let w_zero = if arity > 3 { c.get(3)? } else { None };
@@ -513,19 +570,32 @@ fn integer_op(kernel: Kernel, c: &Constants, arity: usize) -> TractResult<Option
 /// The node's inputs that are initializers of the graph holding it.
 pub(super) struct Constants<'a> {
     graph: &'a GraphProto,
-    ctx: &'a ParsingContext<'a>,
-    node: &'a NodeProto,
+    provider: &'a dyn ModelDataResolver,
+    model_dir: Option<&'a str>,
+    pub(super) node: &'a NodeProto,
 }
 
 impl<'a> Constants<'a> {
+    /// While tract parses the node.
     pub(super) fn new(ctx: &'a ParsingContext<'a>, node: &'a NodeProto) -> Option<Constants<'a>> {
         // tract pushes each graph it parses, so the last one holds the node.
-        Some(Constants { graph: ctx.parent_graphs.last()?, ctx, node })
+        let graph = ctx.parent_graphs.last()?;
+        Some(Constants { graph, provider: &*ctx.framework.provider, model_dir: ctx.model_dir, node })
+    }
+
+    /// Before tract parses the graph holding the node.
+    pub(super) fn of(
+        graph: &'a GraphProto,
+        provider: &'a dyn ModelDataResolver,
+        model_dir: Option<&'a str>,
+        node: &'a NodeProto,
+    ) -> Constants<'a> {
+        Constants { graph, provider, model_dir, node }
     }
 
     pub(super) fn get(&self, input: usize) -> TractResult<Option<Tensor>> {
         match self.proto(input) {
-            Some(t) => Ok(Some(tract_onnx::tensor::load_tensor(&*self.ctx.framework.provider, t, self.ctx.model_dir)?)),
+            Some(t) => Ok(Some(tract_onnx::tensor::load_tensor(self.provider, t, self.model_dir)?)),
             None => Ok(None),
         }
     }
@@ -541,7 +611,8 @@ impl<'a> Constants<'a> {
 fn weight_input(c: &Constants, input: usize, zero: Option<&Tensor>) -> TractResult<Option<Weights>> {
     let Some(w) = c.proto(input) else { return Ok(None) };
     let (&[k, n], true) = (&w.dims[..], w.data_type == TensorProtoDataType::Int8 as i32) else { return Ok(None) };
-    let (Ok(k), Ok(n)) = (usize::try_from(k), usize::try_from(n)) else { return Ok(None) };
+    // A weight of no rows is what a taken weight leaves in the proto: never a product's.
+    let (Ok(k @ 1..), Ok(n)) = (usize::try_from(k), usize::try_from(n)) else { return Ok(None) };
     if let Some(zero) = zero {
         if zero.datum_type() != DatumType::I8 || zero.try_as_plain_ram()?.as_slice::<i8>()?.iter().any(|&z| z != 0) {
             return Ok(None);
@@ -801,6 +872,62 @@ mod tests {
         let far: Vec<_> =
             y.iter().zip(&y_tract).enumerate().filter(|(_, (a, b))| (**a as i32 - **b as i32).abs() > 1).collect();
         assert!(far.is_empty(), "{far:?}");
+    }
+
+    /// The graph parsed with its weights taken ([`super::super::parse`]): the blocks taken, and
+    /// the outputs.
+    fn run_taken(proto: &pb::ModelProto, a: &Tensor) -> TractResult<(usize, TVec<TValue>)> {
+        let model = super::super::parse::model_for_proto(&super::super::onnx(), proto.clone(), None)?
+            .with_input_fact(0, InferenceFact::dt_shape(i8::datum_type(), a.shape()))?;
+        let typed = model.into_typed()?;
+        let taken = typed
+            .nodes()
+            .iter()
+            .filter_map(|n| n.op_as::<Int8MatMul>())
+            .filter(|op| matches!(&*op.weights, Weights::Blocks(b) if matches!(*b[0], Block::Taken { .. })))
+            .count();
+        let out = typed.into_optimized()?.into_runnable()?.run(tvec!(a.clone().into_tvalue()))?;
+        Ok((taken, out))
+    }
+
+    #[test]
+    fn weights_taken_from_the_proto_give_the_same_products() {
+        if Kernel::detect().is_none() {
+            return;
+        }
+        let (k, n) = (64, 40);
+        let a = Tensor::from_shape(&[2, k], &values(11, 2 * k)).unwrap();
+        let proto = graph(k, n, 3);
+        let (taken, out) = run_taken(&proto, &a).unwrap();
+        let (y, sums, fast) = run(&super::super::onnx(), &proto, &a);
+        assert_eq!((taken, fast), (2, 2), "both weights taken, both products fast");
+        assert_eq!(out[0].try_as_plain_ram().unwrap().as_slice::<i8>().unwrap(), &y[..]);
+        assert_eq!(out[1].try_as_plain_ram().unwrap().as_slice::<i32>().unwrap(), &sums[..]);
+
+        // `w` also read by another node: it stays a tensor (the product wired to tract's
+        // constant), `w2` is still taken, and the products are unchanged.
+        let mut shared = proto.clone();
+        let g = shared.graph.as_mut().unwrap();
+        g.node.push(node("Identity", &["w"], "w_copy"));
+        g.output.push(value_info("w_copy", DataType::Int8));
+        let (taken, out) = run_taken(&shared, &a).unwrap();
+        assert_eq!(taken, 1);
+        assert_eq!(out[0].try_as_plain_ram().unwrap().as_slice::<i8>().unwrap(), &y[..]);
+        assert_eq!(out[1].try_as_plain_ram().unwrap().as_slice::<i32>().unwrap(), &sums[..]);
+        assert_eq!(out[2].shape(), &[k, n]);
+    }
+
+    #[test]
+    fn a_weight_of_the_wrong_length_is_an_error_not_a_panic() {
+        if Kernel::detect().is_none() {
+            return;
+        }
+        let mut proto = graph(16, 8, 0);
+        let g = proto.graph.as_mut().unwrap();
+        g.initializer.iter_mut().find(|t| t.name == "w").unwrap().raw_data.truncate(100);
+        let a = Tensor::from_shape(&[2, 16], &values(5, 32)).unwrap();
+        let e = run_taken(&proto, &a).unwrap_err();
+        assert!(format!("{e:#}").contains("w"), "{e:#}");
     }
 
     #[test]
