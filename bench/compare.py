@@ -946,7 +946,7 @@ def parse_args(argv: list[str] | None = None):
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     p.add_argument("--threads", type=int, default=cores, help=f"threads for every runtime (default: {cores})")
     p.add_argument("--tokens", type=int, default=20, help="generated tokens per caption (no early stop)")
-    p.add_argument("--startup-runs", type=int, default=3, help="edgecap caption processes timed for start-up")
+    p.add_argument("--startup-runs", type=int, default=5, help="edgecap caption processes timed for start-up")
     p.add_argument("--ort-cache", type=Path, help="where the ORT int8 graphs go (default: FP32/../ort-int8)")
     p.add_argument("--out-dir", type=Path, default=HERE, help="where results.md and results.json go")
     p.add_argument("--update-readme", type=Path, metavar="FILE",
