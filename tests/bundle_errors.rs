@@ -169,3 +169,55 @@ fn graphs_are_planned_for_the_shapes_the_engine_feeds() {
     let err = graph::load(&path, &wrong).expect_err("a wrong channel count").to_string();
     assert!(err.contains("image_encoder.onnx") && err.contains("input 0"), "{err}");
 }
+
+#[test]
+fn a_verified_bundle_is_stamped_and_still_checked_after_a_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = fresh_bundle(dir.path());
+    let stamp = bundle.join(edgecap_engine::bundle::STAMP_FILE);
+    // Export checks its bundle by loading it, which stamps it: start from none.
+    let _ = std::fs::remove_file(&stamp);
+    CaptionModel::load(&bundle).unwrap();
+    let first = std::fs::read_to_string(&stamp).expect("a verified bundle is stamped");
+    assert!(first.contains("decoder.onnx") && first.contains("bundle.toml"), "{first}");
+
+    // Loaded again unchanged: the stamp stands. A damaged stamp only costs a new hashing.
+    CaptionModel::load(&bundle).unwrap();
+    std::fs::write(&stamp, "garbage").unwrap();
+    CaptionModel::load(&bundle).unwrap();
+    assert_eq!(std::fs::read_to_string(&stamp).unwrap(), first);
+
+    // A byte flipped in place, size and modification time kept: the status-change time moves,
+    // the stamp no longer matches and the hash catches the damage. No stamp for a failed check.
+    let path = bundle.join("decoder.onnx");
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::File::options().write(true).open(&path).unwrap().set_modified(modified).unwrap();
+    std::fs::remove_file(&stamp).unwrap();
+    let e = load_error(&bundle);
+    assert!(e.contains("decoder.onnx") && e.contains("sha256 mismatch"), "{e}");
+    assert!(!stamp.exists());
+}
+
+#[test]
+fn a_stale_stamp_does_not_hide_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = fresh_bundle(dir.path());
+    CaptionModel::load(&bundle).unwrap();
+    let stamp = bundle.join(edgecap_engine::bundle::STAMP_FILE);
+    let before = std::fs::read_to_string(&stamp).unwrap();
+    // The same size and modification time, the stamp left as it was.
+    let path = bundle.join("mapper.onnx");
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::File::options().write(true).open(&path).unwrap().set_modified(modified).unwrap();
+    assert_eq!(std::fs::read_to_string(&stamp).unwrap(), before);
+    let e = load_error(&bundle);
+    assert!(e.contains("mapper.onnx") && e.contains("sha256 mismatch"), "{e}");
+}

@@ -17,6 +17,13 @@ use crate::error::collapse_whitespace;
 use crate::fsutil::write_atomic;
 use crate::manifest::{role_name, FileEntry, FileRole, Manifest, FORMAT_VERSION, MANIFEST_FILE};
 
+/// Written into a bundle's directory once its files have matched their hashes, so that later
+/// starts skip the hashing (a third of a second for an int8 ViT-B/32 bundle on a 2-core x86, a
+/// core's worth of time next to the loader; more on a board without SHA instructions) while the
+/// files stay as they were. Damage without a write, such as a failing SD card, goes unseen
+/// once stamped; [`Bundle::open`], which host-tools uses, always hashes.
+pub const STAMP_FILE: &str = ".verified";
+
 #[derive(Debug, Error)]
 pub enum BundleError {
     #[error("{0}: not a bundle directory (no {MANIFEST_FILE})")]
@@ -43,8 +50,16 @@ pub struct Bundle {
 }
 
 impl Bundle {
-    /// Reads and verifies the bundle in `dir`.
+    /// Reads and verifies the bundle in `dir`, hashing every file.
     pub fn open(dir: &Path) -> Result<Bundle, BundleError> {
+        let bundle = Bundle::read(dir)?;
+        bundle.hash_all()?;
+        Ok(bundle)
+    }
+
+    /// Reads and verifies the bundle in `dir`, hashing only if its files changed since it was
+    /// last verified ([`STAMP_FILE`]), as the loader does.
+    pub fn open_stamped(dir: &Path) -> Result<Bundle, BundleError> {
         let bundle = Bundle::read(dir)?;
         bundle.verify()?;
         Ok(bundle)
@@ -68,8 +83,45 @@ impl Bundle {
         Ok(Bundle { dir: dir.to_path_buf(), manifest })
     }
 
-    /// Checks every file against its sha256.
+    /// Checks every file against its sha256, unless the bundle's [`STAMP_FILE`] says they were
+    /// checked and have not changed since.
     pub(crate) fn verify(&self) -> Result<(), BundleError> {
+        let before = self.stamp();
+        let stamp_path = self.dir.join(STAMP_FILE);
+        if before.is_some() && std::fs::read_to_string(&stamp_path).ok() == before {
+            log::debug!("{}: unchanged since verified, not hashed again", self.dir.display());
+            return Ok(());
+        }
+        self.hash_all()?;
+        // Stamped only if nothing changed while hashing. A bundle in a read-only place is
+        // hashed at every start instead.
+        match before.filter(|b| self.stamp().as_ref() == Some(b)) {
+            Some(stamp) => {
+                if let Err(e) = write_atomic(&stamp_path, stamp.as_bytes()) {
+                    log::debug!("{}: not stamped as verified: {e}", stamp_path.display());
+                }
+            }
+            None => log::debug!("{}: changed while verified, not stamped", self.dir.display()),
+        }
+        Ok(())
+    }
+
+    /// What the stamp of a verified bundle holds: for the manifest and each file, the hash the
+    /// manifest expects and the file's identity (device, inode, size, modification and
+    /// status-change times). Any write, rename or replacement changes the status-change time,
+    /// which user space cannot set back. `None` where a file's metadata cannot be read.
+    fn stamp(&self) -> Option<String> {
+        let mut stamp = String::from("# edgecap: these files matched their sha256 when these lines were written\n");
+        let files = self.manifest.files.iter().map(|e| (e.path.as_str(), e.sha256.as_str()));
+        for (path, sha256) in std::iter::once((MANIFEST_FILE, "-")).chain(files) {
+            let meta = std::fs::metadata(self.dir.join(path)).ok()?;
+            stamp.push_str(&format!("{path} {sha256} {}\n", identity(&meta)?));
+        }
+        Some(stamp)
+    }
+
+    /// Hashes every file.
+    fn hash_all(&self) -> Result<(), BundleError> {
         // Hashing hundreds of MB is a good part of start-up, so it runs beside the loader: on
         // every core but one, which is left to the loader (a thread per file made the loader
         // share its core with the hashing and start-up slower). The first failure in manifest
@@ -121,6 +173,27 @@ pub fn parse_manifest(shown: &str, text: &str) -> Result<Manifest, BundleError> 
     let manifest: Manifest = toml::from_str(text).map_err(|e| bad(collapse_whitespace(&e.to_string())))?;
     manifest.check().map_err(bad)?;
     Ok(manifest)
+}
+
+#[cfg(unix)]
+fn identity(meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    Some(format!(
+        "{} {} {} {}.{:09} {}.{:09}",
+        meta.dev(),
+        meta.ino(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec()
+    ))
+}
+
+/// No status-change time to trust: never stamped, always hashed.
+#[cfg(not(unix))]
+fn identity(_meta: &std::fs::Metadata) -> Option<String> {
+    None
 }
 
 fn check_size(dir: &Path, entry: &FileEntry) -> Result<(), BundleError> {

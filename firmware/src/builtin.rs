@@ -1,7 +1,8 @@
 //! The default model built into the binary (see `build.rs`): `edgecap caption IMAGE` works from
 //! a copy of the binary alone. The engine loads bundles from directories, so the embedded files
 //! are written once into a per-user cache directory named by their content id, and verified
-//! there like any bundle (the manifest's sha256 of every file) each time they are loaded.
+//! there like any bundle (the manifest's sha256 of every file, or the stamp of that check while
+//! the files are unchanged) each time they are loaded.
 
 use std::path::{Path, PathBuf};
 
@@ -25,7 +26,7 @@ pub fn bundle_dir() -> Result<PathBuf> {
     let dir = cache_root().join(format!("builtin-{}", embedded::ID));
     // Written out again when missing or damaged (a disk error, a user's edit): the binary holds
     // the pristine copy.
-    if edgecap_engine::bundle::Bundle::open(&dir).is_err() {
+    if edgecap_engine::bundle::Bundle::open_stamped(&dir).is_err() {
         write_out(&dir).with_context(|| format!("{}: cannot write the built-in model", dir.display()))?;
     }
     Ok(dir)
