@@ -174,7 +174,28 @@ pub struct NpyFile {
     /// The element type, e.g. `<f4`.
     pub descr: String,
     pub shape: Vec<usize>,
+    data_start: u64,
     payload_len: u64,
+}
+
+/// An `.npy` payload mapped into memory rather than read ([`NpyFile::map`]).
+pub struct NpyMap<T> {
+    map: memmap2::Mmap,
+    start: usize,
+    count: usize,
+    element: std::marker::PhantomData<T>,
+}
+
+impl<T: NpyElement> NpyMap<T> {
+    /// Elements `range` of the payload, `None` past its end.
+    pub fn get(&self, range: std::ops::Range<usize>) -> Option<impl Iterator<Item = T> + '_> {
+        if range.start > range.end || range.end > self.count {
+            return None;
+        }
+        let size = std::mem::size_of::<T>();
+        let bytes = self.map.get(self.start + range.start * size..self.start + range.end * size)?;
+        Some(bytes.chunks_exact(size).map(T::read_le))
+    }
 }
 
 impl NpyFile {
@@ -192,20 +213,39 @@ impl NpyFile {
         let rest = data_start.saturating_sub(head.len()) as u64;
         (&mut file).take(rest).read_to_end(&mut head).map_err(io)?;
         let Header { descr, shape, .. } = parse_header(&name, &head)?;
-        Ok(NpyFile { payload_len: len - data_start as u64, name, file, descr, shape })
+        Ok(NpyFile { payload_len: len - data_start as u64, data_start: data_start as u64, name, file, descr, shape })
     }
 
-    /// The payload as `T`s (which must be the file's element type).
-    pub fn data<T: NpyElement>(mut self) -> Result<Vec<T>, NpyError> {
+    /// How many `T`s the payload holds, checked against the element type and the shape.
+    fn count<T: NpyElement>(&self) -> Result<usize, NpyError> {
         let bad = |reason: String| NpyError::Format { path: self.name.clone(), reason };
         if self.descr != T::DESCR {
             return Err(bad(format!("element type '{}', expected '{}'", self.descr, T::DESCR)));
         }
         let size = std::mem::size_of::<T>();
         let count = self.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-        let count = count.filter(|c| c.checked_mul(size) == Some(self.payload_len as usize)).ok_or_else(|| {
+        count.filter(|c| c.checked_mul(size).is_some_and(|bytes| bytes as u64 == self.payload_len)).ok_or_else(|| {
             bad(format!("shape {:?} does not match the {} bytes the file holds", self.shape, self.payload_len))
-        })?;
+        })
+    }
+
+    /// The payload mapped, not read: for a large table of which a run reads a few rows (the
+    /// token embeddings: a caption's few dozen of 50257), which then cost neither load time nor
+    /// resident memory. The file must not change while mapped; a bundle's files never do, they
+    /// are replaced whole by a rename, which leaves a mapped file as it was.
+    pub fn map<T: NpyElement>(self) -> Result<NpyMap<T>, NpyError> {
+        let count = self.count::<T>()?;
+        let io = |source| NpyError::Io { path: self.name.clone(), source };
+        // SAFETY: the map is read-only, and the file is not modified in place (see above).
+        let map = unsafe { memmap2::Mmap::map(&self.file) }.map_err(io)?;
+        let start = usize::try_from(self.data_start).expect("the header was read into memory");
+        Ok(NpyMap { map, start, count, element: std::marker::PhantomData })
+    }
+
+    /// The payload as `T`s (which must be the file's element type).
+    pub fn data<T: NpyElement>(mut self) -> Result<Vec<T>, NpyError> {
+        let size = std::mem::size_of::<T>();
+        let count = self.count::<T>()?;
         let mut data = Vec::with_capacity(count);
         // In chunks of whole elements: the only other copy is this buffer.
         let mut buf = vec![0u8; (1 << 20) / size * size];
@@ -255,6 +295,27 @@ mod tests {
         assert_eq!((shape, back), (vec![2], halves.to_vec()));
         let (shape, _) = from_bytes::<u8>("x", &to_bytes::<u8>(&[], &[7])).unwrap();
         assert!(shape.is_empty());
+    }
+
+    #[test]
+    fn a_mapped_table_reads_the_rows_a_read_one_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("table.npy");
+        let table: Vec<f16> = (0..5 * 7).map(|i| f16::from_f32(i as f32 * 0.25 - 4.0)).collect();
+        write(&path, &[5, 7], &table).unwrap();
+        let mapped = NpyFile::open(&path).unwrap().map::<f16>().unwrap();
+        for row in 0..5 {
+            let got: Vec<f16> = mapped.get(row * 7..(row + 1) * 7).unwrap().collect();
+            assert_eq!(got, table[row * 7..(row + 1) * 7], "row {row}");
+        }
+        assert!(mapped.get(28..36).is_none(), "past the end");
+        let err = NpyFile::open(&path).unwrap().map::<f32>().err().unwrap().to_string();
+        assert!(err.contains("element type"), "{err}");
+        // A file cut short is refused when mapped, as when read.
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 2]).unwrap();
+        let err = NpyFile::open(&path).unwrap().map::<f16>().err().unwrap().to_string();
+        assert!(err.contains("does not match"), "{err}");
     }
 
     #[test]
