@@ -170,6 +170,16 @@ fn graphs_are_planned_for_the_shapes_the_engine_feeds() {
     assert!(err.contains("image_encoder.onnx") && err.contains("input 0"), "{err}");
 }
 
+/// Damages `path` in place: the same size, its modification time set back.
+fn flip_middle_byte_keeping_mtime(path: &Path) {
+    let modified = std::fs::metadata(path).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(path, bytes).unwrap();
+    std::fs::File::options().write(true).open(path).unwrap().set_modified(modified).unwrap();
+}
+
 #[test]
 fn a_verified_bundle_is_stamped_and_still_checked_after_a_change() {
     let dir = tempfile::tempdir().unwrap();
@@ -189,13 +199,7 @@ fn a_verified_bundle_is_stamped_and_still_checked_after_a_change() {
 
     // A byte flipped in place, size and modification time kept: the status-change time moves,
     // the stamp no longer matches and the hash catches the damage. No stamp for a failed check.
-    let path = bundle.join("decoder.onnx");
-    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
-    let mut bytes = std::fs::read(&path).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x55;
-    std::fs::write(&path, bytes).unwrap();
-    std::fs::File::options().write(true).open(&path).unwrap().set_modified(modified).unwrap();
+    flip_middle_byte_keeping_mtime(&bundle.join("decoder.onnx"));
     std::fs::remove_file(&stamp).unwrap();
     let e = load_error(&bundle);
     assert!(e.contains("decoder.onnx") && e.contains("sha256 mismatch"), "{e}");
@@ -210,13 +214,7 @@ fn a_stale_stamp_does_not_hide_damage() {
     let stamp = bundle.join(edgecap_engine::bundle::STAMP_FILE);
     let before = std::fs::read_to_string(&stamp).unwrap();
     // The same size and modification time, the stamp left as it was.
-    let path = bundle.join("mapper.onnx");
-    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
-    let mut bytes = std::fs::read(&path).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x01;
-    std::fs::write(&path, bytes).unwrap();
-    std::fs::File::options().write(true).open(&path).unwrap().set_modified(modified).unwrap();
+    flip_middle_byte_keeping_mtime(&bundle.join("mapper.onnx"));
     assert_eq!(std::fs::read_to_string(&stamp).unwrap(), before);
     let e = load_error(&bundle);
     assert!(e.contains("mapper.onnx") && e.contains("sha256 mismatch"), "{e}");
