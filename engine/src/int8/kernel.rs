@@ -443,12 +443,16 @@ pub(crate) mod tests {
         }
     }
 
+    /// Columns `cols` of the row-major `[k][n]` weight `w`, as a row-major block of their own.
+    fn columns(w: &[i8], k: usize, n: usize, cols: Range<usize>) -> Vec<i8> {
+        (0..k).flat_map(|kk| w[kk * n + cols.start..kk * n + cols.end].to_vec()).collect()
+    }
+
     #[test]
     fn blocks_side_by_side_are_the_whole_matrix() {
         let (k, n) = (9, 40);
         let w: Vec<i8> = lcg(3, k * n).into_iter().map(|v| v as i8).collect();
-        let block =
-            |c0: usize, c1: usize| -> Vec<i8> { (0..k).flat_map(|kk| w[kk * n + c0..kk * n + c1].to_vec()).collect() };
+        let block = |c0: usize, c1: usize| columns(&w, k, n, c0..c1);
         let (a, b, c) = (block(0, 13), block(13, 30), block(30, 40));
         let blocks = [(&a[..], 13), (&b[..], 17), (&c[..], 10)];
         assert_eq!(PackedWeights::pack_blocks(k, &blocks, None), PackedWeights::pack(&w, k, n));
@@ -459,8 +463,7 @@ pub(crate) mod tests {
         // Several packing tasks (k 64: 1 KiB panels, 256 to a task), a panel straddling blocks.
         let (k, n) = (64, 9000);
         let w: Vec<i8> = lcg(5, k * n).into_iter().map(|v| v as i8).collect();
-        let block =
-            |c0: usize, c1: usize| -> Vec<i8> { (0..k).flat_map(|kk| w[kk * n + c0..kk * n + c1].to_vec()).collect() };
+        let block = |c0: usize, c1: usize| columns(&w, k, n, c0..c1);
         let (a, b) = (block(0, 4001), block(4001, n));
         let blocks = [(&a[..], 4001), (&b[..], n - 4001)];
         let alone = PackedWeights::pack_blocks(k, &blocks, None);
