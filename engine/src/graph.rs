@@ -101,7 +101,13 @@ fn optimise(model: InferenceModel, shapes: &GraphShapes) -> Result<Plan, String>
     check_facts(&model, "output", &outputs, &shapes.outputs)?;
     let mut model = model;
     crate::int8::op::prepare(&mut model).map_err(tract)?;
-    model.into_optimized().and_then(|m| m.into_runnable()).map_err(tract)
+    model.declutter().map_err(tract)?;
+    // Fusions tract does not make, on the decluttered graph, where the patterns are settled.
+    let scales = crate::int8::op::fuse_scales(&mut model).map_err(tract)?;
+    let attentions = crate::attention::fuse(&mut model).map_err(tract)?;
+    log::debug!("fused {attentions} attentions and {scales} product rescales");
+    model.optimize().map_err(tract)?;
+    model.into_runnable().map_err(tract)
 }
 
 /// Compares each outlet's shape with what the engine uses; returns the symbol bindings that make

@@ -5,6 +5,7 @@
 //! loads into an immutable [`model::CaptionModel`]; each caption runs a cheap
 //! [`session::DecoderState`] through [`generate::generate`]; [`pipeline`] ties image → caption.
 
+pub mod attention;
 pub mod bundle;
 pub mod error;
 pub mod fsutil;

@@ -1,0 +1,546 @@
+//! Attention as one operator: `softmax(q·kᵀ + bias)·v` for every batch item and head.
+//!
+//! Why: tract 0.23.9 runs the attention of a decoding step as some fifteen operators per layer
+//! (two packed matrix products of 1×64 by 64×T, the packing of each operand, the mask, the
+//! softmax, reshapes), ~0.16 ms a layer on the benchmark machine, a fifth of an int8 step, for
+//! a few hundred thousand multiply-adds. As one loop over rows it costs a few microseconds.
+//!
+//! [`fuse`] finds the pattern in a decluttered graph, where the graph builders' attention
+//! (scores `EinSum`, optional additive bias, `Softmax` over the key axis, context `EinSum`)
+//! always ends up, whatever transposes the graph had around it: tract folds them into the
+//! products' axis mappings, which [`Layout`] reads back. Anything else is left to tract.
+
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::einsum::EinSum;
+use tract_onnx::tract_core::ops::nn::{Softmax, SoftmaxKind};
+use tract_onnx::tract_hir::internal::*;
+
+/// What an axis of an attention operand is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Role {
+    /// An axis every operand shares (batch, head), numbered in the scores' order.
+    Group(usize),
+    /// The query position in `q`, the scores and the output; the key position in `k` and `v`.
+    Position,
+    /// The head's channels: contracted between `q` and `k`, kept from `v` in the output.
+    Channel,
+    /// An axis of size 1 (a batch of one that tract dropped from the scores).
+    Unit,
+}
+
+/// The role of each axis of an operand. The channel axis is the last (its stride is 1).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Layout(TVec<Role>);
+
+impl Layout {
+    fn new(roles: TVec<Role>, groups: usize) -> Option<Layout> {
+        let count = |r: Role| roles.iter().filter(|&&x| x == r).count();
+        let ok = roles.last() == Some(&Role::Channel)
+            && count(Role::Channel) == 1
+            && count(Role::Position) == 1
+            && (0..groups).all(|g| count(Role::Group(g)) == 1);
+        ok.then_some(Layout(roles))
+    }
+
+    /// Strides along (group 0, group 1, position) of a contiguous tensor of `shape`, and the
+    /// sizes (a missing group: size 1).
+    fn strides(&self, shape: &[usize]) -> TractResult<([usize; 3], [usize; 3])> {
+        ensure!(shape.len() == self.0.len(), "FusedAttention: operand {shape:?} for axes {:?}", self.0);
+        let (mut strides, mut sizes) = ([0; 3], [1; 3]);
+        let mut stride = 1;
+        for (axis, role) in self.0.iter().enumerate().rev() {
+            let slot = match role {
+                Role::Group(g) => Some(*g),
+                Role::Position => Some(2),
+                Role::Channel | Role::Unit => None,
+            };
+            if let Some(slot) = slot {
+                (strides[slot], sizes[slot]) = (stride, shape[axis]);
+            }
+            ensure!(*role != Role::Unit || shape[axis] == 1, "FusedAttention: axis {axis} of {shape:?} is not 1");
+            stride *= shape[axis];
+        }
+        Ok((strides, sizes))
+    }
+
+    /// The output shape for these (group 0, group 1, position) sizes and `width` channels.
+    fn shape<D: Clone + From<usize>>(&self, sizes: [D; 3], width: D) -> TVec<D> {
+        self.0
+            .iter()
+            .map(|role| match role {
+                Role::Group(g) => sizes[*g].clone(),
+                Role::Position => sizes[2].clone(),
+                Role::Channel => width.clone(),
+                Role::Unit => D::from(1),
+            })
+            .collect()
+    }
+}
+
+/// `softmax(q·kᵀ + bias)·v`, the softmax over key positions; `q` is already scaled.
+/// Inputs: q, k, v and optionally the bias, which broadcasts against the scores
+/// `[groups.., query, key]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FusedAttention {
+    q: Layout,
+    k: Layout,
+    v: Layout,
+    out: Layout,
+    /// Group axes of the scores (0 to 2).
+    groups: usize,
+}
+
+impl Op for FusedAttention {
+    fn name(&self) -> StaticName {
+        "FusedAttention".into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for FusedAttention {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        for t in &inputs {
+            ensure!(t.datum_type() == f32::datum_type(), "FusedAttention: operand of type {:?}", t.datum_type());
+        }
+        let (q_shape, k_shape, v_shape) = (inputs[0].shape(), inputs[1].shape(), inputs[2].shape());
+        let (q_strides, q_sizes) = self.q.strides(q_shape)?;
+        let (k_strides, k_sizes) = self.k.strides(k_shape)?;
+        let (v_strides, v_sizes) = self.v.strides(v_shape)?;
+        let (depth, width) = (q_shape[q_shape.len() - 1], v_shape[v_shape.len() - 1]);
+        ensure!(
+            k_shape[k_shape.len() - 1] == depth && k_sizes == v_sizes && q_sizes[..2] == k_sizes[..2],
+            "FusedAttention: q {q_shape:?}, k {k_shape:?}, v {v_shape:?} do not go together"
+        );
+        let [g0, g1, queries] = q_sizes;
+        let keys = k_sizes[2];
+        let bias = match inputs.get(3) {
+            Some(b) => Some(Bias::new(b, self.groups, [g0, g1, queries, keys])?),
+            None => None,
+        };
+        let out_shape = self.out.shape(q_sizes, width);
+        let (out_strides, _) = self.out.strides(&out_shape)?;
+        let mut out = Tensor::zero::<f32>(&out_shape)?;
+        {
+            let mut view = out.try_as_plain_ram_mut()?;
+            let out = view.as_slice_mut::<f32>()?;
+            let (q, k, v) = (plain(&inputs[0])?, plain(&inputs[1])?, plain(&inputs[2])?);
+            let mut scores = vec![0f32; keys];
+            for (a, b, i) in (0..g0).flat_map(|a| (0..g1).flat_map(move |b| (0..queries).map(move |i| (a, b, i)))) {
+                let at = |strides: [usize; 3], pos: usize| a * strides[0] + b * strides[1] + pos * strides[2];
+                let q_row = &q[at(q_strides, i)..][..depth];
+                for (j, score) in scores.iter_mut().enumerate() {
+                    *score = dot(q_row, &k[at(k_strides, j)..][..depth]);
+                }
+                if let Some(bias) = &bias {
+                    bias.add_to(&mut scores, a, b, i);
+                }
+                softmax(&mut scores);
+                let row = &mut out[at(out_strides, i)..][..width];
+                for (j, &p) in scores.iter().enumerate() {
+                    axpy(p, &v[at(v_strides, j)..][..width], row);
+                }
+            }
+        }
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+fn plain(t: &Tensor) -> TractResult<&[f32]> {
+    t.try_as_plain_ram()?.as_slice::<f32>()
+}
+
+/// The additive bias, read with a zero stride along each axis it broadcasts.
+struct Bias<'a> {
+    values: &'a [f32],
+    /// Strides along (group 0, group 1, query, key).
+    strides: [usize; 4],
+}
+
+impl<'a> Bias<'a> {
+    /// `t` in the scores' layout, `[groups.., query, key]`; `sizes` are the scores' sizes along
+    /// (group 0, group 1, query, key).
+    fn new(t: &'a Tensor, groups: usize, sizes: [usize; 4]) -> TractResult<Bias<'a>> {
+        let slots: Vec<usize> = (0..groups).chain([2, 3]).collect();
+        let shape = t.shape();
+        ensure!(
+            shape.len() == slots.len() && shape.iter().zip(&slots).all(|(&d, &s)| d == sizes[s] || d == 1),
+            "FusedAttention: bias {shape:?} does not broadcast to the scores {:?}",
+            slots.iter().map(|&s| sizes[s]).collect::<Vec<_>>()
+        );
+        let mut strides = [0; 4];
+        let mut stride = 1;
+        for (axis, &slot) in slots.iter().enumerate().rev() {
+            strides[slot] = if shape[axis] == 1 { 0 } else { stride };
+            stride *= shape[axis];
+        }
+        Ok(Bias { values: plain(t)?, strides })
+    }
+
+    fn add_to(&self, scores: &mut [f32], a: usize, b: usize, i: usize) {
+        let base = a * self.strides[0] + b * self.strides[1] + i * self.strides[2];
+        for (j, s) in scores.iter_mut().enumerate() {
+            *s += self.values[base + j * self.strides[3]];
+        }
+    }
+}
+
+/// Σ a·b, in eight lanes so that it vectorises.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+fn axpy(p: f32, x: &[f32], y: &mut [f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += p * x;
+    }
+}
+
+/// In place, with the maximum subtracted first.
+fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    x.iter_mut().for_each(|v| *v /= sum);
+}
+
+impl TypedOp for FusedAttention {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let (q, v) = (&inputs[0].shape, &inputs[2].shape);
+        let mut sizes: [TDim; 3] = std::array::from_fn(|_| TDim::from(1));
+        for (axis, role) in self.q.0.iter().enumerate() {
+            match role {
+                Role::Group(g) => sizes[*g] = q[axis].clone(),
+                Role::Position => sizes[2] = q[axis].clone(),
+                Role::Channel | Role::Unit => {}
+            }
+        }
+        let width = v[v.len() - 1].clone();
+        Ok(tvec!(f32::fact(self.out.shape(sizes, width))))
+    }
+
+    as_op!();
+}
+
+/// Replaces each attention of a decluttered `model` by one [`FusedAttention`]; returns how many.
+pub fn fuse(model: &mut TypedModel) -> TractResult<usize> {
+    let mut fused = 0;
+    for softmax in model.eval_order()? {
+        let Some(found) = Found::at(model, softmax)? else { continue };
+        let mut patch = TypedModelPatch::default();
+        let mut inputs = vec![];
+        for outlet in &found.inputs {
+            inputs.push(patch.tap_model(model, *outlet)?);
+        }
+        let name = format!("{}.fused", model.node(found.context).name);
+        let wire = patch.wire_node(name, found.op, &inputs)?;
+        patch.shunt_outside(model, OutletId::new(found.context, 0), wire[0])?;
+        patch.apply(model)?;
+        fused += 1;
+    }
+    if fused > 0 {
+        model.compact()?;
+    }
+    Ok(fused)
+}
+
+/// One attention found around a `Softmax` node.
+struct Found {
+    op: FusedAttention,
+    /// q, k, v and the bias if any.
+    inputs: Vec<OutletId>,
+    /// The node whose output the fused operator replaces.
+    context: usize,
+}
+
+impl Found {
+    fn at(model: &TypedModel, softmax: usize) -> TractResult<Option<Found>> {
+        let node = model.node(softmax);
+        let Some(sm) = node.op_as::<Softmax>() else { return Ok(None) };
+        let is_f32 = |o: OutletId| -> TractResult<bool> { Ok(model.outlet_fact(o)?.datum_type == f32::datum_type()) };
+        if sm.kind != SoftmaxKind::Softmax || sm.quant_output_dt.is_some() || !is_f32(node.inputs[0])? {
+            return Ok(None);
+        }
+        // Each intermediate must feed only the next step, so that the whole chain goes.
+        let outputs = model.output_outlets()?;
+        let only_into = |o: OutletId, next: usize| {
+            let succ = model.outlet_successors(o);
+            succ.len() == 1 && succ[0].node == next && !outputs.contains(&o)
+        };
+        let Some(context) = model.single_succ(softmax)?.map(|n| n.id) else { return Ok(None) };
+        if !only_into(OutletId::new(softmax, 0), context) || model.node(context).inputs[0] != OutletId::new(softmax, 0)
+        {
+            return Ok(None);
+        }
+        // The scores, perhaps through an additive bias.
+        let mut scores = node.inputs[0].node;
+        if !only_into(OutletId::new(scores, 0), softmax) {
+            return Ok(None);
+        }
+        let mut bias = None;
+        if let Some(add) = model.node(scores).op_as::<TypedBinOp>() {
+            let inputs = &model.node(scores).inputs;
+            if add.0.name() != "Add" || add.1.is_some() || inputs.len() != 2 {
+                return Ok(None);
+            }
+            let (s, b) = if model.node(inputs[0].node).op_is::<EinSum>() {
+                (inputs[0], inputs[1])
+            } else {
+                (inputs[1], inputs[0])
+            };
+            if !only_into(s, scores) || !is_f32(b)? {
+                return Ok(None);
+            }
+            bias = Some(b);
+            scores = s.node;
+        }
+        let Some((op, key_axis)) = read_products(model, scores, context)? else { return Ok(None) };
+        if sm.axes.as_slice() != [key_axis] {
+            return Ok(None);
+        }
+        if let Some(b) = bias {
+            if model.outlet_fact(b)?.rank() != op.groups + 2 {
+                return Ok(None);
+            }
+        }
+        let (s_node, c_node) = (model.node(scores), model.node(context));
+        let mut inputs = vec![s_node.inputs[0], s_node.inputs[1], c_node.inputs[1]];
+        for &i in &inputs {
+            if !is_f32(i)? {
+                return Ok(None);
+            }
+        }
+        inputs.extend(bias);
+        Ok(Some(Found { op, inputs, context }))
+    }
+}
+
+/// Each operand's axes as letters, and which letters are of size 1 wherever they appear.
+struct Letters {
+    operands: Vec<Vec<char>>,
+    unit: Vec<char>,
+}
+
+impl Letters {
+    /// Inputs then output of the `EinSum` at `id`, with their facts.
+    fn of(model: &TypedModel, id: usize, einsum: &EinSum) -> TractResult<Option<Letters>> {
+        let (inputs, outputs) = einsum.axes.to_strs();
+        if inputs.len() != 2 || outputs.len() != 1 {
+            return Ok(None);
+        }
+        let node = model.node(id);
+        let facts = [model.outlet_fact(node.inputs[0])?, model.outlet_fact(node.inputs[1])?, &node.outputs[0].fact];
+        let operands: Vec<Vec<char>> = inputs.iter().chain(&outputs).map(|x| x.chars().collect()).collect();
+        let mut unit: Vec<char> = operands.iter().flatten().copied().collect();
+        for (letters, fact) in operands.iter().zip(facts) {
+            if letters.len() != fact.rank() {
+                return Ok(None);
+            }
+            for (ch, dim) in letters.iter().zip(fact.shape.iter()) {
+                if dim.as_i64() != Some(1) {
+                    unit.retain(|c| c != ch);
+                }
+            }
+        }
+        Ok(Some(Letters { operands, unit }))
+    }
+}
+
+/// The operator the two products make, and the key axis of the scores (the softmax's), if
+/// they are an attention: scores `[groups.., query, key]` from q and k, then the context
+/// from the scores and v.
+fn read_products(model: &TypedModel, scores: usize, context: usize) -> TractResult<Option<(FusedAttention, usize)>> {
+    let einsum = |id: usize| {
+        model.node(id).op_as::<EinSum>().filter(|e| e.q_params.is_none() && e.operating_dt == f32::datum_type())
+    };
+    let (Some(s), Some(c)) = (einsum(scores), einsum(context)) else { return Ok(None) };
+    let (Some(s), Some(c)) = (Letters::of(model, scores, s)?, Letters::of(model, context, c)?) else {
+        return Ok(None);
+    };
+    let [q, k, sc] = [&s.operands[0], &s.operands[1], &s.operands[2]];
+    if sc.iter().any(|ch| s.unit.contains(ch)) {
+        return Ok(None);
+    }
+    // Scores: letters in q, k and the scores are groups; in q and k only, the channels; in one
+    // of them and the scores, that one's position.
+    let groups: Vec<char> = sc.iter().copied().filter(|ch| q.contains(ch) && k.contains(ch)).collect();
+    let role = |ch: char| -> Option<Role> {
+        if s.unit.contains(&ch) {
+            return Some(Role::Unit);
+        }
+        match (q.contains(&ch), k.contains(&ch), sc.contains(&ch)) {
+            (true, true, true) => groups.iter().position(|&g| g == ch).map(Role::Group),
+            (true, true, false) => Some(Role::Channel),
+            (true, false, true) | (false, true, true) => Some(Role::Position),
+            _ => None,
+        }
+    };
+    let roles = |letters: &[char]| letters.iter().map(|&ch| role(ch)).collect::<Option<TVec<Role>>>();
+    let n = groups.len();
+    let (Some(q_roles), Some(k_roles), Some(sc_roles)) = (roles(q), roles(k), roles(sc)) else { return Ok(None) };
+    // The bias and the softmax read the scores as [groups.., query, key].
+    let expected: TVec<Role> = (0..n).map(Role::Group).chain([Role::Position, Role::Position]).collect();
+    if n > 2 || sc_roles != expected || !q.contains(&sc[n]) || !k.contains(&sc[n + 1]) {
+        return Ok(None);
+    }
+    // Context: the probabilities come in the scores' layout; the key letter is contracted
+    // against v, the query letter goes to the output with v's channels.
+    let [p, v, o] = [&c.operands[0], &c.operands[1], &c.operands[2]];
+    if p.len() != sc.len() || p.iter().any(|ch| c.unit.contains(ch)) {
+        return Ok(None);
+    }
+    let (query, key) = (p[n], p[n + 1]);
+    let context_role = |ch: char| -> Option<Role> {
+        if c.unit.contains(&ch) {
+            return Some(Role::Unit);
+        }
+        match p.iter().position(|&x| x == ch) {
+            Some(at) if at < n => (v.contains(&ch) && o.contains(&ch)).then_some(Role::Group(at)),
+            Some(_) if ch == key => (v.contains(&ch) && !o.contains(&ch)).then_some(Role::Position),
+            Some(_) => (!v.contains(&ch) && o.contains(&ch)).then_some(Role::Position),
+            None => (v.contains(&ch) && o.contains(&ch)).then_some(Role::Channel),
+        }
+    };
+    let context_roles = |letters: &[char]| letters.iter().map(|&ch| context_role(ch)).collect::<Option<TVec<Role>>>();
+    let (Some(v_roles), Some(o_roles)) = (context_roles(v), context_roles(o)) else { return Ok(None) };
+    if !o.contains(&query) {
+        return Ok(None);
+    }
+    let layouts = [q_roles, k_roles, v_roles, o_roles].map(|r| Layout::new(r, n));
+    let [Some(q), Some(k), Some(v), Some(out)] = layouts else { return Ok(None) };
+    Ok(Some((FusedAttention { q, k, v, out, groups: n }, n + 1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use tract_onnx::tract_core::ops::math::add;
+
+    use super::*;
+    use crate::int8::kernel::tests::lcg;
+
+    fn random(seed: u64, shape: &[usize]) -> Tensor {
+        let n = shape.iter().product();
+        let values: Vec<f32> = lcg(seed, n).into_iter().map(|v| (v as f32 - 128.0) / 40.0).collect();
+        Tensor::from_shape(shape, &values).unwrap()
+    }
+
+    /// softmax(q·kᵀ + bias)·v written as the graph builders leave it once decluttered:
+    /// `scores` and `context` are the two products' axis mappings, `bias` the bias shape if any.
+    fn graph(q: &[usize], k: &[usize], v: &[usize], scores: &str, context: &str, bias: Option<&[usize]>) -> TypedModel {
+        let mut m = TypedModel::default();
+        let q = m.add_source("q", f32::fact(q)).unwrap();
+        let k = m.add_source("k", f32::fact(k)).unwrap();
+        let v = m.add_source("v", f32::fact(v)).unwrap();
+        let einsum =
+            |axes: &str| EinSum { axes: axes.parse().unwrap(), operating_dt: f32::datum_type(), q_params: None };
+        let mut s = m.wire_node("scores", einsum(scores), &[q, k]).unwrap()[0];
+        if let Some(shape) = bias {
+            let b = m.add_source("bias", f32::fact(shape)).unwrap();
+            s = m.wire_node("masked", add(), &[s, b]).unwrap()[0];
+        }
+        let softmax = Softmax { axes: tvec![3], quant_output_dt: None, kind: SoftmaxKind::Softmax };
+        let p = m.wire_node("probs", softmax, &[s]).unwrap()[0];
+        let out = m.wire_node("context", einsum(context), &[p, v]).unwrap()[0];
+        m.select_output_outlets(&[out]).unwrap();
+        m
+    }
+
+    /// Runs `model` as tract plans it and fused; returns both outputs and the fused count.
+    fn both(model: TypedModel, inputs: &[Tensor]) -> (Tensor, Tensor, usize) {
+        let run = |m: TypedModel| {
+            let values = inputs.iter().map(|t| t.clone().into_tvalue()).collect();
+            m.into_runnable().unwrap().run(values).unwrap().remove(0).into_tensor()
+        };
+        let plain = run(model.clone().into_optimized().unwrap());
+        let mut fused_model = model.into_decluttered().unwrap();
+        let fused = fuse(&mut fused_model).unwrap();
+        fused_model.optimize().unwrap();
+        (plain, run(fused_model), fused)
+    }
+
+    fn assert_close(a: &Tensor, b: &Tensor) {
+        assert_eq!(a.shape(), b.shape());
+        let (a, b) = (plain(a).unwrap(), plain(b).unwrap());
+        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-5, "largest difference {worst}");
+    }
+
+    #[test]
+    fn decoder_attention_with_a_causal_bias_matches_tract() {
+        // q [B, H, S, D] against a cache of T positions, output [B, S, H, D]; the bias is
+        // [1, 1, S, T] with −inf above the diagonal, as the engine feeds it.
+        let (b, h, s, t, d) = (2, 3, 4, 7, 16);
+        let model = graph(
+            &[b, h, s, d],
+            &[b, h, t, d],
+            &[b, h, t, d],
+            "abcd,abed->abce",
+            "abcd,abde->acbe",
+            Some(&[1, 1, s, t]),
+        );
+        let bias: Vec<f32> = (0..s * t).map(|i| if i % t > t - s + i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let inputs = [
+            random(1, &[b, h, s, d]),
+            random(2, &[b, h, t, d]),
+            random(3, &[b, h, t, d]),
+            Tensor::from_shape(&[1, 1, s, t], &bias).unwrap(),
+        ];
+        let (plain, fused, count) = both(model, &inputs);
+        assert_eq!(count, 1);
+        assert_close(&plain, &fused);
+    }
+
+    #[test]
+    fn encoder_attention_in_the_projections_layout_matches_tract() {
+        // CLIP's encoder: q, k, v [B, S, H, D] straight from the projections, no bias.
+        let (b, s, h, d) = (1, 5, 2, 8);
+        let model = graph(&[b, s, h, d], &[b, s, h, d], &[b, s, h, d], "acbd,aebd->abce", "abcd,adbe->acbe", None);
+        let inputs = [random(4, &[b, s, h, d]), random(5, &[b, s, h, d]), random(6, &[b, s, h, d])];
+        let (plain, fused, count) = both(model, &inputs);
+        assert_eq!(count, 1);
+        assert_close(&plain, &fused);
+    }
+
+    #[test]
+    fn a_bias_of_another_shape_is_an_error_not_a_panic() {
+        let scores = [1, 2, 3, 5];
+        assert!(Bias::new(&random(1, &[1, 1, 3, 5]), 2, scores).is_ok());
+        assert!(Bias::new(&random(1, &[1, 2, 1, 5]), 2, scores).is_ok());
+        assert!(Bias::new(&random(1, &[2, 3, 5]), 1, [2, 1, 3, 5]).is_ok());
+        for shape in [&[1, 1, 3, 6][..], &[3, 5], &[2, 2, 3, 5]] {
+            let err = Bias::new(&random(1, shape), 2, scores).err().unwrap();
+            assert!(format!("{err:#}").contains("does not broadcast"), "{shape:?}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn other_patterns_are_left_to_tract() {
+        let (b, h, s, t, d) = (1, 2, 3, 5, 4);
+        // Softmax over the query axis instead of the keys.
+        let mut m = graph(&[b, h, s, d], &[b, h, t, d], &[b, h, t, d], "abcd,abed->abce", "abcd,abde->acbe", None);
+        let probs = m.node_by_name("probs").unwrap().id;
+        m.node_mut(probs).op = Box::new(Softmax { axes: tvec![2], quant_output_dt: None, kind: SoftmaxKind::Softmax });
+        let mut m = m.into_decluttered().unwrap();
+        assert_eq!(fuse(&mut m).unwrap(), 0);
+        // The scores also read elsewhere (a second output).
+        let mut m = graph(&[b, h, s, d], &[b, h, t, d], &[b, h, t, d], "abcd,abed->abce", "abcd,abde->acbe", None);
+        let scores = m.node_by_name("scores").unwrap().id;
+        let outputs = [m.output_outlets().unwrap()[0], OutletId::new(scores, 0)];
+        m.select_output_outlets(&outputs).unwrap();
+        let mut m = m.into_decluttered().unwrap();
+        assert_eq!(fuse(&mut m).unwrap(), 0);
+    }
+}
