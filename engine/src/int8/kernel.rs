@@ -19,8 +19,11 @@ use super::pool::Pool;
 pub const PANEL: usize = 16;
 /// Bytes of `k` that one `vpdpbusd` lane sums.
 pub const DEPTH: usize = 4;
-/// Rows multiplied by each weight load.
-pub const MAX_ROWS: usize = 8;
+/// Rows multiplied by each weight load: a ClipCap prefix (10 positions) in one pass over the
+/// weights, where 8 rows streamed every decoder weight twice for the first token. Two panels
+/// × 12 rows of accumulators, the two weight vectors and a broadcast fill 27 of the 32 vector
+/// registers.
+pub const MAX_ROWS: usize = 12;
 /// Bytes of packed weight per packing task: whole panels, enough to outweigh handing out a task.
 const PACK_CHUNK: usize = 256 << 10;
 
@@ -326,7 +329,11 @@ mod vnni {
                 5 => rows_n::<5>(a, groups, w, out),
                 6 => rows_n::<6>(a, groups, w, out),
                 7 => rows_n::<7>(a, groups, w, out),
-                _ => rows_n::<8>(a, groups, w, out),
+                8 => rows_n::<8>(a, groups, w, out),
+                9 => rows_n::<9>(a, groups, w, out),
+                10 => rows_n::<10>(a, groups, w, out),
+                11 => rows_n::<11>(a, groups, w, out),
+                _ => rows_n::<12>(a, groups, w, out),
             }
         }
     }
@@ -478,8 +485,10 @@ pub(crate) mod tests {
     fn kernels_match_the_naive_product() {
         let mut kernels = vec![Kernel::Portable];
         kernels.extend(Kernel::detect());
-        // Odd sizes: k not a multiple of 4 or 8, n not of 16, row counts across the 8-row tile.
-        for (rows, k, n) in [(1, 768, 50), (1, 5, 3), (3, 9, 17), (8, 64, 32), (11, 130, 33), (17, 4, 16)] {
+        // Odd sizes: k not a multiple of 4 or 8, n not of 16, row counts across the 12-row tile.
+        for (rows, k, n) in
+            [(1, 768, 50), (1, 5, 3), (3, 9, 17), (8, 64, 32), (10, 130, 33), (12, 20, 48), (13, 4, 16), (50, 36, 17)]
+        {
             let a = lcg(rows as u64 * 31 + k as u64, rows * k);
             let w: Vec<i8> = lcg(n as u64, k * n).into_iter().map(|v| v as i8).collect();
             let packed = PackedWeights::pack(&w, k, n);
