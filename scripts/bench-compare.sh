@@ -46,17 +46,18 @@ if [ ! -f "$fixtures/models/clipcap-mlp.pt" ]; then
     "$python" tests/fixtures/make_fixtures.py --full "$fixtures" --no-stop-search --models-only
 fi
 
+# The bundles are made afresh by the host-tools just built, so that a change to the exporter or
+# the quantizer is what gets measured (a bundle left from an older build would not show it); the
+# ORT int8 graphs, quantized from the fp32 bundle's, go with them.
+rm -rf "$fp32" "$int8" target/bench/ort-int8
+
 # The fp32 bundle: the same weights PyTorch loads, as edgecap's ONNX graphs (ORT runs these too).
-if [ ! -f "$fp32/bundle.toml" ]; then
-    target/release/host-tools export --clip "$fixtures/models/clip-tiny" \
-        --clipcap "$fixtures/models/clipcap-mlp.pt" --lm "$fixtures/models/gpt2-tiny" \
-        --tokenizer tests/fixtures/gpt2-tokenizer --out "$fp32"
-fi
+target/release/host-tools export --clip "$fixtures/models/clip-tiny" \
+    --clipcap "$fixtures/models/clipcap-mlp.pt" --lm "$fixtures/models/gpt2-tiny" \
+    --tokenizer tests/fixtures/gpt2-tokenizer --out "$fp32"
 
 # The int8 bundle, calibrated on the benchmark photographs (host-tools' default static scheme).
-if [ ! -f "$int8/bundle.toml" ]; then
-    target/release/host-tools quantize "$fp32" --out "$int8" --calibration "$fixtures/images"
-fi
+target/release/host-tools quantize "$fp32" --out "$int8" --calibration "$fixtures/images"
 
 # The measurement itself: alternating rounds of all five runtimes; the ORT int8 graphs are
 # quantized on first use into target/bench/ort-int8.
