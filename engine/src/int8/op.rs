@@ -429,11 +429,8 @@ pub fn fuse_scales(model: &mut TypedModel) -> TractResult<usize> {
             continue;
         }
         let fused_op = Int8MatMul { output: Output::Scaled { scales }, ..op.clone() };
-        let mut patch = TypedModelPatch::default();
-        let input = patch.tap_model(model, node.inputs[0])?;
-        let wire = patch.wire_node(format!("{}.scaled", node.name), fused_op, &[input])?;
-        patch.shunt_outside(model, OutletId::new(mul.id, 0), wire[0])?;
-        patch.apply(model)?;
+        let (name, input) = (format!("{}.scaled", node.name), node.inputs[0]);
+        crate::graph::splice(model, name, fused_op, &[input], OutletId::new(mul.id, 0))?;
         fused += 1;
     }
     if fused > 0 {
@@ -454,11 +451,8 @@ pub fn merge_blocks(model: &mut TypedModel) -> TractResult<usize> {
     model.compact()?;
     let mut merged = 0;
     while let Some((concat, input, op)) = next_merge(model)? {
-        let mut patch = TypedModelPatch::default();
-        let tapped = patch.tap_model(model, input)?;
-        let wire = patch.wire_node(format!("{}.merged", model.node(concat).name), op, &[tapped])?;
-        patch.shunt_outside(model, OutletId::new(concat, 0), wire[0])?;
-        patch.apply(model)?;
+        let name = format!("{}.merged", model.node(concat).name);
+        crate::graph::splice(model, name, op, &[input], OutletId::new(concat, 0))?;
         model.compact()?;
         merged += 1;
     }
