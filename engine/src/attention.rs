@@ -42,25 +42,27 @@ impl Layout {
         ok.then_some(Layout(roles))
     }
 
+    /// Where (group 0, group 1, position) sit: an axis each, `None` for a missing group.
+    fn slots(&self) -> [Option<usize>; 3] {
+        let at = |r: Role| self.0.iter().position(|&x| x == r);
+        [at(Role::Group(0)), at(Role::Group(1)), at(Role::Position)]
+    }
+
+    /// Sizes along (group 0, group 1, position) of an operand of `shape` (a missing group: 1).
+    fn sizes<D: Clone + From<usize>>(&self, shape: &[D]) -> [D; 3] {
+        self.slots().map(|axis| axis.map_or(D::from(1), |a| shape[a].clone()))
+    }
+
     /// Strides along (group 0, group 1, position) of a contiguous tensor of `shape`, and the
-    /// sizes (a missing group: size 1).
+    /// sizes.
     fn strides(&self, shape: &[usize]) -> TractResult<([usize; 3], [usize; 3])> {
         ensure!(shape.len() == self.0.len(), "FusedAttention: operand {shape:?} for axes {:?}", self.0);
-        let (mut strides, mut sizes) = ([0; 3], [1; 3]);
-        let mut stride = 1;
-        for (axis, role) in self.0.iter().enumerate().rev() {
-            let slot = match role {
-                Role::Group(g) => Some(*g),
-                Role::Position => Some(2),
-                Role::Channel | Role::Unit => None,
-            };
-            if let Some(slot) = slot {
-                (strides[slot], sizes[slot]) = (stride, shape[axis]);
-            }
+        for (axis, role) in self.0.iter().enumerate() {
             ensure!(*role != Role::Unit || shape[axis] == 1, "FusedAttention: axis {axis} of {shape:?} is not 1");
-            stride *= shape[axis];
         }
-        Ok((strides, sizes))
+        let natural = Tensor::natural_strides(shape);
+        let strides = self.slots().map(|axis| axis.map_or(0, |a| natural[a] as usize));
+        Ok((strides, self.sizes(shape)))
     }
 
     /// The output shape for these (group 0, group 1, position) sizes and `width` channels.
@@ -239,11 +241,10 @@ impl<'a> Bias<'a> {
             "FusedAttention: bias {shape:?} does not broadcast to the scores {:?}",
             slots.iter().map(|&s| sizes[s]).collect::<Vec<_>>()
         );
+        let natural = Tensor::natural_strides(shape);
         let mut strides = [0; 4];
-        let mut stride = 1;
-        for (axis, &slot) in slots.iter().enumerate().rev() {
-            strides[slot] = if shape[axis] == 1 { 0 } else { stride };
-            stride *= shape[axis];
+        for (axis, &slot) in slots.iter().enumerate() {
+            strides[slot] = if shape[axis] == 1 { 0 } else { natural[axis] as usize };
         }
         Ok(Bias { values: plain(t)?, strides })
     }
@@ -291,17 +292,9 @@ fn softmax(x: &mut [f32]) {
 
 impl TypedOp for FusedAttention {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let (q, v) = (&inputs[0].shape, &inputs[2].shape);
-        let mut sizes: [TDim; 3] = std::array::from_fn(|_| TDim::from(1));
-        for (axis, role) in self.q.0.iter().enumerate() {
-            match role {
-                Role::Group(g) => sizes[*g] = q[axis].clone(),
-                Role::Position => sizes[2] = q[axis].clone(),
-                Role::Channel | Role::Unit => {}
-            }
-        }
+        let (q, v) = (inputs[0].shape.to_tvec(), &inputs[2].shape);
         let width = v[v.len() - 1].clone();
-        Ok(tvec!(f32::fact(self.out.shape(sizes, width))))
+        Ok(tvec!(f32::fact(self.out.shape(self.q.sizes(&q), width))))
     }
 
     as_op!();

@@ -422,12 +422,12 @@ pub fn fuse_scales(model: &mut TypedModel) -> TractResult<usize> {
         if konst.datum_type() != f32::datum_type() || !(per_column || konst.len() == 1) {
             continue;
         }
-        let values = konst.try_as_plain_ram()?.as_slice::<f32>()?;
-        let scales: Arc<[f32]> = if per_column { values.into() } else { vec![values[0]; n].into() };
-        let rank = model.outlet_fact(node.inputs[0])?.rank();
-        if shape.len() > rank {
+        // A constant of higher rank than the product would add axes: not a rescale.
+        if shape.len() > model.outlet_fact(node.inputs[0])?.rank() {
             continue;
         }
+        let values = konst.try_as_plain_ram()?.as_slice::<f32>()?;
+        let scales: Arc<[f32]> = if per_column { values.into() } else { vec![values[0]; n].into() };
         let fused_op = Int8MatMul { output: Output::Scaled { scales }, ..op.clone() };
         let (name, input) = (format!("{}.scaled", node.name), node.inputs[0]);
         crate::graph::splice(model, name, fused_op, &[input], OutletId::new(mul.id, 0))?;
