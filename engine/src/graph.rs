@@ -105,7 +105,8 @@ fn optimise(model: InferenceModel, shapes: &GraphShapes) -> Result<Plan, String>
     // Fusions tract does not make, on the decluttered graph, where the patterns are settled.
     let scales = crate::int8::op::fuse_scales(&mut model).map_err(tract)?;
     let attentions = crate::attention::fuse(&mut model).map_err(tract)?;
-    log::debug!("fused {attentions} attentions and {scales} product rescales");
+    let gelus = crate::gelu::fuse(&mut model).map_err(tract)?;
+    log::debug!("fused {attentions} attentions, {gelus} GELUs and {scales} product rescales");
     model.optimize().map_err(tract)?;
     model.into_runnable().map_err(tract)
 }

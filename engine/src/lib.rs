@@ -9,6 +9,7 @@ pub mod attention;
 pub mod bundle;
 pub mod error;
 pub mod fsutil;
+pub mod gelu;
 pub mod generate;
 pub mod graph;
 pub mod image_load;
