@@ -104,28 +104,67 @@ impl EvalOp for FusedAttention {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        for t in &inputs {
-            ensure!(t.datum_type() == f32::datum_type(), "FusedAttention: operand of type {:?}", t.datum_type());
-        }
-        let (q_shape, k_shape, v_shape) = (inputs[0].shape(), inputs[1].shape(), inputs[2].shape());
-        let (q_strides, q_sizes) = self.q.strides(q_shape)?;
-        let (k_strides, k_sizes) = self.k.strides(k_shape)?;
-        let (v_strides, v_sizes) = self.v.strides(v_shape)?;
-        let (depth, width) = (q_shape[q_shape.len() - 1], v_shape[v_shape.len() - 1]);
+        let k = Operand::of(&self.k, &inputs[1])?;
+        let v = Operand::of(&self.v, &inputs[2])?;
+        Ok(tvec!(self.attend(&inputs[0], k, v, inputs.get(3).map(|b| &**b))?.into_tvalue()))
+    }
+}
+
+/// An attention operand: its values and, along (group 0, group 1, position), strides and sizes.
+pub(crate) struct Operand<'a> {
+    pub values: &'a [f32],
+    pub strides: [usize; 3],
+    pub sizes: [usize; 3],
+    /// Channels per position (the last axis; stride 1).
+    pub channels: usize,
+}
+
+impl<'a> Operand<'a> {
+    fn of(layout: &Layout, t: &'a Tensor) -> TractResult<Operand<'a>> {
+        ensure!(t.datum_type() == f32::datum_type(), "FusedAttention: operand of type {:?}", t.datum_type());
+        let (strides, sizes) = layout.strides(t.shape())?;
+        Ok(Operand { values: plain(t)?, strides, sizes, channels: t.shape()[t.rank() - 1] })
+    }
+}
+
+impl FusedAttention {
+    /// Whether k and v are [group 0, group 1, position, channel], the layout a
+    /// [`crate::kv_cache`] keeps its keys and values in.
+    pub(crate) fn reads_heads_by_position(&self) -> bool {
+        let heads = [Role::Group(0), Role::Group(1), Role::Position, Role::Channel];
+        self.groups == 2 && self.k.0[..] == heads && self.v.0[..] == heads
+    }
+
+    /// The attention of `q` over keys `k` and values `v`, plus `bias` if any.
+    pub(crate) fn attend(&self, q: &Tensor, k: Operand, v: Operand, bias: Option<&Tensor>) -> TractResult<Tensor> {
+        let q = Operand::of(&self.q, q)?;
+        let (depth, width) = (q.channels, v.channels);
         ensure!(
-            k_shape[k_shape.len() - 1] == depth && k_sizes == v_sizes && q_sizes[..2] == k_sizes[..2],
-            "FusedAttention: q {q_shape:?}, k {k_shape:?}, v {v_shape:?} do not go together"
+            k.channels == depth && k.sizes == v.sizes && q.sizes[..2] == k.sizes[..2],
+            "FusedAttention: q {:?}x{depth}, k {:?}x{}, v {:?}x{width} do not go together",
+            q.sizes,
+            k.sizes,
+            k.channels,
+            v.sizes
         );
-        let [g0, g1, queries] = q_sizes;
-        let keys = k_sizes[2];
-        let bias = match inputs.get(3) {
+        let [g0, g1, queries] = q.sizes;
+        let keys = k.sizes[2];
+        let bias = match bias {
             Some(b) => Some(Bias::new(b, self.groups, [g0, g1, queries, keys])?),
             None => None,
         };
-        let out_shape = self.out.shape(q_sizes, width);
+        let out_shape = self.out.shape(q.sizes, width);
         let (out_strides, _) = self.out.strides(&out_shape)?;
-        let (q, k, v) = (plain(&inputs[0])?, plain(&inputs[1])?, plain(&inputs[2])?);
-        let heads = Heads { q, k, v, bias, strides: [q_strides, k_strides, v_strides], depth, width, keys };
+        let heads = Heads {
+            q: q.values,
+            k: k.values,
+            v: v.values,
+            bias,
+            strides: [q.strides, k.strides, v.strides],
+            depth,
+            width,
+            keys,
+        };
         // Head by head into a contiguous [head][query][channel] buffer, shared between the
         // threads when there is enough work (the encoder's 50 queries, not a decoding step's one).
         let mut rows = vec![0f32; g0 * g1 * queries * width];
@@ -147,7 +186,7 @@ impl EvalOp for FusedAttention {
                 }
             }
         }
-        Ok(tvec!(out.into_tvalue()))
+        Ok(out)
     }
 }
 

@@ -65,14 +65,27 @@ impl GraphShapes {
 /// Loads the ONNX graph at `path` into a plan for `shapes`.
 pub fn load(path: &Path, shapes: &GraphShapes) -> Result<Plan, EngineError> {
     let shown = path.display().to_string();
+    let (plan, _) =
+        optimise(parse(path)?, shapes, false).map_err(|message| EngineError::Graph { path: shown, message })?;
+    Ok(plan)
+}
+
+/// Loads a decoder graph, moving its KV cache into the plan when the graph has the decoder
+/// bundles' cache plumbing ([`crate::kv_cache`]). Returns the plan and whether it did; if it
+/// did, the plan has no `past` input and no `present` output, and each session of it
+/// ([`TypedSimpleState`]) keeps its own cache.
+pub fn load_decoder(path: &Path, shapes: &GraphShapes) -> Result<(Plan, bool), EngineError> {
+    let shown = path.display().to_string();
+    optimise(parse(path)?, shapes, true).map_err(|message| EngineError::Graph { path: shown, message })
+}
+
+fn parse(path: &Path) -> Result<InferenceModel, EngineError> {
     let onnx = crate::int8::onnx();
     // As tract's `model_for_path` does: external data lies beside the graph.
     let dir = path.parent().and_then(|d| d.to_str());
-    let model = onnx
-        .proto_model_for_path(path)
+    onnx.proto_model_for_path(path)
         .and_then(|proto| crate::int8::parse::model_for_proto(&onnx, proto, dir))
-        .map_err(|e| tract_error(&shown, e))?;
-    optimise(model, shapes).map_err(|message| EngineError::Graph { path: shown, message })
+        .map_err(|e| tract_error(&path.display().to_string(), e))
 }
 
 /// Loads an ONNX graph held in memory (`label` names it in errors).
@@ -82,7 +95,9 @@ pub fn load_bytes(bytes: &[u8], label: &str, shapes: &GraphShapes) -> Result<Pla
         .proto_model_for_read(&mut &bytes[..])
         .and_then(|proto| crate::int8::parse::model_for_proto(&onnx, proto, None))
         .map_err(|e| tract_error(label, e))?;
-    optimise(model, shapes).map_err(|message| EngineError::Graph { path: label.to_string(), message })
+    let (plan, _) =
+        optimise(model, shapes, false).map_err(|message| EngineError::Graph { path: label.to_string(), message })?;
+    Ok(plan)
 }
 
 fn tract_error(label: &str, e: TractError) -> EngineError {
@@ -90,8 +105,9 @@ fn tract_error(label: &str, e: TractError) -> EngineError {
 }
 
 /// Checks the graph's inputs against `shapes`, binds the symbols of fixed axes, checks the
-/// outputs, then optimises.
-fn optimise(model: InferenceModel, shapes: &GraphShapes) -> Result<Plan, String> {
+/// outputs, then optimises; `cache_inside`: try [`crate::kv_cache::fuse`], and say whether it
+/// applied.
+fn optimise(model: InferenceModel, shapes: &GraphShapes, cache_inside: bool) -> Result<(Plan, bool), String> {
     let tract = |e: TractError| collapse_whitespace(&format!("{e:#}"));
     let model = model.into_typed().map_err(tract)?;
     let inputs = model.input_outlets().map_err(tract)?.to_vec();
@@ -106,9 +122,12 @@ fn optimise(model: InferenceModel, shapes: &GraphShapes) -> Result<Plan, String>
     let scales = crate::int8::op::fuse_scales(&mut model).map_err(tract)?;
     let attentions = crate::attention::fuse(&mut model).map_err(tract)?;
     let gelus = crate::gelu::fuse(&mut model).map_err(tract)?;
-    log::debug!("fused {attentions} attentions, {gelus} GELUs and {scales} product rescales");
+    let cached = cache_inside && crate::kv_cache::fuse(&mut model).map_err(tract)?;
+    log::debug!(
+        "fused {attentions} attentions, {gelus} GELUs and {scales} product rescales; cache in the plan: {cached}"
+    );
     model.optimize().map_err(tract)?;
-    model.into_runnable().map_err(tract)
+    Ok((model.into_runnable().map_err(tract)?, cached))
 }
 
 /// Compares each outlet's shape with what the engine uses; returns the symbol bindings that make

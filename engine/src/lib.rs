@@ -14,6 +14,7 @@ pub mod generate;
 pub mod graph;
 pub mod image_load;
 pub mod int8;
+pub mod kv_cache;
 pub mod manifest;
 pub mod memory;
 pub mod model;

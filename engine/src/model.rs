@@ -20,6 +20,8 @@ pub struct CaptionModel {
     image_encoder: Plan,
     mapper: Plan,
     decoder: Plan,
+    /// Whether the decoder plan keeps its KV cache itself ([`crate::kv_cache`]).
+    decoder_cache_inside: bool,
     /// The decoder's input embeddings, looked up here rather than in the graph so that the
     /// graph's LM head is an untied matrix tract can pack once.
     token_embeddings: TokenTable,
@@ -48,9 +50,12 @@ impl CaptionModel {
     pub fn from_bundle(bundle: &Bundle) -> Result<CaptionModel, EngineError> {
         let m = &bundle.manifest;
         let dims = &m.model;
+        let shapes = |role| {
+            GraphShapes::for_role(role, dims, m.preprocess.image_size as usize)
+                .ok_or_else(|| EngineError::Option(format!("{role:?} is not a graph")))
+        };
         let load = |role| -> Result<Plan, EngineError> {
-            let shapes = GraphShapes::for_role(role, dims, m.preprocess.image_size as usize)
-                .ok_or_else(|| EngineError::Option(format!("{role:?} is not a graph")))?;
+            let shapes = shapes(role)?;
             logged(&format!("{role:?}"), || graph::load(&bundle.path(role), &shapes))
         };
         // One graph at a time: parsing holds the file's pages and its decoded weights at once,
@@ -60,7 +65,9 @@ impl CaptionModel {
         // int8 bundle: the encoder's transient (~107 MB) is larger than the decoder's (~72 MB,
         // whose LM head reaches its operator without a tract tensor, see `int8::parse`).
         let image_encoder = load(FileRole::ImageEncoder)?;
-        let decoder = load(FileRole::Decoder)?;
+        let decoder_shapes = shapes(FileRole::Decoder)?;
+        let (decoder, decoder_cache_inside) =
+            logged("Decoder", || graph::load_decoder(&bundle.path(FileRole::Decoder), &decoder_shapes))?;
         let mapper = load(FileRole::Mapper)?;
         let token_embeddings =
             logged("token embeddings", || load_token_embeddings(&bundle.path(FileRole::TokenEmbeddings), dims))?;
@@ -85,6 +92,7 @@ impl CaptionModel {
             image_encoder,
             mapper,
             decoder,
+            decoder_cache_inside,
             token_embeddings,
             tokenizer,
             memory,
@@ -132,28 +140,76 @@ impl CaptionModel {
         Ok(())
     }
 
-    /// One decoder call: `embeds` [B,S,D] at positions `start..start+S`, attending to `past`
-    /// [L,2,B,H,start,hd]. Returns the last position's logits [B,V] and the new cache.
-    pub(crate) fn decoder_step(
-        &self,
-        embeds: Tensor,
-        start: usize,
-        past: Tensor,
-    ) -> Result<(Tensor, Tensor), EngineError> {
+    /// An empty KV cache for `batch` sequences, where this model's decoder keeps it.
+    pub(crate) fn new_cache(&self, batch: usize) -> Result<Cache, EngineError> {
+        let err = |e| EngineError::inference("decoder", e);
+        if self.decoder_cache_inside {
+            return Ok(Cache::Inside { session: TypedSimpleState::new(&self.decoder).map_err(err)?, batch });
+        }
+        let d = self.dims();
+        let shape = [d.num_layers, 2, batch, d.num_heads, 0, d.head_dim()];
+        Ok(Cache::Outside(Tensor::zero::<f32>(&shape).map_err(err)?))
+    }
+
+    /// One decoder call: `embeds` [B,S,D] at positions `start..start+S`, attending to what
+    /// `cache` holds (`start` positions) and adding the new ones to it. Returns the last
+    /// position's logits [B,V].
+    pub(crate) fn decoder_step(&self, embeds: Tensor, start: usize, cache: &mut Cache) -> Result<Tensor, EngineError> {
+        let err = |e| EngineError::inference("decoder", e);
         let s = embeds.shape()[1];
         let total = start + s;
         let positions: Vec<i64> = (start as i64..total as i64).collect();
         let bias = causal_bias(s, start);
-        let inputs = tvec!(
+        let mut inputs = tvec!(
             embeds.into(),
             tensor_from(&[s], &positions, "decoder")?.into(),
-            tensor_from(&[s, total], &bias, "decoder")?.into(),
-            past.into()
+            tensor_from(&[s, total], &bias, "decoder")?.into()
         );
-        let mut out = self.decoder.run(inputs).map_err(|e| EngineError::inference("decoder", e))?;
-        let present = out.pop().ok_or_else(|| EngineError::inference("decoder", "no present output"))?;
+        let mut out = match cache {
+            Cache::Inside { session, .. } => session.run(inputs).map_err(err)?,
+            Cache::Outside(past) => {
+                inputs.push(std::mem::take(past).into());
+                let mut out = self.decoder.run(inputs).map_err(err)?;
+                let present = out.pop().ok_or_else(|| EngineError::inference("decoder", "no present output"))?;
+                *past = present.into_tensor();
+                out
+            }
+        };
         let logits = out.pop().ok_or_else(|| EngineError::inference("decoder", "no logits output"))?;
-        Ok((logits.into_tensor(), present.into_tensor()))
+        Ok(logits.into_tensor())
+    }
+}
+
+/// Where a decoding session's KV cache lives.
+pub(crate) enum Cache {
+    /// In the decoder plan's [`crate::kv_cache::LayerCache`]s, in this session of the plan.
+    Inside { session: TypedSimpleState, batch: usize },
+    /// Fed to the graph as `past` [L,2,B,H,P,hd] and returned grown as `present`.
+    Outside(Tensor),
+}
+
+impl Cache {
+    pub(crate) fn batch(&self) -> usize {
+        match self {
+            Cache::Inside { batch, .. } => *batch,
+            Cache::Outside(past) => past.shape()[2],
+        }
+    }
+
+    /// Sequence `i` continues from old sequence `sources[i]`.
+    pub(crate) fn reorder(&mut self, sources: &[usize]) -> Result<(), EngineError> {
+        let err = |e| EngineError::inference("decoder", e);
+        match self {
+            Cache::Inside { session, batch } => {
+                crate::kv_cache::reorder(session, sources).map_err(err)?;
+                *batch = sources.len();
+            }
+            Cache::Outside(past) => {
+                let view = past.to_plain_array_view::<f32>().map_err(err)?;
+                *past = view.select(tract_ndarray::Axis(2), sources).into_tensor();
+            }
+        }
+        Ok(())
     }
 }
 

@@ -3,25 +3,19 @@
 //! Cheap to create (an empty cache); one per caption, or one per beam group. The model it runs
 //! on stays immutable and shareable.
 
-use tract_onnx::prelude::*;
-
 use crate::error::EngineError;
-use crate::model::{tensor_from, CaptionModel};
+use crate::model::{tensor_from, Cache, CaptionModel};
 
 pub struct DecoderState<'m> {
     model: &'m CaptionModel,
-    /// [L, 2, B, H, position, hd]
-    past: Tensor,
+    cache: Cache,
     position: usize,
 }
 
 impl<'m> DecoderState<'m> {
     /// An empty cache for `batch` sequences.
     pub fn new(model: &'m CaptionModel, batch: usize) -> Result<DecoderState<'m>, EngineError> {
-        let d = model.dims();
-        let shape = [d.num_layers, 2, batch, d.num_heads, 0, d.head_dim()];
-        let past = Tensor::zero::<f32>(&shape).map_err(|e| EngineError::inference("decoder", e))?;
-        Ok(DecoderState { model, past, position: 0 })
+        Ok(DecoderState { model, cache: model.new_cache(batch)?, position: 0 })
     }
 
     /// The token id of logit `index` of this model's decoder.
@@ -35,7 +29,7 @@ impl<'m> DecoderState<'m> {
     }
 
     fn batch(&self) -> usize {
-        self.past.shape()[2]
+        self.cache.batch()
     }
 
     /// Runs `seq` new embeddings per sequence (`embeds` is [batch × seq × hidden] row-major) and
@@ -50,9 +44,7 @@ impl<'m> DecoderState<'m> {
             )));
         }
         let input = tensor_from(&[self.batch(), seq, d.hidden_size], embeds, "decoder")?;
-        let past = std::mem::take(&mut self.past);
-        let (logits, present) = self.model.decoder_step(input, self.position, past)?;
-        self.past = present;
+        let logits = self.model.decoder_step(input, self.position, &mut self.cache)?;
         self.position += seq;
         let view = logits.to_plain_array_view::<f32>().map_err(|e| EngineError::inference("decoder", e))?;
         Ok(view.iter().copied().collect())
@@ -73,9 +65,6 @@ impl<'m> DecoderState<'m> {
     /// Rebuilds the cache so that sequence `i` continues from old sequence `sources[i]`
     /// (beam search: reorder survivors, or fan one prefix out to several beams).
     pub fn reorder(&mut self, sources: &[usize]) -> Result<(), EngineError> {
-        let view = self.past.to_plain_array_view::<f32>().map_err(|e| EngineError::inference("decoder", e))?;
-        let picked = view.select(tract_ndarray::Axis(2), sources);
-        self.past = picked.into_tensor();
-        Ok(())
+        self.cache.reorder(sources)
     }
 }
