@@ -63,15 +63,6 @@ pub struct LayerCache {
 }
 
 impl LayerCache {
-    /// Positions held.
-    pub fn len(&self) -> usize {
-        self.keys.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Sequence `i` continues from old sequence `sources[i]` (beam search).
     pub fn reorder(&mut self, sources: &[usize]) -> TractResult<()> {
         self.keys.reorder(sources)?;
@@ -221,26 +212,28 @@ struct Layer {
     attention: usize,
     /// The new positions' keys and values, `[2, B, H, S, hd]`.
     new: OutletId,
+    /// Which layer of `past` it reads, and `past` itself.
+    index: i64,
+    past: OutletId,
+    /// Its cache with the layer axis added, and the `present` that stacks it.
+    stacked: OutletId,
+    present: OutletId,
 }
 
 impl Plumbing {
     fn find(model: &TypedModel) -> TractResult<Option<Plumbing>> {
-        let mut layers: Vec<(i64, Layer, usize)> = Vec::new();
-        let (mut past, mut present) = (None, None);
+        let mut layers = Vec::new();
         for node in model.nodes() {
             let Some(op) = node.op_as::<FusedAttention>() else { continue };
-            let Some((layer, index, source, stacked)) = Self::layer(model, node, op)? else { return Ok(None) };
-            if *past.get_or_insert(source) != source || *present.get_or_insert(stacked) != stacked {
-                return Ok(None);
-            }
-            layers.push((index, layer.0, layer.1));
+            let Some(layer) = Layer::at(model, node, op)? else { return Ok(None) };
+            layers.push(layer);
         }
-        let (Some(past), Some(present)) = (past, present) else { return Ok(None) };
-        // `present` must be the layers' caches in layer order, and `past` read by nothing else.
-        layers.sort_by_key(|l| l.0);
-        let in_order = layers.iter().enumerate().all(|(i, l)| l.0 == i as i64);
-        let stacked: Vec<OutletId> = layers.iter().map(|l| OutletId::new(l.2, 0)).collect();
-        if !in_order
+        let Some(first) = layers.first() else { return Ok(None) };
+        let (past, present) = (first.past, first.present);
+        // One `past` read by nothing else, one `present` stacking the layers' caches in order.
+        layers.sort_by_key(|l| l.index);
+        let stacked: Vec<OutletId> = layers.iter().map(|l| l.stacked).collect();
+        if layers.iter().enumerate().any(|(i, l)| l.index != i as i64 || l.past != past || l.present != present)
             || model.node(present.node).inputs != stacked
             || model.outlet_successors(past).len() != layers.len()
             || !model.input_outlets()?.contains(&past)
@@ -248,17 +241,13 @@ impl Plumbing {
         {
             return Ok(None);
         }
-        Ok(Some(Plumbing { past, present, layers: layers.into_iter().map(|l| l.1).collect() }))
+        Ok(Some(Plumbing { past, present, layers }))
     }
+}
 
-    /// For one fused attention: its layer, the layer's index in `past`, the `past` outlet, the
-    /// `present` outlet, and the node adding the layer axis to its cache.
-    #[allow(clippy::type_complexity)]
-    fn layer(
-        model: &TypedModel,
-        node: &TypedNode,
-        op: &FusedAttention,
-    ) -> TractResult<Option<((Layer, usize), i64, OutletId, OutletId)>> {
+impl Layer {
+    /// The cache plumbing around one fused attention, if it is a decoder layer's.
+    fn at(model: &TypedModel, node: &TypedNode, op: &FusedAttention) -> TractResult<Option<Layer>> {
         if !op.reads_heads_by_position() {
             return Ok(None);
         }
@@ -271,7 +260,7 @@ impl Plumbing {
         if kv != kv_v || c.axis != 3 || concat.inputs.len() != 2 {
             return Ok(None);
         }
-        let Some((source, index)) = pick(model, concat.inputs[0])? else { return Ok(None) };
+        let Some((past, index)) = pick(model, concat.inputs[0])? else { return Ok(None) };
         // The concatenation feeds the two picks and one AddAxis(0) into `present`.
         let succ = model.outlet_successors(kv);
         let added: Vec<&TypedNode> = succ.iter().map(|s| model.node(s.node)).filter(|n| n.op_is::<AxisOp>()).collect();
@@ -283,8 +272,14 @@ impl Plumbing {
         if stack.op_as::<TypedConcat>().map(|c| c.axis) != Some(0) {
             return Ok(None);
         }
-        let layer = Layer { attention: node.id, new: concat.inputs[1] };
-        Ok(Some(((layer, add.id), index, source, OutletId::new(stack.id, 0))))
+        Ok(Some(Layer {
+            attention: node.id,
+            new: concat.inputs[1],
+            index,
+            past,
+            stacked: OutletId::new(add.id, 0),
+            present: OutletId::new(stack.id, 0),
+        }))
     }
 }
 
