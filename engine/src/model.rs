@@ -13,6 +13,7 @@ use crate::graph::{self, GraphShapes, Plan};
 use crate::manifest::{FileRole, Manifest, ModelDims};
 use crate::memory::SupportMemory;
 use crate::npy::{self, f16};
+use crate::session::Cache;
 use crate::tokenizer::TextTokenizer;
 
 pub struct CaptionModel {
@@ -177,39 +178,6 @@ impl CaptionModel {
         };
         let logits = out.pop().ok_or_else(|| EngineError::inference("decoder", "no logits output"))?;
         Ok(logits.into_tensor())
-    }
-}
-
-/// Where a decoding session's KV cache lives.
-pub(crate) enum Cache {
-    /// In the decoder plan's [`crate::kv_cache::LayerCache`]s, in this session of the plan.
-    Inside { session: TypedSimpleState, batch: usize },
-    /// Fed to the graph as `past` [L,2,B,H,P,hd] and returned grown as `present`.
-    Outside(Tensor),
-}
-
-impl Cache {
-    pub(crate) fn batch(&self) -> usize {
-        match self {
-            Cache::Inside { batch, .. } => *batch,
-            Cache::Outside(past) => past.shape()[2],
-        }
-    }
-
-    /// Sequence `i` continues from old sequence `sources[i]`.
-    pub(crate) fn reorder(&mut self, sources: &[usize]) -> Result<(), EngineError> {
-        let err = |e| EngineError::inference("decoder", e);
-        match self {
-            Cache::Inside { session, batch } => {
-                crate::kv_cache::reorder(session, sources).map_err(err)?;
-                *batch = sources.len();
-            }
-            Cache::Outside(past) => {
-                let view = past.to_plain_array_view::<f32>().map_err(err)?;
-                *past = view.select(tract_ndarray::Axis(2), sources).into_tensor();
-            }
-        }
-        Ok(())
     }
 }
 
