@@ -155,16 +155,7 @@ impl FusedAttention {
         };
         let out_shape = self.out.shape(q.sizes, width);
         let (out_strides, _) = self.out.strides(&out_shape)?;
-        let heads = Heads {
-            q: q.values,
-            k: k.values,
-            v: v.values,
-            bias,
-            strides: [q.strides, k.strides, v.strides],
-            depth,
-            width,
-            keys,
-        };
+        let heads = Heads { q, k, v, bias };
         // Head by head into a contiguous [head][query][channel] buffer, shared between the
         // threads when there is enough work (the encoder's 50 queries, not a decoding step's one).
         let mut rows = vec![0f32; g0 * g1 * queries * width];
@@ -195,15 +186,10 @@ const THREADED_MACS: usize = 1 << 18;
 
 /// One evaluation's operands, read head by head.
 struct Heads<'a> {
-    q: &'a [f32],
-    k: &'a [f32],
-    v: &'a [f32],
+    q: Operand<'a>,
+    k: Operand<'a>,
+    v: Operand<'a>,
     bias: Option<Bias<'a>>,
-    /// (group 0, group 1, position) strides of q, k and v.
-    strides: [[usize; 3]; 3],
-    depth: usize,
-    width: usize,
-    keys: usize,
 }
 
 impl Heads<'_> {
@@ -238,13 +224,14 @@ impl Heads<'_> {
 
     #[inline(always)]
     fn rows(&self, a: usize, b: usize, out: &mut [f32]) {
-        let at = |[s0, s1, sp]: [usize; 3], pos: usize| a * s0 + b * s1 + pos * sp;
-        let [qs, ks, vs] = self.strides;
-        let mut scores = vec![0f32; self.keys];
-        for (i, row) in out.chunks_exact_mut(self.width).enumerate() {
-            let q_row = &self.q[at(qs, i)..][..self.depth];
+        let (q, k, v) = (&self.q, &self.k, &self.v);
+        let (depth, width) = (q.channels, v.channels);
+        let at = |o: &Operand, pos: usize| a * o.strides[0] + b * o.strides[1] + pos * o.strides[2];
+        let mut scores = vec![0f32; k.sizes[2]];
+        for (i, row) in out.chunks_exact_mut(width).enumerate() {
+            let q_row = &q.values[at(q, i)..][..depth];
             for (j, score) in scores.iter_mut().enumerate() {
-                *score = dot(q_row, &self.k[at(ks, j)..][..self.depth]);
+                *score = dot(q_row, &k.values[at(k, j)..][..depth]);
             }
             if let Some(bias) = &self.bias {
                 bias.add_to(&mut scores, a, b, i);
@@ -252,7 +239,7 @@ impl Heads<'_> {
             softmax(&mut scores);
             row.fill(0.0);
             for (j, &p) in scores.iter().enumerate() {
-                axpy(p, &self.v[at(vs, j)..][..self.width], row);
+                axpy(p, &v.values[at(v, j)..][..width], row);
             }
         }
     }

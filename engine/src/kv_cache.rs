@@ -55,18 +55,85 @@ impl TypedOp for CachedAttention {
     as_op!();
 }
 
-/// One layer's keys and values for one session.
+/// One layer's keys and values for one session: each `[batch, head, capacity, channel]`, the
+/// first `len` positions of each head filled. Capacity doubles when full, so a caption of T
+/// tokens moves each position O(1) times on average rather than T times.
 #[derive(Debug, Clone, Default)]
 pub struct LayerCache {
-    keys: Positions,
-    values: Positions,
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    batch: usize,
+    heads: usize,
+    channels: usize,
+    capacity: usize,
+    len: usize,
 }
 
 impl LayerCache {
     /// Sequence `i` continues from old sequence `sources[i]` (beam search).
     pub fn reorder(&mut self, sources: &[usize]) -> TractResult<()> {
-        self.keys.reorder(sources)?;
-        self.values.reorder(sources)
+        if let Some(bad) = sources.iter().find(|&&s| s >= self.batch) {
+            bail!("CachedAttention: no sequence {bad} to continue from, the cache holds {}", self.batch);
+        }
+        let per_item = self.heads * self.capacity * self.channels;
+        let pick = |data: &[f32]| -> Vec<f32> {
+            sources.iter().flat_map(|&s| &data[s * per_item..(s + 1) * per_item]).copied().collect()
+        };
+        (self.keys, self.values) = (pick(&self.keys), pick(&self.values));
+        self.batch = sources.len();
+        Ok(())
+    }
+
+    /// Appends new keys and values, each `[batch, head, seq, channel]` with `dims` those sizes.
+    fn append(&mut self, keys: &[f32], values: &[f32], [batch, heads, seq, channels]: [usize; 4]) -> TractResult<()> {
+        if self.len == 0 {
+            (self.batch, self.heads, self.channels) = (batch, heads, channels);
+        }
+        ensure!(
+            (batch, heads, channels) == (self.batch, self.heads, self.channels),
+            "CachedAttention: new positions [{batch}, {heads}, _, {channels}] for a cache of [{}, {}, _, {}]",
+            self.batch,
+            self.heads,
+            self.channels
+        );
+        if self.len + seq > self.capacity {
+            self.grow((self.len + seq).max(2 * self.capacity));
+        }
+        let row = seq * channels;
+        for (data, new) in [(&mut self.keys, keys), (&mut self.values, values)] {
+            for (head, chunk) in new.chunks_exact(row).enumerate() {
+                let at = (head * self.capacity + self.len) * channels;
+                data[at..at + row].copy_from_slice(chunk);
+            }
+        }
+        self.len += seq;
+        Ok(())
+    }
+
+    fn grow(&mut self, capacity: usize) {
+        let filled = self.len * self.channels;
+        let (old, new) = (self.capacity * self.channels, capacity * self.channels);
+        let size = self.batch * self.heads * new;
+        let regrow = |data: &[f32]| {
+            let mut grown = vec![0f32; size];
+            if filled > 0 {
+                for (head, chunk) in data.chunks_exact(old).enumerate() {
+                    grown[head * new..head * new + filled].copy_from_slice(&chunk[..filled]);
+                }
+            }
+            grown
+        };
+        (self.keys, self.values, self.capacity) = (regrow(&self.keys), regrow(&self.values), capacity);
+    }
+
+    fn operand<'a>(&self, data: &'a [f32]) -> Operand<'a> {
+        let c = self.channels;
+        Operand {
+            values: data,
+            strides: [self.heads * self.capacity * c, self.capacity * c, c],
+            sizes: [self.batch, self.heads, self.len],
+            channels: c,
+        }
     }
 }
 
@@ -82,11 +149,9 @@ impl OpState for LayerCache {
         );
         let values = new.try_as_plain_ram()?.as_slice::<f32>()?;
         let (keys, vals) = values.split_at(values.len() / 2);
-        let dims = [shape[1], shape[2], shape[3], shape[4]];
-        self.keys.append(keys, dims)?;
-        self.values.append(vals, dims)?;
-        let out =
-            op.attention.attend(&inputs[0], self.keys.operand(), self.values.operand(), inputs.get(2).map(|b| &**b))?;
+        self.append(keys, vals, [shape[1], shape[2], shape[3], shape[4]])?;
+        let (k, v) = (self.operand(&self.keys), self.operand(&self.values));
+        let out = op.attention.attend(&inputs[0], k, v, inputs.get(2).map(|b| &**b))?;
         Ok(tvec!(out.into_tvalue()))
     }
 
@@ -106,77 +171,6 @@ pub fn reorder(session: &mut TypedSimpleState, sources: &[usize]) -> TractResult
         }
     }
     Ok(())
-}
-
-/// Keys (or values) of every position so far: `[batch, head, capacity, channel]`, the first
-/// `len` positions of each head filled. Capacity doubles when full, so a caption of T tokens
-/// moves each position O(1) times on average rather than T times.
-#[derive(Debug, Clone, Default)]
-struct Positions {
-    data: Vec<f32>,
-    batch: usize,
-    heads: usize,
-    channels: usize,
-    capacity: usize,
-    len: usize,
-}
-
-impl Positions {
-    /// Appends `new`, `[batch, head, seq, channel]` with `dims` those sizes.
-    fn append(&mut self, new: &[f32], [batch, heads, seq, channels]: [usize; 4]) -> TractResult<()> {
-        if self.len == 0 {
-            (self.batch, self.heads, self.channels) = (batch, heads, channels);
-        }
-        ensure!(
-            (batch, heads, channels) == (self.batch, self.heads, self.channels),
-            "CachedAttention: new positions [{batch}, {heads}, _, {channels}] for a cache of [{}, {}, _, {}]",
-            self.batch,
-            self.heads,
-            self.channels
-        );
-        if self.len + seq > self.capacity {
-            self.grow((self.len + seq).max(2 * self.capacity));
-        }
-        let row = seq * channels;
-        for (head, chunk) in new.chunks_exact(row).enumerate() {
-            let at = (head * self.capacity + self.len) * channels;
-            self.data[at..at + row].copy_from_slice(chunk);
-        }
-        self.len += seq;
-        Ok(())
-    }
-
-    fn grow(&mut self, capacity: usize) {
-        let mut data = vec![0f32; self.batch * self.heads * capacity * self.channels];
-        let filled = self.len * self.channels;
-        if filled > 0 {
-            let (old, new) = (self.capacity * self.channels, capacity * self.channels);
-            for (head, chunk) in self.data.chunks_exact(old).enumerate() {
-                data[head * new..head * new + filled].copy_from_slice(&chunk[..filled]);
-            }
-        }
-        (self.data, self.capacity) = (data, capacity);
-    }
-
-    fn reorder(&mut self, sources: &[usize]) -> TractResult<()> {
-        if let Some(bad) = sources.iter().find(|&&s| s >= self.batch) {
-            bail!("CachedAttention: no sequence {bad} to continue from, the cache holds {}", self.batch);
-        }
-        let per_item = self.heads * self.capacity * self.channels;
-        self.data = sources.iter().flat_map(|&s| &self.data[s * per_item..(s + 1) * per_item]).copied().collect();
-        self.batch = sources.len();
-        Ok(())
-    }
-
-    fn operand(&self) -> Operand<'_> {
-        let c = self.channels;
-        Operand {
-            values: &self.data,
-            strides: [self.heads * self.capacity * c, self.capacity * c, c],
-            sizes: [self.batch, self.heads, self.len],
-            channels: c,
-        }
-    }
 }
 
 /// Moves the cache into the plan if `model` (decluttered, attentions fused) has the decoder
