@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::EngineError;
 use crate::session::DecoderState;
+use crate::stage::edgecap_stage_next_token;
 
 /// How to decode one caption.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,9 +66,11 @@ fn greedy(
     let first_logits = state.feed_embeddings(prefix, prefix_len)?;
     let mut tokens = vec![state.token_of_logit(argmax(&first_logits) as usize)];
     let first_token_time = started.elapsed();
+    edgecap_stage_next_token();
     while !opts.is_stop(tokens[tokens.len() - 1]) && tokens.len() < opts.max_tokens {
         let logits = state.feed_tokens(&tokens[tokens.len() - 1..])?;
         tokens.push(state.token_of_logit(argmax(&logits) as usize));
+        edgecap_stage_next_token();
     }
     Ok(Generated { tokens, first_logits, first_token_time })
 }
@@ -116,6 +119,7 @@ fn beam_search(
         })
         .collect();
     let first_token_time = started.elapsed();
+    edgecap_stage_next_token();
     state.reorder(&vec![0; beams.len()])?;
     while !beams.iter().all(|b| b.stopped) && beams[0].tokens.len() < opts.max_tokens {
         let last: Vec<u32> = beams.iter().map(|b| b.tokens[b.tokens.len() - 1]).collect();
@@ -123,6 +127,7 @@ fn beam_search(
         let (next, sources) = extend_beams(&beams, &logits, opts, |i| state.token_of_logit(i));
         state.reorder(&sources)?;
         beams = next;
+        edgecap_stage_next_token();
     }
     // Rank by mean log-probability; the first of equals wins, as with a stable sort.
     let best = (0..beams.len())

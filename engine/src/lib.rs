@@ -23,4 +23,5 @@ pub mod pipeline;
 pub mod platform;
 pub mod preprocess;
 pub mod session;
+pub mod stage;
 pub mod tokenizer;

@@ -36,6 +36,7 @@ pub struct CaptionModel {
 impl CaptionModel {
     /// Opens, verifies and loads the bundle in `dir`.
     pub fn load(dir: &Path) -> Result<CaptionModel, EngineError> {
+        crate::stage::edgecap_stage_load();
         let bundle = Bundle::read(dir)?;
         // The files are hashed on other threads while this one parses them, which hides the
         // hashing in start-up. A damaged file is still reported as damaged, ahead of whatever
@@ -46,6 +47,7 @@ impl CaptionModel {
             verified.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
             model
         })
+        .inspect(|_| crate::stage::edgecap_stage_loaded())
     }
 
     pub fn from_bundle(bundle: &Bundle) -> Result<CaptionModel, EngineError> {
@@ -66,10 +68,13 @@ impl CaptionModel {
         // int8 bundle: the encoder's transient (~107 MB) is larger than the decoder's (~72 MB,
         // whose LM head reaches its operator without a tract tensor, see `int8::parse`).
         let image_encoder = load(FileRole::ImageEncoder)?;
+        crate::stage::edgecap_stage_load_decoder();
         let decoder_shapes = shapes(FileRole::Decoder)?;
         let (decoder, decoder_cache_inside) =
             logged("Decoder", || graph::load_decoder(&bundle.path(FileRole::Decoder), &decoder_shapes))?;
+        crate::stage::edgecap_stage_load_mapper();
         let mapper = load(FileRole::Mapper)?;
+        crate::stage::edgecap_stage_load_rest();
         let token_embeddings =
             logged("token embeddings", || load_token_embeddings(&bundle.path(FileRole::TokenEmbeddings), dims))?;
         let tokenizer = logged("tokenizer", || {

@@ -9,6 +9,7 @@ use crate::generate::{generate, GenerationOptions};
 use crate::model::CaptionModel;
 use crate::preprocess::preprocess;
 use crate::session::DecoderState;
+use crate::stage;
 
 /// Wall time per stage of one caption.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -88,22 +89,28 @@ impl CaptionModel {
     pub fn trace(&self, image: &RgbImage, opts: &GenerationOptions) -> Result<Trace, EngineError> {
         self.check_options(opts)?;
         let mut timings = StageTimings::default();
+        stage::edgecap_stage_preprocess();
         let t = Instant::now();
         let pixel_values = preprocess(image, &self.manifest.preprocess);
         timings.preprocess = t.elapsed();
+        stage::edgecap_stage_encoder();
         let t = Instant::now();
         let image_embeds = self.embed_image(&pixel_values)?;
         timings.image_encoder = t.elapsed();
+        stage::edgecap_stage_mapper();
         let t = Instant::now();
         let projected = self.project(&image_embeds, opts);
         let prefix = self.map_prefix(projected.as_deref().unwrap_or(&image_embeds))?;
         timings.mapper = t.elapsed();
+        stage::edgecap_stage_first_token();
         let t = Instant::now();
         let generated = generate(&mut DecoderState::new(self, 1)?, &prefix, self.dims().prefix_length, opts)?;
         timings.decoder = t.elapsed();
         timings.first_token = generated.first_token_time;
+        stage::edgecap_stage_detokenize();
         let (tokens, logits_step0) = (generated.tokens, generated.first_logits);
         let text = self.tokenizer.decode(&tokens)?;
+        stage::edgecap_stage_caption_end();
         let caption = Caption { text, tokens, timings };
         Ok(Trace { pixel_values, image_embeds, projected, prefix, logits_step0, caption })
     }

@@ -55,6 +55,7 @@ pub fn run(args: &CaptionArgs) -> u8 {
     let stdout = std::io::stdout();
     for image in &args.images {
         let started = Instant::now();
+        edgecap_engine::stage::edgecap_stage_image_decode();
         let result = load_rgb(image).map_err(Into::into).and_then(|rgb| model.caption(&rgb, &opts));
         let line = match result {
             Ok(caption) => success_line(args, image, &caption, started),
