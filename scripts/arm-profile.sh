@@ -9,7 +9,7 @@
 #
 #   scripts/arm-profile.sh [--cpu CPU]... [--bundle fp32|int8|int8-tract]... [--no-cache]
 #                          [--one-caption] [--tokens N] [--image IMG] [--unstamped] [--no-build]
-#                          [--bench]
+#                          [--bench] [--report-only]
 #
 #   --cpu        cortex-a76 (Pi 5), cortex-a72 (Pi 4), cortex-a7 (armv7 build); default: all three
 #   --bundle     fp32, int8 (`quantize --all-int8`), int8-tract (the int8 bundle with
@@ -21,6 +21,7 @@
 #                fp32 runs are slow under qemu, whose TCG emulates NEON float arithmetic in software)
 #   --unstamped  remove the bundle's .verified stamp first: the load then hashes every file
 #   --no-build   use the ARM binaries as they are (default: cargo builds them, a no-op if fresh)
+#   --report-only  no build, no run: the tables from the runs already in target/arm-profile/runs/
 #   --bench      write bench/arm-profile.{md,json} (default only for a full run: every CPU and
 #                bundle, default tokens and image)
 #
@@ -38,6 +39,7 @@ image=tests/fixtures/images/astronaut.jpg
 unstamped=0
 build=1
 bench=
+report_only=0
 usage() {
     sed -n '/^#   scripts/,/^# Everything/p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
@@ -53,6 +55,7 @@ while [ $# -gt 0 ]; do
         --unstamped) unstamped=1; shift ;;
         --no-build) build=0; shift ;;
         --bench) bench=1; shift ;;
+        --report-only) report_only=1; build=0; shift ;;
         -h|--help) usage ;;
         *) echo "arm-profile.sh: unknown option $1" >&2; usage ;;
     esac
@@ -78,92 +81,95 @@ for tool in qemu-aarch64 qemu-arm gcc nm c++filt; do
     command -v "$tool" >/dev/null || { echo "arm-profile.sh: $tool missing (scripts/test.sh installs qemu-user and the cross toolchains)" >&2; exit 1; }
 done
 
-# 1. The plugin.
-plugin=$work/edgecap_profile.so
-gcc -shared -fPIC -O2 -Wall -o "$plugin" tools/qemu-plugin/edgecap_profile.c
+if [ $report_only = 0 ]; then
+    # 1. The plugin.
+    plugin=$work/edgecap_profile.so
+    gcc -shared -fPIC -O2 -Wall -o "$plugin" tools/qemu-plugin/edgecap_profile.c
 
-# 2. The ARM release binaries, with exactly scripts/test.sh's flags so that they share its
-# compilation of tract (a cross build of tract takes 10-15 min per target).
-export CARGO_PROFILE_RELEASE_LTO=false
-arm_packages=(-p edgecap-engine -p edgecap -p host-tools --no-default-features --features edgecap/camera)
-targets=()
-for cpu in "${cpus[@]}"; do
-    case "$cpu" in cortex-a7) t=armv7-unknown-linux-gnueabihf ;; *) t=aarch64-unknown-linux-gnu ;; esac
-    [[ " ${targets[*]:-} " == *" $t "* ]] || targets+=("$t")
-done
-for t in "${targets[@]}"; do
-    if [ $build = 1 ]; then
-        cargo build --release --locked --target "$t" "${arm_packages[@]}"
-    fi
-    bin=target/$t/release/edgecap
-    [ -x "$bin" ] || { echo "arm-profile.sh: $bin missing" >&2; exit 1; }
-    # The stage markers must be in the symbol table: the plugin finds them by name.
-    nm "$bin" >"$work/nm.txt"
-    missing=$(grep -o 'edgecap_stage_[a-z][a-z_]*' engine/src/stage.rs | sort -u | while read -r m; do
-        grep -q " T $m\$" "$work/nm.txt" || echo "$m"; done)
-    if [ -n "$missing" ]; then
-        echo "arm-profile.sh: $bin lacks the stage markers: $missing" >&2
-        exit 1
-    fi
-done
-
-# 3. The full-size bundles: the fp32 one of scripts/bench-compare.sh (reused when present), an
-# all-int8 one quantized from it on the fixture photographs.
-fixtures=${EDGECAP_FULL_FIXTURES:-target/full-fixtures}
-fp32=target/bench/fp32
-int8=$work/int8
-if [ ! -f "$fp32/bundle.toml" ] || [ ! -f "$int8/bundle.toml" ]; then
-    cargo build --release --locked -p host-tools --no-default-features -p edgecap
-    if [ ! -f "$fixtures/models/clipcap-mlp.pt" ]; then
-        python3 tests/fixtures/make_fixtures.py --full "$fixtures" --no-stop-search --models-only
-    fi
-fi
-if [ ! -f "$fp32/bundle.toml" ]; then
-    target/release/host-tools export --clip "$fixtures/models/clip-tiny" \
-        --clipcap "$fixtures/models/clipcap-mlp.pt" --lm "$fixtures/models/gpt2-tiny" \
-        --tokenizer tests/fixtures/gpt2-tokenizer --out "$fp32"
-fi
-if [ ! -f "$int8/bundle.toml" ]; then
-    target/release/host-tools quantize "$fp32" --out "$int8" --all-int8 --calibration "$fixtures/images"
-fi
-
-# A view of each bundle for the profile: its files linked, its manifest without stop tokens, so
-# that every caption is exactly --max-tokens tokens (a random-weight model may choose '.' at any
-# step; the issue's figures are for 20). Verified and stamped once, natively, so that the emulated
-# load skips the hashing as a board's second start does (--unstamped: it hashes).
-view() {
-    local src=$1 dst=$2
-    rm -rf "$dst"
-    mkdir -p "$dst"
-    for f in "$src"/*; do
-        [ "$(basename "$f")" = bundle.toml ] || ln -s "$(realpath "$f")" "$dst/"
+    # 2. The ARM release binaries, with exactly scripts/test.sh's flags so that they share its
+    # compilation of tract (a cross build of tract takes 10-15 min per target).
+    export CARGO_PROFILE_RELEASE_LTO=false
+    arm_packages=(-p edgecap-engine -p edgecap -p host-tools --no-default-features --features edgecap/camera)
+    targets=()
+    for cpu in "${cpus[@]}"; do
+        case "$cpu" in cortex-a7) t=armv7-unknown-linux-gnueabihf ;; *) t=aarch64-unknown-linux-gnu ;; esac
+        [[ " ${targets[*]:-} " == *" $t "* ]] || targets+=("$t")
     done
-    sed -E 's/^stop_token_ids = \[.*\]$/stop_token_ids = []/' "$src/bundle.toml" >"$dst/bundle.toml"
-    grep -qx 'stop_token_ids = \[\]' "$dst/bundle.toml" || { echo "arm-profile.sh: no stop_token_ids in $src/bundle.toml" >&2; exit 1; }
-    # Stamped by this machine's edgecap or host-tools when there is one (the same loader), else
-    # by an ARM binary, emulated (slow: a whole load).
-    if [ -x target/release/edgecap ]; then
-        target/release/edgecap caption --bundle "$dst" --threads 1 --max-tokens 1 "$image" >/dev/null
-    elif [ -x target/release/host-tools ]; then
-        target/release/host-tools trace --bundle "$dst" --image "$image" --out "$work/trace" >/dev/null
-    elif [ -x target/aarch64-unknown-linux-gnu/release/edgecap ]; then
-        qemu-aarch64 -L /usr/aarch64-linux-gnu target/aarch64-unknown-linux-gnu/release/edgecap caption \
-            --bundle "$dst" --threads 1 --max-tokens 1 "$image" >/dev/null
-    else
-        TRACT_CPU_ARM32_NEON=true qemu-arm -L /usr/arm-linux-gnueabihf target/armv7-unknown-linux-gnueabihf/release/edgecap \
-            caption --bundle "$dst" --threads 1 --max-tokens 1 "$image" >/dev/null
+    for t in "${targets[@]}"; do
+        if [ $build = 1 ]; then
+            cargo build --release --locked --target "$t" "${arm_packages[@]}"
+        fi
+        bin=target/$t/release/edgecap
+        [ -x "$bin" ] || { echo "arm-profile.sh: $bin missing" >&2; exit 1; }
+        # The stage markers must be in the symbol table: the plugin finds them by name.
+        nm "$bin" >"$work/nm.txt"
+        missing=$(grep -o 'edgecap_stage_[a-z][a-z_]*' engine/src/stage.rs | sort -u | while read -r m; do
+            grep -q " T $m\$" "$work/nm.txt" || echo "$m"; done)
+        if [ -n "$missing" ]; then
+            echo "arm-profile.sh: $bin lacks the stage markers: $missing" >&2
+            exit 1
+        fi
+    done
+
+    # 3. The full-size bundles: the fp32 one of scripts/bench-compare.sh (reused when present), an
+    # all-int8 one quantized from it on the fixture photographs.
+    fixtures=${EDGECAP_FULL_FIXTURES:-target/full-fixtures}
+    fp32=target/bench/fp32
+    int8=$work/int8
+    if [ ! -f "$fp32/bundle.toml" ] || [ ! -f "$int8/bundle.toml" ]; then
+        cargo build --release --locked -p host-tools --no-default-features -p edgecap
+        if [ ! -f "$fixtures/models/clipcap-mlp.pt" ]; then
+            python3 tests/fixtures/make_fixtures.py --full "$fixtures" --no-stop-search --models-only
+        fi
     fi
-    [ -f "$dst/.verified" ] || { echo "arm-profile.sh: $dst was not stamped as verified" >&2; exit 1; }
-}
-view_of() { case "$1" in fp32) echo fp32 ;; *) echo int8 ;; esac; }
-for b in "${bundles[@]}"; do
-    v=$(view_of "$b")
-    case "$v" in fp32) src=$fp32 ;; int8) src=$int8 ;; esac
-    if [ ! -f "$work/views/$v/bundle.toml" ] || [ "$src/bundle.toml" -nt "$work/views/$v/bundle.toml" ] \
-        || [ ! -f "$work/views/$v/.verified" ]; then
-        view "$src" "$work/views/$v"
+    if [ ! -f "$fp32/bundle.toml" ]; then
+        target/release/host-tools export --clip "$fixtures/models/clip-tiny" \
+            --clipcap "$fixtures/models/clipcap-mlp.pt" --lm "$fixtures/models/gpt2-tiny" \
+            --tokenizer tests/fixtures/gpt2-tokenizer --out "$fp32"
     fi
-done
+    if [ ! -f "$int8/bundle.toml" ]; then
+        target/release/host-tools quantize "$fp32" --out "$int8" --all-int8 --calibration "$fixtures/images"
+    fi
+
+    # A view of each bundle for the profile: its files linked, its manifest without stop tokens, so
+    # that every caption is exactly --max-tokens tokens (a random-weight model may choose '.' at any
+    # step; the issue's figures are for 20). Verified and stamped once, natively, so that the emulated
+    # load skips the hashing as a board's second start does (--unstamped: it hashes).
+    view() {
+        local src=$1 dst=$2
+        rm -rf "$dst"
+        mkdir -p "$dst"
+        for f in "$src"/*; do
+            [ "$(basename "$f")" = bundle.toml ] || ln -s "$(realpath "$f")" "$dst/"
+        done
+        sed -E 's/^stop_token_ids = \[.*\]$/stop_token_ids = []/' "$src/bundle.toml" >"$dst/bundle.toml"
+        grep -qx 'stop_token_ids = \[\]' "$dst/bundle.toml" || { echo "arm-profile.sh: no stop_token_ids in $src/bundle.toml" >&2; exit 1; }
+        # Stamped by this machine's edgecap or host-tools when there is one (the same loader), else
+        # by an ARM binary, emulated (slow: a whole load).
+        if [ -x target/release/edgecap ]; then
+            target/release/edgecap caption --bundle "$dst" --threads 1 --max-tokens 1 "$image" >/dev/null
+        elif [ -x target/release/host-tools ]; then
+            target/release/host-tools trace --bundle "$dst" --image "$image" --out "$work/trace" >/dev/null
+        elif [ -x target/aarch64-unknown-linux-gnu/release/edgecap ]; then
+            qemu-aarch64 -L /usr/aarch64-linux-gnu target/aarch64-unknown-linux-gnu/release/edgecap caption \
+                --bundle "$dst" --threads 1 --max-tokens 1 "$image" >/dev/null
+        else
+            TRACT_CPU_ARM32_NEON=true qemu-arm -L /usr/arm-linux-gnueabihf target/armv7-unknown-linux-gnueabihf/release/edgecap \
+                caption --bundle "$dst" --threads 1 --max-tokens 1 "$image" >/dev/null
+        fi
+        [ -f "$dst/.verified" ] || { echo "arm-profile.sh: $dst was not stamped as verified" >&2; exit 1; }
+    }
+    view_of() { case "$1" in fp32) echo fp32 ;; *) echo int8 ;; esac; }
+    for b in "${bundles[@]}"; do
+        v=$(view_of "$b")
+        case "$v" in fp32) src=$fp32 ;; int8) src=$int8 ;; esac
+        if [ ! -f "$work/views/$v/bundle.toml" ] || [ "$src/bundle.toml" -nt "$work/views/$v/bundle.toml" ] \
+            || [ ! -f "$work/views/$v/.verified" ]; then
+            view "$src" "$work/views/$v"
+        fi
+    done
+
+fi
 
 # 4. The emulated runs: one process per CPU and bundle, the same image captioned twice.
 images=("$image")
@@ -177,6 +183,10 @@ for cpu in "${cpus[@]}"; do
             *) qemu=(qemu-aarch64 -cpu "$cpu" -L /usr/aarch64-linux-gnu); bin=target/aarch64-unknown-linux-gnu/release/edgecap ;;
         esac
         out=$work/runs/$cpu-$b.json
+        if [ $report_only = 1 ]; then
+            [ -f "$out" ] && report_args+=(--run "$cpu" "$b" "$bin" "$out")
+            continue
+        fi
         plugin_args="out=$out"
         [ $cache = 0 ] || plugin_args+=",llc=$(llc_of "$cpu"),ways=16,line=64"
         v=$(view_of "$b")
