@@ -196,7 +196,10 @@ for cpu in "${cpus[@]}"; do
         echo "arm-profile.sh: $cpu $b ..." >&2
         started=$SECONDS
         # -d plugin: qemu 7.2 reads the guest's symbol table only while a log is on.
-        env TRACT_CPU_ARM32_NEON=true "${kernel[@]}" "${qemu[@]}" -d plugin -D /dev/null -plugin "$plugin,$plugin_args" \
+        # RUST_BACKTRACE / RUST_LIB_BACKTRACE unset: with them, every error tract makes and
+        # handles while optimising a graph captures a backtrace (anyhow), ~10 % of a load's
+        # instructions that a board's service does not spend.
+        env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE TRACT_CPU_ARM32_NEON=true "${kernel[@]}" "${qemu[@]}" -d plugin -D /dev/null -plugin "$plugin,$plugin_args" \
             "$bin" caption --bundle "$work/views/$v" --threads 1 --max-tokens "$tokens" --json "${images[@]}" \
             >"$work/runs/$cpu-$b.captions.jsonl"
         echo "arm-profile.sh: $cpu $b emulated in $((SECONDS - started)) s" >&2

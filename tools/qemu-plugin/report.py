@@ -280,8 +280,30 @@ def ms(x: float) -> str:
     return f"{x / 1e3:.2f} s" if x >= 1e3 else f"{x:.0f} ms" if x >= 10 else f"{x:.1f} ms"
 
 
+def summary_table(summaries: list[dict], tokens: int) -> str:
+    """One row per CPU model and bundle: the figures the issue tracks."""
+    out = [f"| CPU model (board for the estimate) | bundle | per caption | load + first caption | load | "
+           f"per next token | DRAM per next token | est. per caption | est. load + first caption |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for cpu in BOARDS:
+        for s in (s for s in summaries if s["cpu"] == cpu):
+            st, t = s["stages"], s["per_next_token"]
+            dram = mb(t["dram_bytes"]) if s["llc"]["llc_kib"] else "-"
+            note = "" if s["captions"] > 1 else " (1 caption: cold)"
+            out.append(f"| {CPU_LABEL[cpu]} | {s['bundle']}{note} | {g(st['caption']['insns'])} | "
+                       f"{g(s['load_plus_first_caption']['insns'])} | {g(st['load']['insns'])} | {g(t['insns'])} | {dram} | "
+                       f"{ms(st['caption']['est_ms'])} | {ms(s['load_plus_first_caption']['est_ms'])} |")
+    out.append("")
+    out.append(f"Instructions: emulated counts (qemu-user 7.2), `--threads 1`, {tokens} tokens. \"est.\": estimate from "
+               "simulation, max(instructions / (IPC x clock), DRAM bytes / bandwidth) per stage interval: "
+               + "; ".join(f"{cpu}: {b['board']}, IPC {b['ipc']} assumed, {b['gbps']} GB/s, {b['llc']} simulated"
+                           for cpu, b in BOARDS.items() if any(s["cpu"] == cpu for s in summaries)) + ".")
+    out.append("")
+    return "\n".join(out)
+
+
 def tables(summaries: list[dict], hot: dict, tokens: int) -> str:
-    out = []
+    out = [summary_table(summaries, tokens)]
     for cpu in BOARDS:
         rows = [s for s in summaries if s["cpu"] == cpu]
         if not rows:
