@@ -21,8 +21,8 @@ fn main() {
         [(1, 768, 50257), (1, 768, 3072), (1, 3072, 768), (10, 768, 50257), (50, 768, 3072), (50, 3072, 768)]
     {
         let w: Vec<i8> = (0..k * n).map(|i| (i * 7 % 251) as i8).collect();
-        let packed = PackedWeights::pack(&w, k, n);
-        let a = Activations::new(&vec![3u8; rows * k], k, 0);
+        let packed = PackedWeights::pack(kernel.layout(), &w, k, n);
+        let a = Activations::new(kernel.layout(), &vec![3u8; rows * k], k, 0);
         let mut out = vec![0i32; packed.panels() * rows * PANEL];
         let mut times = Vec::new();
         for _ in 0..21 {

@@ -55,5 +55,6 @@ fn main() -> ExitCode {
 fn info() -> u8 {
     println!("edgecap {} ({}-{})", env!("CARGO_PKG_VERSION"), std::env::consts::ARCH, std::env::consts::OS);
     println!("cpu {}", edgecap_engine::platform::CpuFeatures::detect());
+    println!("int8 kernel {}", edgecap_engine::int8::kernel::Kernel::detect().map_or("tract", |k| k.name()));
     exit::OK
 }

@@ -16,7 +16,7 @@ use tract_onnx::pb::tensor_proto::DataType as TensorProtoDataType;
 use tract_onnx::pb::{GraphProto, NodeProto, TensorProto};
 use tract_onnx::tract_hir::internal::*;
 
-use super::kernel::{Activations, Kernel, PackedWeights, PANEL};
+use super::kernel::{Activations, Kernel, Layout, PackedWeights, PANEL};
 use super::pool::Pool;
 use super::quantize::round_half_even;
 
@@ -103,15 +103,15 @@ impl Weights {
         }
     }
 
-    /// The kernel's layout: packed by [`prepare`] or, in a graph that skipped it, now.
-    fn packed(&self) -> TractResult<Cow<'_, PackedWeights>> {
+    /// In `layout`: packed by [`prepare`] or, in a graph that skipped it, now.
+    fn packed(&self, layout: Layout) -> TractResult<Cow<'_, PackedWeights>> {
         match self {
             Weights::Packed(p) => Ok(Cow::Borrowed(p)),
             Weights::Input { .. } => bail!("Int8MatMul: weight not wired"),
             Weights::Blocks(blocks) => {
                 let k = self.k();
                 let slices = blocks.iter().map(|b| Ok((b.values()?, b.n()))).collect::<TractResult<Vec<_>>>()?;
-                Ok(Cow::Owned(PackedWeights::pack_blocks(k, &slices, super::pool::current().as_deref())))
+                Ok(Cow::Owned(PackedWeights::pack_blocks(layout, k, &slices, super::pool::current().as_deref())))
             }
         }
     }
@@ -150,7 +150,7 @@ impl Int8MatMul {
         }
     }
 
-    /// The activations in the kernel's layout, and their zero point on its u8 scale.
+    /// The activations in the kernel's layout and type, and their zero point in that type.
     fn widen(&self, a: &Tensor, k: usize) -> TractResult<(Activations, i32)> {
         let unsigned = match a.datum_type().unquantized() {
             DatumType::U8 => true,
@@ -158,9 +158,14 @@ impl Int8MatMul {
             other => bail!("Int8MatMul: activations of type {other:?}, expected i8 or u8"),
         };
         ensure!(a.shape().last() == Some(&k), "Int8MatMul: activations {:?}, weight has {k} rows", a.shape());
-        // i8 → u8 by adding 128, which flips the top bit.
-        let rows = Activations::new(a.try_as_plain_ram()?.as_bytes(), k, if unsigned { 0 } else { 0x80 });
-        Ok((rows, self.a_zero + if unsigned { 0 } else { 128 }))
+        // i8 ↔ u8 by adding or taking 128, which flips the top bit; the zero point moves with it.
+        let (flip, shift) = match (unsigned, self.kernel.signed_activations()) {
+            (false, false) => (0x80, 128),
+            (true, true) => (0x80, -128),
+            _ => (0, 0),
+        };
+        let rows = Activations::new(self.kernel.layout(), a.try_as_plain_ram()?.as_bytes(), k, flip);
+        Ok((rows, self.a_zero + shift))
     }
 
     /// Raw sums, panel by panel, split between the threads of `pool` if the product is large.
@@ -193,16 +198,16 @@ impl Int8MatMul {
         w: &PackedWeights,
         sums: &[i32],
         rows: usize,
-        a_zero_u8: i32,
+        a_zero: i32,
         shape: &[usize],
     ) -> TractResult<Tensor> {
         let mut out = Tensor::zero_dt(self.output_datum(), shape)?;
         let mut view = out.try_as_plain_ram_mut()?;
         match &self.output {
-            Output::Sums => each_sum(w, sums, rows, a_zero_u8, view.as_slice_mut::<i32>()?),
+            Output::Sums => each_sum(w, sums, rows, a_zero, view.as_slice_mut::<i32>()?),
             Output::Scaled { scales } => {
                 let mut corrected = vec![0i32; rows * w.n()];
-                each_sum(w, sums, rows, a_zero_u8, &mut corrected);
+                each_sum(w, sums, rows, a_zero, &mut corrected);
                 let out = view.as_slice_mut::<f32>()?;
                 for (out, sums) in out.chunks_exact_mut(w.n()).zip(corrected.chunks_exact(w.n())) {
                     for ((o, &s), &m) in out.iter_mut().zip(sums).zip(scales.iter()) {
@@ -212,7 +217,7 @@ impl Int8MatMul {
             }
             Output::Requantized { multipliers, zero, datum } => {
                 let mut corrected = vec![0i32; rows * w.n()];
-                each_sum(w, sums, rows, a_zero_u8, &mut corrected);
+                each_sum(w, sums, rows, a_zero, &mut corrected);
                 if *datum == DatumType::U8 {
                     requantize(&corrected, multipliers, *zero, (0, 255), view.as_slice_mut::<u8>()?, |v| v as u8)
                 } else {
@@ -225,14 +230,14 @@ impl Int8MatMul {
 }
 
 /// `out[r][j] = sum[r][j] − a_zero · Σ_k w[k][j]`, row-major, from the panel-ordered sums.
-fn each_sum(w: &PackedWeights, sums: &[i32], rows: usize, a_zero_u8: i32, out: &mut [i32]) {
+fn each_sum(w: &PackedWeights, sums: &[i32], rows: usize, a_zero: i32, out: &mut [i32]) {
     let (n, col_sums) = (w.n(), w.col_sums());
     for (p, panel) in sums.chunks_exact(rows * PANEL).take(w.panels()).enumerate() {
         let cols = p * PANEL..((p + 1) * PANEL).min(n);
         for (r, s) in panel.chunks_exact(PANEL).enumerate() {
             let row = &mut out[r * n + cols.start..r * n + cols.end];
             for ((o, s), c) in row.iter_mut().zip(s).zip(&col_sums[cols.clone()]) {
-                *o = s - a_zero_u8 * c;
+                *o = s - a_zero * c;
             }
         }
     }
@@ -272,12 +277,12 @@ impl EvalOp for Int8MatMul {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let (a, w) = (&inputs[0], self.weights.packed()?);
-        let (rows, a_zero_u8) = self.widen(a, w.k())?;
+        let (a, w) = (&inputs[0], self.weights.packed(self.kernel.layout())?);
+        let (rows, a_zero) = self.widen(a, w.k())?;
         let sums = self.products(&rows, &w, super::pool::current().as_deref())?;
         let mut shape = a.shape().to_vec();
         *shape.last_mut().context("Int8MatMul: scalar activations")? = w.n();
-        Ok(tvec!(self.finish(&w, &sums, rows.rows(), a_zero_u8, &shape)?.into_tvalue()))
+        Ok(tvec!(self.finish(&w, &sums, rows.rows(), a_zero, &shape)?.into_tvalue()))
     }
 }
 
@@ -383,7 +388,7 @@ pub fn prepare(model: &mut TypedModel) -> TractResult<usize> {
     for id in 0..model.nodes().len() {
         let Some(op) = model.node(id).op_as::<Int8MatMul>() else { continue };
         if let Weights::Blocks(_) = &*op.weights {
-            let packed = Weights::Packed(op.weights.packed()?.into_owned());
+            let packed = Weights::Packed(op.weights.packed(op.kernel.layout())?.into_owned());
             let op = Int8MatMul { weights: Arc::new(packed), ..op.clone() };
             model.node_mut(id).op = Box::new(op);
         }
@@ -707,6 +712,7 @@ mod tests {
     use tract_onnx::pb::tensor_proto::DataType;
     use tract_onnx::prelude::Framework;
 
+    use super::super::kernel::tests::for_each_kernel;
     use super::*;
 
     fn values(seed: u64, len: usize) -> Vec<i8> {
@@ -787,38 +793,37 @@ mod tests {
 
     #[test]
     fn products_match_tract_and_onnx_semantics() {
-        let Some(_) = Kernel::detect() else {
-            eprintln!("no int8 kernel on this CPU: the engine runs tract's products, nothing to compare");
-            return;
-        };
-        for (rows, k, n, a_zero) in [(1, 768, 300, -5i8), (3, 64, 17, 0), (10, 130, 40, 7), (50, 96, 33, -128)] {
-            let proto = graph(k, n, a_zero);
-            let a = Tensor::from_shape(&[rows, k], &values(rows as u64 + 99, rows * k)).unwrap();
-            let (y, sums, fast) = run(&super::super::onnx(), &proto, &a);
-            let (y_ref, sums_ref, fast_ref) = run(&tract_onnx::onnx(), &proto, &a);
-            assert_eq!((fast, fast_ref), (2, 0), "both products run by Int8MatMul, none in tract's plan");
-            assert_eq!(sums, sums_ref, "MatMulInteger rows {rows} k {k} n {n}");
-            // Requantization: the ONNX formula computed here in f64, and tract's result, within
-            // one step (rounding of exact halves may differ).
-            let w = values(k as u64 * 7 + n as u64, k * n);
-            let av = values(rows as u64 + 99, rows * k);
-            for r in 0..rows {
-                for j in 0..n {
-                    let s: i64 = (0..k).map(|kk| (av[r * k + kk] as i64 - a_zero as i64) * w[kk * n + j] as i64).sum();
-                    assert_eq!(sums[r * n + j] as i64, s);
-                    let want = ((s as f64 * 0.02 * 0.01 / 0.05).round() + 3.0).clamp(-128.0, 127.0);
-                    let got = y[r * n + j] as f64;
-                    assert!((got - want).abs() <= 1.0, "y[{r}][{j}] = {got}, ONNX formula {want}");
-                    assert!(
-                        (got - y_ref[r * n + j] as f64).abs() <= 1.0,
-                        "y[{r}][{j}] = {got}, tract {}",
-                        y_ref[r * n + j]
-                    );
+        for_each_kernel(|_| {
+            for (rows, k, n, a_zero) in [(1, 768, 300, -5i8), (3, 64, 17, 0), (10, 130, 40, 7), (50, 96, 33, -128)] {
+                let proto = graph(k, n, a_zero);
+                let a = Tensor::from_shape(&[rows, k], &values(rows as u64 + 99, rows * k)).unwrap();
+                let (y, sums, fast) = run(&super::super::onnx(), &proto, &a);
+                let (y_ref, sums_ref, fast_ref) = run(&tract_onnx::onnx(), &proto, &a);
+                assert_eq!((fast, fast_ref), (2, 0), "both products run by Int8MatMul, none in tract's plan");
+                assert_eq!(sums, sums_ref, "MatMulInteger rows {rows} k {k} n {n}");
+                // Requantization: the ONNX formula computed here in f64, and tract's result, within
+                // one step (rounding of exact halves may differ).
+                let w = values(k as u64 * 7 + n as u64, k * n);
+                let av = values(rows as u64 + 99, rows * k);
+                for r in 0..rows {
+                    for j in 0..n {
+                        let s: i64 =
+                            (0..k).map(|kk| (av[r * k + kk] as i64 - a_zero as i64) * w[kk * n + j] as i64).sum();
+                        assert_eq!(sums[r * n + j] as i64, s);
+                        let want = ((s as f64 * 0.02 * 0.01 / 0.05).round() + 3.0).clamp(-128.0, 127.0);
+                        let got = y[r * n + j] as f64;
+                        assert!((got - want).abs() <= 1.0, "y[{r}][{j}] = {got}, ONNX formula {want}");
+                        assert!(
+                            (got - y_ref[r * n + j] as f64).abs() <= 1.0,
+                            "y[{r}][{j}] = {got}, tract {}",
+                            y_ref[r * n + j]
+                        );
+                    }
                 }
+                let exact = y.iter().zip(&y_ref).filter(|(a, b)| a == b).count();
+                assert!(exact * 100 >= y.len() * 99, "only {exact} of {} requantized values equal tract's", y.len());
             }
-            let exact = y.iter().zip(&y_ref).filter(|(a, b)| a == b).count();
-            assert!(exact * 100 >= y.len() * 99, "only {exact} of {} requantized values equal tract's", y.len());
-        }
+        })
     }
 
     /// `MatMulInteger` → `Cast` to f32 → `Mul` by `scales` (`[n]`, or `[1]`): the quantizer's LM head.
@@ -854,55 +859,57 @@ mod tests {
 
     #[test]
     fn a_rescale_after_the_sums_runs_inside_the_product() {
-        let Some(_) = Kernel::detect() else { return };
-        let (rows, k, n) = (2, 96, 40);
-        let a = Tensor::from_shape(&[rows, k], &values(17, rows * k)).unwrap();
-        let per_column: Vec<f32> = (0..n).map(|j| 1e-3 * (j as f32 + 1.0)).collect();
-        for scales in [&per_column[..], &[0.0125]] {
-            let proto = rescaled_graph(k, n, scales);
-            let load = |onnx: &tract_onnx::Onnx| {
-                let model = onnx.model_for_proto_model(&proto).unwrap();
-                let model = model.with_input_fact(0, InferenceFact::dt_shape(i8::datum_type(), a.shape())).unwrap();
-                model.into_typed().unwrap()
-            };
-            let mut fused = load(&super::super::onnx());
-            prepare(&mut fused).unwrap();
-            fused.declutter().unwrap();
-            assert_eq!(fuse_scales(&mut fused).unwrap(), 1, "{} scales", scales.len());
-            let run = |m: TypedModel| {
-                let plan = m.into_optimized().unwrap().into_runnable().unwrap();
-                let out = plan.run(tvec!(a.clone().into_tvalue())).unwrap();
-                out[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
-            };
-            assert!(fused.nodes().iter().all(|n| n.op.name() != "Mul" && n.op.name() != "Cast"));
-            // The same i32 → f32 → product as tract's three operators: equal, not close.
-            assert_eq!(run(fused), run(load(&tract_onnx::onnx())), "{} scales", scales.len());
-        }
+        for_each_kernel(|_| {
+            let (rows, k, n) = (2, 96, 40);
+            let a = Tensor::from_shape(&[rows, k], &values(17, rows * k)).unwrap();
+            let per_column: Vec<f32> = (0..n).map(|j| 1e-3 * (j as f32 + 1.0)).collect();
+            for scales in [&per_column[..], &[0.0125]] {
+                let proto = rescaled_graph(k, n, scales);
+                let load = |onnx: &tract_onnx::Onnx| {
+                    let model = onnx.model_for_proto_model(&proto).unwrap();
+                    let model = model.with_input_fact(0, InferenceFact::dt_shape(i8::datum_type(), a.shape())).unwrap();
+                    model.into_typed().unwrap()
+                };
+                let mut fused = load(&super::super::onnx());
+                prepare(&mut fused).unwrap();
+                fused.declutter().unwrap();
+                assert_eq!(fuse_scales(&mut fused).unwrap(), 1, "{} scales", scales.len());
+                let run = |m: TypedModel| {
+                    let plan = m.into_optimized().unwrap().into_runnable().unwrap();
+                    let out = plan.run(tvec!(a.clone().into_tvalue())).unwrap();
+                    out[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
+                };
+                assert!(fused.nodes().iter().all(|n| n.op.name() != "Mul" && n.op.name() != "Cast"));
+                // The same i32 → f32 → product as tract's three operators: equal, not close.
+                assert_eq!(run(fused), run(load(&tract_onnx::onnx())), "{} scales", scales.len());
+            }
+        })
     }
 
     #[test]
     fn threads_share_a_product_without_changing_it() {
-        let Some(kernel) = Kernel::detect() else { return };
-        // One row by GPT-2's MLP weight and 50 rows by a small one: above THREADED_MACS, with a
-        // last task shorter than the others and a lone last panel.
-        for (rows, k, n) in [(1, 768, 3072 + 16), (50, 96, 1000)] {
-            let w = values(k as u64 + n as u64, k * n);
-            let packed = PackedWeights::pack(&w, k, n);
-            let op = Int8MatMul {
-                kernel,
-                weights: Arc::new(Weights::Packed(packed.clone())),
-                a_zero: 0,
-                output: Output::Sums,
-            };
-            let a_bytes: Vec<u8> = values(rows as u64, rows * k).into_iter().map(|v| v as u8).collect();
-            let a = Activations::new(&a_bytes, k, 0);
-            assert!(rows * k * n >= THREADED_MACS);
-            let alone = op.products(&a, &packed, None).unwrap();
-            for threads in [2, 3] {
-                let shared = op.products(&a, &packed, Some(&Pool::new(threads))).unwrap();
-                assert_eq!(shared, alone, "rows {rows} k {k} n {n}, {threads} threads");
+        for_each_kernel(|kernel| {
+            // One row by GPT-2's MLP weight and 50 rows by a small one: above THREADED_MACS, with a
+            // last task shorter than the others and a lone last panel.
+            for (rows, k, n) in [(1, 768, 3072 + 16), (50, 96, 1000)] {
+                let w = values(k as u64 + n as u64, k * n);
+                let packed = PackedWeights::pack(kernel.layout(), &w, k, n);
+                let op = Int8MatMul {
+                    kernel,
+                    weights: Arc::new(Weights::Packed(packed.clone())),
+                    a_zero: 0,
+                    output: Output::Sums,
+                };
+                let a_bytes: Vec<u8> = values(rows as u64, rows * k).into_iter().map(|v| v as u8).collect();
+                let a = Activations::new(kernel.layout(), &a_bytes, k, 0);
+                assert!(rows * k * n >= THREADED_MACS);
+                let alone = op.products(&a, &packed, None).unwrap();
+                for threads in [2, 3] {
+                    let shared = op.products(&a, &packed, Some(&Pool::new(threads))).unwrap();
+                    assert_eq!(shared, alone, "rows {rows} k {k} n {n}, {threads} threads");
+                }
             }
-        }
+        })
     }
 
     /// The QLinearMatMul of [`graph`] cut into column blocks with a scale each, concatenated
@@ -945,53 +952,53 @@ mod tests {
 
     #[test]
     fn column_blocks_merge_into_one_product() {
-        if Kernel::detect().is_none() {
-            eprintln!("no int8 kernel on this CPU: nothing to merge");
-            return;
-        }
-        let (k, n) = (40, 100);
-        let proto = blocked_graph(k, n, &[0, 30, 33, 70, 100]);
-        let a = Tensor::from_shape(&[3, k], &values(8, 3 * k)).unwrap();
-        let load = |onnx: tract_onnx::Onnx, merge: bool| {
-            let model = onnx
-                .model_for_proto_model(&proto)
-                .unwrap()
-                .with_input_fact(0, InferenceFact::dt_shape(i8::datum_type(), a.shape()))
-                .unwrap();
-            let mut typed = model.into_typed().unwrap();
-            let merged = if merge { prepare(&mut typed).unwrap() } else { 0 };
-            let plan = typed.into_optimized().unwrap().into_runnable().unwrap();
-            let ops: Vec<&Int8MatMul> = plan.model().nodes().iter().filter_map(|n| n.op_as::<Int8MatMul>()).collect();
-            // Prepared: packed once at load; otherwise the parsed blocks, packed by each run.
-            let packed = ops.iter().filter(|op| matches!(*op.weights, Weights::Packed(_))).count();
-            assert_eq!(packed, if merge { ops.len() } else { 0 });
-            let ops = ops.len();
-            let out = plan.run(tvec!(a.clone().into_tvalue())).unwrap();
-            (merged, ops, out[0].try_as_plain_ram().unwrap().as_slice::<i8>().unwrap().to_vec())
-        };
-        let (merged, ops, y) = load(super::super::onnx(), true);
-        let (_, blocks, y_blocks) = load(super::super::onnx(), false);
-        let (_, _, y_tract) = load(tract_onnx::onnx(), false);
-        assert_eq!((merged, ops, blocks), (1, 1, 4), "4 blocks, merged into one product");
-        // Same arithmetic, per-block scales carried per column: identical to the blocks.
-        assert_eq!(y, y_blocks);
-        // And the ONNX formula, block by block.
-        let (w, av, cuts) = (values(k as u64 * 7 + n as u64, k * n), values(8, 3 * k), [0, 30, 33, 70, 100]);
-        for r in 0..3 {
-            for j in 0..n {
-                let b = cuts.windows(2).position(|c| j < c[1]).unwrap();
-                let s: i64 = (0..k).map(|kk| (av[r * k + kk] as i64 - 2) * w[kk * n + j] as i64).sum();
-                let want = ((s as f64 * 0.02 * (0.01 + 0.002 * b as f64) / 0.05).round() + 3.0).clamp(-128.0, 127.0);
-                assert!(
-                    (y[r * n + j] as f64 - want).abs() <= 1.0,
-                    "y[{r}][{j}] = {}, ONNX formula {want}",
-                    y[r * n + j]
-                );
+        for_each_kernel(|_| {
+            let (k, n) = (40, 100);
+            let proto = blocked_graph(k, n, &[0, 30, 33, 70, 100]);
+            let a = Tensor::from_shape(&[3, k], &values(8, 3 * k)).unwrap();
+            let load = |onnx: tract_onnx::Onnx, merge: bool| {
+                let model = onnx
+                    .model_for_proto_model(&proto)
+                    .unwrap()
+                    .with_input_fact(0, InferenceFact::dt_shape(i8::datum_type(), a.shape()))
+                    .unwrap();
+                let mut typed = model.into_typed().unwrap();
+                let merged = if merge { prepare(&mut typed).unwrap() } else { 0 };
+                let plan = typed.into_optimized().unwrap().into_runnable().unwrap();
+                let ops: Vec<&Int8MatMul> =
+                    plan.model().nodes().iter().filter_map(|n| n.op_as::<Int8MatMul>()).collect();
+                // Prepared: packed once at load; otherwise the parsed blocks, packed by each run.
+                let packed = ops.iter().filter(|op| matches!(*op.weights, Weights::Packed(_))).count();
+                assert_eq!(packed, if merge { ops.len() } else { 0 });
+                let ops = ops.len();
+                let out = plan.run(tvec!(a.clone().into_tvalue())).unwrap();
+                (merged, ops, out[0].try_as_plain_ram().unwrap().as_slice::<i8>().unwrap().to_vec())
+            };
+            let (merged, ops, y) = load(super::super::onnx(), true);
+            let (_, blocks, y_blocks) = load(super::super::onnx(), false);
+            let (_, _, y_tract) = load(tract_onnx::onnx(), false);
+            assert_eq!((merged, ops, blocks), (1, 1, 4), "4 blocks, merged into one product");
+            // Same arithmetic, per-block scales carried per column: identical to the blocks.
+            assert_eq!(y, y_blocks);
+            // And the ONNX formula, block by block.
+            let (w, av, cuts) = (values(k as u64 * 7 + n as u64, k * n), values(8, 3 * k), [0, 30, 33, 70, 100]);
+            for r in 0..3 {
+                for j in 0..n {
+                    let b = cuts.windows(2).position(|c| j < c[1]).unwrap();
+                    let s: i64 = (0..k).map(|kk| (av[r * k + kk] as i64 - 2) * w[kk * n + j] as i64).sum();
+                    let want =
+                        ((s as f64 * 0.02 * (0.01 + 0.002 * b as f64) / 0.05).round() + 3.0).clamp(-128.0, 127.0);
+                    assert!(
+                        (y[r * n + j] as f64 - want).abs() <= 1.0,
+                        "y[{r}][{j}] = {}, ONNX formula {want}",
+                        y[r * n + j]
+                    );
+                }
             }
-        }
-        let far: Vec<_> =
-            y.iter().zip(&y_tract).enumerate().filter(|(_, (a, b))| (**a as i32 - **b as i32).abs() > 1).collect();
-        assert!(far.is_empty(), "{far:?}");
+            let far: Vec<_> =
+                y.iter().zip(&y_tract).enumerate().filter(|(_, (a, b))| (**a as i32 - **b as i32).abs() > 1).collect();
+            assert!(far.is_empty(), "{far:?}");
+        })
     }
 
     /// The graph parsed with its weights taken ([`super::super::parse`]): the blocks taken, and
@@ -1012,54 +1019,54 @@ mod tests {
 
     #[test]
     fn weights_taken_from_the_proto_give_the_same_products() {
-        if Kernel::detect().is_none() {
-            return;
-        }
-        let (k, n) = (64, 40);
-        let a = Tensor::from_shape(&[2, k], &values(11, 2 * k)).unwrap();
-        let proto = graph(k, n, 3);
-        let (taken, out) = run_taken(&proto, &a).unwrap();
-        let (y, sums, fast) = run(&super::super::onnx(), &proto, &a);
-        assert_eq!((taken, fast), (2, 2), "both weights taken, both products fast");
-        assert_eq!(out[0].try_as_plain_ram().unwrap().as_slice::<i8>().unwrap(), &y[..]);
-        assert_eq!(out[1].try_as_plain_ram().unwrap().as_slice::<i32>().unwrap(), &sums[..]);
+        for_each_kernel(|_| {
+            let (k, n) = (64, 40);
+            let a = Tensor::from_shape(&[2, k], &values(11, 2 * k)).unwrap();
+            let proto = graph(k, n, 3);
+            let (taken, out) = run_taken(&proto, &a).unwrap();
+            let (y, sums, fast) = run(&super::super::onnx(), &proto, &a);
+            assert_eq!((taken, fast), (2, 2), "both weights taken, both products fast");
+            assert_eq!(out[0].try_as_plain_ram().unwrap().as_slice::<i8>().unwrap(), &y[..]);
+            assert_eq!(out[1].try_as_plain_ram().unwrap().as_slice::<i32>().unwrap(), &sums[..]);
 
-        // `w` also read by another node: it stays a tensor (the product wired to tract's
-        // constant), `w2` is still taken, and the products are unchanged.
-        let mut shared = proto.clone();
-        let g = shared.graph.as_mut().unwrap();
-        g.node.push(node("Identity", &["w"], "w_copy"));
-        g.output.push(value_info("w_copy", DataType::Int8));
-        let (taken, out) = run_taken(&shared, &a).unwrap();
-        assert_eq!(taken, 1);
-        assert_eq!(out[0].try_as_plain_ram().unwrap().as_slice::<i8>().unwrap(), &y[..]);
-        assert_eq!(out[1].try_as_plain_ram().unwrap().as_slice::<i32>().unwrap(), &sums[..]);
-        assert_eq!(out[2].shape(), &[k, n]);
+            // `w` also read by another node: it stays a tensor (the product wired to tract's
+            // constant), `w2` is still taken, and the products are unchanged.
+            let mut shared = proto.clone();
+            let g = shared.graph.as_mut().unwrap();
+            g.node.push(node("Identity", &["w"], "w_copy"));
+            g.output.push(value_info("w_copy", DataType::Int8));
+            let (taken, out) = run_taken(&shared, &a).unwrap();
+            assert_eq!(taken, 1);
+            assert_eq!(out[0].try_as_plain_ram().unwrap().as_slice::<i8>().unwrap(), &y[..]);
+            assert_eq!(out[1].try_as_plain_ram().unwrap().as_slice::<i32>().unwrap(), &sums[..]);
+            assert_eq!(out[2].shape(), &[k, n]);
+        })
     }
 
     #[test]
     fn a_weight_of_the_wrong_length_is_an_error_not_a_panic() {
-        if Kernel::detect().is_none() {
-            return;
-        }
-        let mut proto = graph(16, 8, 0);
-        let g = proto.graph.as_mut().unwrap();
-        g.initializer.iter_mut().find(|t| t.name == "w").unwrap().raw_data.truncate(100);
-        let a = Tensor::from_shape(&[2, 16], &values(5, 32)).unwrap();
-        let e = run_taken(&proto, &a).unwrap_err();
-        assert!(format!("{e:#}").contains("w"), "{e:#}");
+        for_each_kernel(|_| {
+            let mut proto = graph(16, 8, 0);
+            let g = proto.graph.as_mut().unwrap();
+            g.initializer.iter_mut().find(|t| t.name == "w").unwrap().raw_data.truncate(100);
+            let a = Tensor::from_shape(&[2, 16], &values(5, 32)).unwrap();
+            let e = run_taken(&proto, &a).unwrap_err();
+            assert!(format!("{e:#}").contains("w"), "{e:#}");
+        })
     }
 
     #[test]
     fn other_forms_are_left_to_tract() {
-        // A weight with a non-zero zero point is not what the kernel handles: tract parses it.
-        let mut proto = graph(16, 8, 0);
-        let graph = proto.graph.as_mut().unwrap();
-        graph.initializer.iter_mut().find(|t| t.name == "w_zero").unwrap().raw_data = vec![1];
-        let a = Tensor::from_shape(&[2, 16], &values(5, 32)).unwrap();
-        let (y, sums, fast) = run(&super::super::onnx(), &proto, &a);
-        let (y_ref, sums_ref, _) = run(&tract_onnx::onnx(), &proto, &a);
-        assert_eq!(fast, 0);
-        assert_eq!((y, sums), (y_ref, sums_ref));
+        for_each_kernel(|_| {
+            // A weight with a non-zero zero point is not what the kernel handles: tract parses it.
+            let mut proto = graph(16, 8, 0);
+            let graph = proto.graph.as_mut().unwrap();
+            graph.initializer.iter_mut().find(|t| t.name == "w_zero").unwrap().raw_data = vec![1];
+            let a = Tensor::from_shape(&[2, 16], &values(5, 32)).unwrap();
+            let (y, sums, fast) = run(&super::super::onnx(), &proto, &a);
+            let (y_ref, sums_ref, _) = run(&tract_onnx::onnx(), &proto, &a);
+            assert_eq!(fast, 0);
+            assert_eq!((y, sums), (y_ref, sums_ref));
+        })
     }
 }
