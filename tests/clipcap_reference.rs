@@ -90,6 +90,20 @@ fn mlp_mapper_with_tuned_gpt2_matches_pytorch() {
     check_variant(&edgecap_tests::reference("clipcap-mlp.json"), &root);
 }
 
+/// The outlier-structured twin of the MLP variant (`make_fixtures.py`: a few LayerNorm channels
+/// ×20–60, the readers' input rows divided back) reproduces the plain model's reference: the same
+/// function in float, whatever int8 makes of it.
+#[test]
+fn outlier_structured_mlp_variant_matches_the_plain_reference() {
+    let root = edgecap_tests::fixtures();
+    let outliers = edgecap_tests::reference("clipcap-mlp-outliers.json");
+    let mut reference = edgecap_tests::reference("clipcap-mlp.json");
+    for key in ["variant", "clip", "checkpoint"] {
+        reference[key] = outliers[key].clone();
+    }
+    check_variant(&reference, &root);
+}
+
 #[test]
 fn transformer_mapper_with_frozen_gpt2_matches_pytorch() {
     let root = edgecap_tests::fixtures();
@@ -105,5 +119,16 @@ fn full_size_layouts_match_pytorch() {
         let path = root.join("reference").join(name);
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         check_variant(&serde_json::from_str(&text).unwrap(), &root);
+    }
+    // The outlier-structured twin, where make_fixtures.py wrote it, against the plain reference.
+    let outliers = root.join("reference/clipcap-mlp-outliers.json");
+    if let Ok(text) = std::fs::read_to_string(&outliers) {
+        let outliers: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let text = std::fs::read_to_string(root.join("reference/clipcap-mlp.json")).unwrap();
+        let mut reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for key in ["variant", "clip", "checkpoint"] {
+            reference[key] = outliers[key].clone();
+        }
+        check_variant(&reference, &root);
     }
 }
