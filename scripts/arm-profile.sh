@@ -22,6 +22,7 @@
 #   --unstamped  remove the bundle's .verified stamp first: the load then hashes every file
 #   --no-build   use the ARM binaries as they are (default: cargo builds them, a no-op if fresh)
 #   --report-only  no build, no run: the tables from the runs already in target/arm-profile/runs/
+#                (or $EDGECAP_ARM_PROFILE_RUNS, where runs go when it is set)
 #   --bench      write bench/arm-profile.{md,json} (default only for a full run: every CPU and
 #                bundle, default tokens and image)
 #
@@ -76,7 +77,10 @@ for b in "${bundles[@]}"; do
 done
 
 work=target/arm-profile
-mkdir -p "$work/runs"
+# The runs (one JSON per CPU and bundle) and the tables read from them; another folder keeps two
+# series apart.
+runs=${EDGECAP_ARM_PROFILE_RUNS:-$work/runs}
+mkdir -p "$runs"
 for tool in qemu-aarch64 qemu-arm gcc nm c++filt; do
     command -v "$tool" >/dev/null || { echo "arm-profile.sh: $tool missing (scripts/test.sh installs qemu-user and the cross toolchains)" >&2; exit 1; }
 done
@@ -182,7 +186,7 @@ for cpu in "${cpus[@]}"; do
             cortex-a7) qemu=(qemu-arm -cpu cortex-a7 -L /usr/arm-linux-gnueabihf); bin=target/armv7-unknown-linux-gnueabihf/release/edgecap ;;
             *) qemu=(qemu-aarch64 -cpu "$cpu" -L /usr/aarch64-linux-gnu); bin=target/aarch64-unknown-linux-gnu/release/edgecap ;;
         esac
-        out=$work/runs/$cpu-$b.json
+        out=$runs/$cpu-$b.json
         if [ $report_only = 1 ]; then
             [ -f "$out" ] && report_args+=(--run "$cpu" "$b" "$bin" "$out")
             continue
@@ -201,10 +205,10 @@ for cpu in "${cpus[@]}"; do
         # instructions that a board's service does not spend.
         env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE TRACT_CPU_ARM32_NEON=true "${kernel[@]}" "${qemu[@]}" -d plugin -D /dev/null -plugin "$plugin,$plugin_args" \
             "$bin" caption --bundle "$work/views/$v" --threads 1 --max-tokens "$tokens" --json "${images[@]}" \
-            >"$work/runs/$cpu-$b.captions.jsonl"
+            >"$runs/$cpu-$b.captions.jsonl"
         echo "arm-profile.sh: $cpu $b emulated in $((SECONDS - started)) s" >&2
         # Exactly N tokens per caption, or the per-token figures mean something else.
-        python3 - "$work/runs/$cpu-$b.captions.jsonl" "$tokens" "$captions" <<'EOF'
+        python3 - "$runs/$cpu-$b.captions.jsonl" "$tokens" "$captions" <<'EOF'
 import json, sys
 lines = [json.loads(l) for l in open(sys.argv[1])]
 n, count = int(sys.argv[2]), int(sys.argv[3])
