@@ -134,7 +134,7 @@ fn median_ms(plan: &Arc<TypedRunnableModel>, inputs: &TVec<TValue>, runs: usize)
 
 fn variants(fp32: &pb::ModelProto, calib: &TVec<TValue>, keep_float: &[&str]) -> Result<Vec<(String, pb::ModelProto)>> {
     let base = RewriteOptions { keep_float: keep_float.iter().map(|s| s.to_string()).collect(), ..Default::default() };
-    let ranges = calibrate_graph(fp32, std::slice::from_ref(calib), &base, Method::MinMax)?;
+    let ranges = calibrate_graph(fp32, std::slice::from_ref(calib), &base, Method::MinMax, None)?;
     let mut out = vec![("fp32".to_string(), fp32.clone())];
     out.push(("int8 static, blocks ≤1 MiB".into(), quantize_model(fp32, &ranges, &base)?.0));
     let unsplit = RewriteOptions { block_bytes: usize::MAX, ..base.clone() };

@@ -107,6 +107,13 @@ enum Command {
         /// Write every graph in int8, even one that measures slower than fp32 on this machine.
         #[arg(long)]
         all_int8: bool,
+        /// SmoothQuant migration strength (0..1) for LayerNorm outputs read only by linear layers:
+        /// the share of each channel's range moved into the weights, folded into the LayerNorm.
+        #[arg(long, default_value_t = host_tools::quantize::smooth::DEFAULT_ALPHA)]
+        smooth_alpha: f32,
+        /// Leave the LayerNorm outputs as they are (no smoothing).
+        #[arg(long)]
+        no_smooth: bool,
     },
     /// Compare an int8 bundle with its fp32 original; exit 0 pass, 1 fail, 2 error.
     Validate {
@@ -128,6 +135,9 @@ enum Command {
         /// Largest allowed CIDEr-D drop (needs --references).
         #[arg(long)]
         max_cider_drop: Option<f64>,
+        /// Smallest allowed mean SQNR of the decoder's logits (dB, teacher-forced).
+        #[arg(long)]
+        min_logits_sqnr: Option<f64>,
     },
     /// Trim an fp32 bundle's LM head to the tokens a caption corpus uses (then quantize it).
     TrimVocab {
@@ -284,15 +294,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Quantize { bundle, out, calibration, scheme, float_lm_head, all_int8 } => {
+        Command::Quantize { bundle, out, calibration, scheme, float_lm_head, all_int8, smooth_alpha, no_smooth } => {
+            if !(0.0..=1.0).contains(&smooth_alpha) {
+                anyhow::bail!("--smooth-alpha {smooth_alpha}: must be between 0 and 1");
+            }
             let scheme = match scheme {
                 SchemeArg::StaticMinmax => QuantScheme::StaticMinMax,
                 SchemeArg::StaticPercentile => QuantScheme::StaticPercentile,
                 SchemeArg::Dynamic => QuantScheme::Dynamic,
             };
             let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let opts =
-                QuantizeOptions { bundle, out: out.clone(), calibration, scheme, float_lm_head, all_int8, progress };
+            let smooth_alpha = (!no_smooth).then_some(smooth_alpha);
+            let opts = QuantizeOptions {
+                bundle,
+                out: out.clone(),
+                calibration,
+                scheme,
+                float_lm_head,
+                all_int8,
+                smooth_alpha,
+                progress,
+            };
             let report = quantize_bundle(&opts)?;
             for g in &report.graphs {
                 println!(
@@ -309,6 +331,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     }
                 );
             }
+            for g in &report.graphs {
+                print!("{}", host_tools::quantize::render_layers(g));
+            }
+            println!("{}", host_tools::quantize::smoothing_summary(&report));
             println!(
                 "{}: int8 bundle ({}, {} calibration images), {:.1} MiB → {:.1} MiB",
                 out.display(),
@@ -328,11 +354,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             min_embedding_cosine,
             min_token_agreement,
             max_cider_drop,
+            min_logits_sqnr,
         } => {
             if max_cider_drop.is_some() && references.is_none() {
                 anyhow::bail!("--max-cider-drop needs --references FILE");
             }
-            let thresholds = Thresholds { min_embedding_cosine, min_token_agreement, max_cider_drop };
+            let thresholds = Thresholds {
+                min_embedding_cosine,
+                min_token_agreement,
+                max_cider_drop,
+                min_logits_sqnr_db: min_logits_sqnr,
+            };
             let report = validate(&ValidateOptions { fp32, int8, images, references, thresholds })?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);

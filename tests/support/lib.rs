@@ -169,6 +169,7 @@ pub fn quantize_all_int8(fp32: &Path, out: &Path) {
         scheme: host_tools::quantize::QuantScheme::StaticMinMax,
         float_lm_head: false,
         all_int8: true,
+        smooth_alpha: Some(host_tools::quantize::smooth::DEFAULT_ALPHA),
         progress: false,
     };
     host_tools::quantize::quantize_bundle(&opts).unwrap();

@@ -7,7 +7,9 @@
 //! sees the same activations as step-by-step decoding).
 
 pub mod calibrate;
+pub mod dequantize;
 pub mod rewrite;
+pub mod smooth;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -25,7 +27,8 @@ use tract_onnx::prelude::*;
 use crate::images;
 use crate::progress::Steps;
 use calibrate::{Calibrator, Method, Range};
-use rewrite::{linear_sites, quantize_model, RewriteOptions, RewriteStats, Scheme};
+use rewrite::{linear_sites, quantize_model, RewriteOptions, RewriteStats, Scheme, SiteReport};
+use smooth::{norm_groups, smooth, NotSmoothed, Smoothed};
 
 /// The activation scheme asked for on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +66,25 @@ pub struct QuantizeOptions {
     pub float_lm_head: bool,
     /// Write int8 graphs even where they measure slower than fp32 here.
     pub all_int8: bool,
+    /// SmoothQuant's α for the LayerNorm outputs that only linear layers read; `None`: off.
+    pub smooth_alpha: Option<f32>,
     pub progress: bool,
+}
+
+/// What quantization did to one linear layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerReport {
+    pub site: SiteReport,
+    pub smoothing: Smoothing,
+}
+
+/// Whether a layer's input was smoothed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Smoothing {
+    Applied(Smoothed),
+    /// A LayerNorm output that could be smoothed, but smoothing is off.
+    Off,
+    Skipped(NotSmoothed),
 }
 
 /// One graph's result.
@@ -73,6 +94,8 @@ pub struct GraphReport {
     pub fp32_bytes: u64,
     pub int8_bytes: u64,
     pub stats: RewriteStats,
+    /// Every quantized layer, in graph order.
+    pub layers: Vec<LayerReport>,
     /// Median run time of one input (the decoder: one token step) on this machine.
     pub fp32_ms: f64,
     pub int8_ms: f64,
@@ -127,7 +150,8 @@ pub fn quantize_bundle(opts: &QuantizeOptions) -> Result<QuantizeReport> {
         let bytes = std::fs::read(bundle.path(*role)).with_context(|| format!("{}: cannot read", entry.path))?;
         let fp32 = pb::ModelProto::decode(bytes.as_slice())
             .with_context(|| format!("{}: not an ONNX model", bundle.path(*role).display()))?;
-        let (int8, stats) = quantize_graph(&fp32, graph_inputs, opts, *role == FileRole::Decoder)
+        let decoder_prefix = (*role == FileRole::Decoder).then_some(bundle.manifest.model.prefix_length);
+        let (int8, stats, layers) = quantize_graph(&fp32, graph_inputs, opts, decoder_prefix)
             .with_context(|| format!("{}: cannot quantize the {label}", bundle.path(*role).display()))?;
         let encoded = int8.encode_to_vec();
         let d = &bundle.manifest.model;
@@ -157,6 +181,7 @@ pub fn quantize_bundle(opts: &QuantizeOptions) -> Result<QuantizeReport> {
             fp32_bytes: bytes.len() as u64,
             int8_bytes: written.len() as u64,
             stats,
+            layers,
             fp32_ms,
             int8_ms,
             kept_fp32,
@@ -192,8 +217,12 @@ pub fn quantize_bundle(opts: &QuantizeOptions) -> Result<QuantizeReport> {
             v.join(", ")
         }
     };
+    let smoothing = match opts.smooth_alpha {
+        Some(alpha) => format!(", LayerNorm outputs smoothed with alpha {alpha}"),
+        None => String::new(),
+    };
     manifest.source = format!(
-        "{}; int8 ({}) by host-tools quantize: int8 {}; fp32 (faster in tract) {}",
+        "{}; int8 ({}{smoothing}, per-column weight scales) by host-tools quantize: int8 {}; fp32 (faster in tract) {}",
         manifest.source,
         opts.scheme.name(),
         names(false),
@@ -223,39 +252,177 @@ fn token_embeddings_f16(path: &Path) -> Result<Vec<u8>> {
     Ok(npy::to_bytes(&shape, &halves))
 }
 
-/// Calibrates (static schemes) and rewrites one graph.
+/// Smooths (when asked), calibrates (static schemes) and rewrites one graph. `decoder_prefix`:
+/// the graph is the decoder, with prefixes of this length.
 fn quantize_graph(
     fp32: &pb::ModelProto,
     calibration: &[TVec<TValue>],
     opts: &QuantizeOptions,
-    is_decoder: bool,
-) -> Result<(pb::ModelProto, RewriteStats)> {
+    decoder_prefix: Option<usize>,
+) -> Result<(pb::ModelProto, RewriteStats, Vec<LayerReport>)> {
     let mut rewrite = RewriteOptions::default();
-    if is_decoder && opts.float_lm_head {
+    if decoder_prefix.is_some() && opts.float_lm_head {
         rewrite.keep_float.push("lm_head".into());
     }
+    let (model, smoothing) = smooth_graph(fp32, calibration, &rewrite, opts.smooth_alpha, decoder_prefix)?;
     let ranges = match opts.scheme.method() {
         None => {
             rewrite.scheme = Scheme::Dynamic;
             HashMap::new()
         }
-        Some(method) => calibrate_graph(fp32, calibration, &rewrite, method)?,
+        Some(method) => calibrate_graph(&model, calibration, &rewrite, method, decoder_prefix)?,
     };
-    quantize_model(fp32, &ranges, &rewrite)
+    let (int8, stats) = quantize_model(&model, &ranges, &rewrite)?;
+    let layers = stats
+        .layers
+        .iter()
+        .map(|site| LayerReport {
+            site: site.clone(),
+            smoothing: smoothing.get(&site.input).cloned().unwrap_or(Smoothing::Off),
+        })
+        .collect();
+    Ok((int8, stats, layers))
+}
+
+/// The graph with its foldable LayerNorm outputs smoothed (`alpha`; `None`: unchanged), and what
+/// happened to each linear site's input. `decoder_prefix` as for [`calibrate_graph`].
+pub fn smooth_graph(
+    fp32: &pb::ModelProto,
+    calibration: &[TVec<TValue>],
+    rewrite: &RewriteOptions,
+    alpha: Option<f32>,
+    decoder_prefix: Option<usize>,
+) -> Result<(pb::ModelProto, HashMap<String, Smoothing>)> {
+    let sites = linear_sites(fp32, rewrite)?;
+    let (groups, skipped) = norm_groups(fp32, &sites)?;
+    let mut report: HashMap<String, Smoothing> =
+        skipped.into_iter().map(|(x, why)| (x, Smoothing::Skipped(why))).collect();
+    let mut model = fp32.clone();
+    match alpha {
+        Some(alpha) if !groups.is_empty() => {
+            let names: Vec<String> = groups.iter().map(|g| g.activation.clone()).collect();
+            let mut calibrator = calibrator(fp32, names.clone(), Method::MinMax, decoder_prefix)?.with_channels(names);
+            for inputs in calibration {
+                calibrator.observe(inputs.clone())?;
+            }
+            let done = smooth(&mut model, &groups, &calibrator.channel_absmax, alpha)?;
+            for (g, s) in groups.iter().zip(done) {
+                report.insert(g.activation.clone(), Smoothing::Applied(s));
+            }
+        }
+        _ => {
+            for g in &groups {
+                report.insert(g.activation.clone(), Smoothing::Off);
+            }
+        }
+    }
+    Ok((model, report))
+}
+
+/// One line: how many layer inputs were smoothed, how far their channels' ranges came together,
+/// and why the others were not.
+pub fn smoothing_summary(r: &QuantizeReport) -> String {
+    let mut applied: Vec<&Smoothed> = Vec::new();
+    let (mut off, mut not_norm) = (0, 0);
+    let mut unfoldable: Vec<String> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for g in &r.graphs {
+        for l in g.layers.iter().filter(|l| seen.insert((g.file.clone(), l.site.input.clone()))) {
+            match &l.smoothing {
+                Smoothing::Applied(s) => applied.push(s),
+                Smoothing::Off => off += 1,
+                Smoothing::Skipped(NotSmoothed::NotLayerNorm(_)) => not_norm += 1,
+                Smoothing::Skipped(why @ NotSmoothed::Unfoldable(_)) => {
+                    unfoldable.push(format!("{}: {why}", l.site.input))
+                }
+            }
+        }
+    }
+    let mut out = String::from("smoothing: ");
+    if applied.is_empty() {
+        out.push_str("no LayerNorm output smoothed");
+    } else {
+        let worst = applied.iter().max_by(|a, b| a.spread_before.total_cmp(&b.spread_before)).expect("non-empty");
+        let after = applied.iter().map(|s| s.spread_after).fold(0f32, f32::max);
+        out.push_str(&format!(
+            "{} LayerNorm outputs smoothed (α {}), largest channel over median {:.1} → at most {:.1} after",
+            applied.len(),
+            worst.alpha,
+            worst.spread_before,
+            after
+        ));
+    }
+    if off > 0 {
+        out.push_str(&format!("; {off} left as they are (--no-smooth)"));
+    }
+    out.push_str(&format!("; {not_norm} layer inputs not from a LayerNorm (per-tensor as they are)"));
+    for u in unfoldable {
+        out.push_str(&format!("; {u}"));
+    }
+    out
+}
+
+/// The per-layer table of one graph: what each linear layer became.
+pub fn render_layers(g: &GraphReport) -> String {
+    let mut out = format!(
+        "{}: {:<52} {:>11} {:>10} {:>5} {:>19}  {}\n",
+        g.file, "layer", "in×out", "in scale", "zero", "weight scales", "input smoothing"
+    );
+    for l in &g.layers {
+        let s = &l.site;
+        let (scale, zero) = match s.input_qparams {
+            Some((scale, zero)) => (format!("{scale:.3e}"), zero.to_string()),
+            None => ("dynamic".to_string(), "-".to_string()),
+        };
+        let smoothing = match &l.smoothing {
+            Smoothing::Applied(m) => format!(
+                "{} (α {}): s {:.3}–{:.3}, channel spread {:.1} → {:.1}",
+                m.norm, m.alpha, m.factor_range.0, m.factor_range.1, m.spread_before, m.spread_after
+            ),
+            Smoothing::Off => "off (a LayerNorm output; --no-smooth)".to_string(),
+            Smoothing::Skipped(why) => format!("none: {why}"),
+        };
+        out.push_str(&format!(
+            "  {:<52} {:>11} {:>10} {:>5} {:>19}  {}{}\n",
+            s.name(),
+            format!("{}×{}", s.shape.0, s.shape.1),
+            scale,
+            zero,
+            format!("{:.1e}–{:.1e}", s.weight_scales.0, s.weight_scales.1),
+            smoothing,
+            if s.wide_output { "; i32 output" } else { "" }
+        ));
+    }
+    out
+}
+
+fn calibrator(
+    fp32: &pb::ModelProto,
+    names: Vec<String>,
+    method: Method,
+    decoder_prefix: Option<usize>,
+) -> Result<Calibrator> {
+    match decoder_prefix {
+        Some(prefix) => Calibrator::decoder(fp32, names, method, prefix),
+        None => Calibrator::new(fp32, names, method),
+    }
 }
 
 /// Activation ranges of every linear site's input and output over the calibration inputs.
+/// `decoder_prefix`: the graph is a bundle's decoder, each input a whole teacher-forced sequence
+/// decoded as the engine does ([`Calibrator::decoder`]).
 pub fn calibrate_graph(
     fp32: &pb::ModelProto,
     calibration: &[TVec<TValue>],
     rewrite: &RewriteOptions,
     method: Method,
+    decoder_prefix: Option<usize>,
 ) -> Result<HashMap<String, Range>> {
     let names: BTreeSet<String> = linear_sites(fp32, rewrite)?.into_iter().flat_map(|s| [s.input, s.output]).collect();
     if names.is_empty() {
         return Ok(HashMap::new());
     }
-    let mut calibrator = Calibrator::new(fp32, names.into_iter().collect(), method)?;
+    let mut calibrator = calibrator(fp32, names.into_iter().collect(), method, decoder_prefix)?;
     for inputs in calibration {
         calibrator.observe(inputs.clone())?;
     }
@@ -264,7 +431,7 @@ pub fn calibrate_graph(
 
 /// The inputs each graph sees when the fp32 bundle captions `image`: pixels, embedding, and the
 /// prefix followed by the greedy caption's tokens in one decoder call.
-fn calibration_inputs(model: &CaptionModel, image: &image::RgbImage) -> Result<Vec<TVec<TValue>>> {
+pub fn calibration_inputs(model: &CaptionModel, image: &image::RgbImage) -> Result<Vec<TVec<TValue>>> {
     let trace = model.trace(image, &model.default_options())?;
     let d = model.dims();
     let s = model.manifest.preprocess.image_size as usize;

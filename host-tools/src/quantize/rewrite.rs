@@ -75,6 +75,32 @@ pub struct RewriteStats {
     pub blocks: usize,
     /// MatMuls left in float: attention's activation×activation products and layers kept float.
     pub float_matmuls: usize,
+    /// Every quantized site, in graph order.
+    pub layers: Vec<SiteReport>,
+}
+
+/// What the rewrite did to one linear site.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteReport {
+    /// The site's output (the `MatMul`'s, kept by the rewrite).
+    pub output: String,
+    pub input: String,
+    /// The weight's [in, out].
+    pub shape: (usize, usize),
+    pub blocks: usize,
+    /// Static input: (scale, zero point); `None` when measured at run time.
+    pub input_qparams: Option<(f32, i8)>,
+    /// The output stays in i32 accumulators rescaled to f32 instead of being requantized.
+    pub wide_output: bool,
+    /// Smallest and largest per-column weight scale.
+    pub weight_scales: (f32, f32),
+}
+
+impl SiteReport {
+    /// The layer's name: the output without the builders' `.matmul` suffix.
+    pub fn name(&self) -> &str {
+        self.output.strip_suffix(".matmul").unwrap_or(&self.output)
+    }
 }
 
 /// The linear sites of `model` that `opts` will quantize, in graph order.
@@ -123,22 +149,24 @@ pub fn activation_qparams(r: Range) -> (f32, i8) {
     (scale, zero)
 }
 
-/// Symmetric int8 weights for one block: (values, scale).
-fn quantize_block(w: &[f32], rows: usize, cols: usize, c0: usize, c1: usize) -> (Vec<i8>, f32) {
-    let mut amax = 0f32;
+/// Symmetric int8 weights for one block, one scale per column: (values, scales). A per-column
+/// scale costs nothing at run time (each output column is rescaled anyway) and keeps a column of
+/// small weights from being rounded on the grid of the block's largest.
+fn quantize_block(w: &[f32], rows: usize, cols: usize, c0: usize, c1: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut amax = vec![0f32; c1 - c0];
     for r in 0..rows {
-        for v in &w[r * cols + c0..r * cols + c1] {
-            amax = amax.max(v.abs());
+        for (m, v) in amax.iter_mut().zip(&w[r * cols + c0..r * cols + c1]) {
+            *m = m.max(v.abs());
         }
     }
-    let scale = if amax > 0.0 && amax.is_finite() { amax / 127.0 } else { 1.0 };
+    let scales: Vec<f32> = amax.iter().map(|&a| if a > 0.0 && a.is_finite() { a / 127.0 } else { 1.0 }).collect();
     let mut q = Vec::with_capacity(rows * (c1 - c0));
     for r in 0..rows {
-        for v in &w[r * cols + c0..r * cols + c1] {
-            q.push((v / scale).round().clamp(-127.0, 127.0) as i8);
+        for (v, s) in w[r * cols + c0..r * cols + c1].iter().zip(&scales) {
+            q.push((v / s).round().clamp(-127.0, 127.0) as i8);
         }
     }
-    (q, scale)
+    (q, scales)
 }
 
 /// Column blocks of a [rows, cols] int8 matrix, each at most `block_bytes`, multiples of 16
@@ -201,20 +229,33 @@ pub fn quantize_model(
         let values = f32_values(w)?;
         let blocks = column_blocks(rows, cols, opts.block_bytes);
         stats.blocks += blocks.len();
-        match opts.scheme {
+        let wide_output = opts.wide_output.iter().any(|p| site.output.starts_with(p.as_str()));
+        let mut report = SiteReport {
+            output: site.output.clone(),
+            input: site.input.clone(),
+            shape: (rows, cols),
+            blocks: blocks.len(),
+            input_qparams: None,
+            wide_output: wide_output || opts.scheme == Scheme::Dynamic,
+            weight_scales: (f32::INFINITY, 0.0),
+        };
+        let scales = match opts.scheme {
             Scheme::Static => {
                 let range = |name: &str| {
                     ranges.get(name).copied().with_context(|| format!("no calibration range for `{name}`"))
                 };
                 let x_range = range(&site.input)?;
-                if opts.wide_output.iter().any(|p| site.output.starts_with(p.as_str())) {
-                    e.static_wide_site(site, &values, (rows, cols), &blocks, x_range);
+                report.input_qparams = Some(activation_qparams(x_range));
+                if wide_output {
+                    e.static_wide_site(site, &values, (rows, cols), &blocks, x_range)
                 } else {
-                    e.static_site(site, &values, (rows, cols), &blocks, x_range, range(&site.output)?);
+                    e.static_site(site, &values, (rows, cols), &blocks, x_range, range(&site.output)?)
                 }
             }
             Scheme::Dynamic => e.dynamic_site(site, &values, (rows, cols), &blocks),
-        }
+        };
+        report.weight_scales = scales.iter().fold(report.weight_scales, |(lo, hi), &s| (lo.min(s), hi.max(s)));
+        stats.layers.push(report);
     }
     graph.node = e.nodes;
     graph.initializer.extend(e.initializers);
@@ -274,24 +315,31 @@ impl Emitter {
         blocks: &[(usize, usize)],
         x_range: Range,
         y_range: Range,
-    ) {
+    ) -> Vec<f32> {
         let [xq, sx, zx] = self.quantize_static_input(&site.input, x_range);
         let y = &site.output;
         let (scale, zero) = activation_qparams(y_range);
         let sy = self.scalar_f32(&format!("{y}.q_scale"), scale);
         let zy = self.scalar_i8(&format!("{y}.q_zero"), zero);
-        let zw = self.scalar_i8(&format!("{}.int8.zero", site.weight), 0);
         let mut parts = Vec::with_capacity(blocks.len());
+        let mut col_scales = Vec::with_capacity(cols);
         for (j, &(c0, c1)) in blocks.iter().enumerate() {
             let (q, s) = quantize_block(w, rows, cols, c0, c1);
-            let wj = self.int8_matrix(&format!("{}.int8.{j}", site.weight), rows, c1 - c0, q);
-            let swj = self.scalar_f32(&format!("{}.int8.{j}.scale", site.weight), s);
+            let name = format!("{}.int8.{j}", site.weight);
+            let wj = self.int8_matrix(&name, rows, c1 - c0, q);
+            // Per-column scales: ONNX wants the weight's zero point of the same shape (tract
+            // checks their ranks agree).
+            let raw = s.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let swj = self.tensor(&format!("{name}.scale"), &[c1 - c0], DataType::Float, raw);
+            let zw = self.tensor(&format!("{name}.zero"), &[c1 - c0], DataType::Int8, vec![0; c1 - c0]);
+            col_scales.extend(s);
             let yj = format!("{y}.int8.{j}");
             self.node("QLinearMatMul", &[&xq, &sx, &zx, &wj, &swj, &zw, &sy, &zy], &[&yj], vec![]);
             parts.push(yj);
         }
         let yq = self.concat(&parts, &format!("{y}.int8"));
         self.node("DequantizeLinear", &[&yq, &sy, &zy], &[y], vec![]);
+        col_scales
     }
 
     /// `QuantizeLinear` of an activation with calibrated parameters, shared between its readers.
@@ -317,7 +365,7 @@ impl Emitter {
         (rows, cols): (usize, usize),
         blocks: &[(usize, usize)],
         x_range: Range,
-    ) {
+    ) -> Vec<f32> {
         let [xq, _, zx] = self.quantize_static_input(&site.input, x_range);
         let (sx, _) = activation_qparams(x_range);
         let (acc, scales) = self.integer_blocks(site, w, (rows, cols), blocks, &xq, &zx);
@@ -327,6 +375,7 @@ impl Emitter {
         let raw = scales.iter().flat_map(|s| (s * sx).to_le_bytes()).collect();
         let s = self.tensor(&format!("{}.int8.scales", site.weight), &[cols], DataType::Float, raw);
         self.node("Mul", &[&accf, &s], &[y], vec![]);
+        scales
     }
 
     /// `MatMulInteger` per column block, concatenated: the i32 accumulators and each column's
@@ -346,7 +395,7 @@ impl Emitter {
         let mut col_scales = Vec::with_capacity(cols);
         for (j, &(c0, c1)) in blocks.iter().enumerate() {
             let (q, s) = quantize_block(w, rows, cols, c0, c1);
-            col_scales.extend(std::iter::repeat_n(s, c1 - c0));
+            col_scales.extend(s);
             let wj = self.int8_matrix(&format!("{}.int8.{j}", site.weight), rows, c1 - c0, q);
             let yj = format!("{y}.int32.{j}");
             self.node("MatMulInteger", &[xq, &wj, zx, &zw], &[&yj], vec![]);
@@ -355,7 +404,13 @@ impl Emitter {
         (self.concat(&parts, &format!("{y}.int32")), col_scales)
     }
 
-    fn dynamic_site(&mut self, site: &LinearSite, w: &[f32], (rows, cols): (usize, usize), blocks: &[(usize, usize)]) {
+    fn dynamic_site(
+        &mut self,
+        site: &LinearSite,
+        w: &[f32],
+        (rows, cols): (usize, usize),
+        blocks: &[(usize, usize)],
+    ) -> Vec<f32> {
         let x = &site.input;
         let [xq, sx, zx] = match self.quantized.get(x) {
             Some(q) => q.clone(),
@@ -375,6 +430,7 @@ impl Emitter {
         let scaled = format!("{y}.weight_scaled");
         self.node("Mul", &[&accf, &sw], &[&scaled], vec![]);
         self.node("Mul", &[&scaled, &sx], &[y], vec![]);
+        col_scales
     }
 
     /// Concatenates blocks along the last axis (a single block is used as is).

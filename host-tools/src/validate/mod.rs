@@ -4,12 +4,16 @@
 //! the device). Compared: the image embeddings (cosine, SQNR), the prefixes (SQNR), the decoder
 //! under teacher forcing on the fp32 caption (each model fed its own prefix, then the same fp32
 //! tokens; KL(fp32 ‖ int8) and same-top-token rate at every position), the captions themselves
-//! (exact match and, with references, BLEU/ROUGE-L/CIDEr-D), sizes and stage latencies.
+//! (exact match and, with references, BLEU/ROUGE-L/CIDEr-D), the logits' SQNR at every decoding
+//! step, every quantized linear layer's SQNR ([`layers`]), sizes and stage latencies.
+
+pub mod layers;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use edgecap_engine::bundle::Bundle;
 use edgecap_engine::manifest::Precision;
 use edgecap_engine::model::CaptionModel;
 use edgecap_engine::session::DecoderState;
@@ -28,11 +32,18 @@ pub struct Thresholds {
     pub min_token_agreement: f64,
     /// Largest allowed CIDEr-D drop (fp32 − int8), checked only with references.
     pub max_cider_drop: Option<f64>,
+    /// Smallest allowed mean logits SQNR over every teacher-forced position, in dB.
+    pub min_logits_sqnr_db: Option<f64>,
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Thresholds { min_embedding_cosine: 0.99, min_token_agreement: 0.9, max_cider_drop: None }
+        Thresholds {
+            min_embedding_cosine: 0.99,
+            min_token_agreement: 0.9,
+            max_cider_drop: None,
+            min_logits_sqnr_db: None,
+        }
     }
 }
 
@@ -73,6 +84,10 @@ pub struct ImageResult {
     pub prefix_sqnr_db: f64,
     pub kl_mean: f64,
     pub top_token_agreement: f64,
+    /// The logits' SQNR at each teacher-forced step (dB).
+    pub logits_sqnr_db: Vec<f64>,
+    /// The same with the int8 decoder fed the fp32 prefix (the decoder's own share).
+    pub decoder_logits_sqnr_db: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -82,6 +97,17 @@ pub struct DecoderStats {
     pub kl_max: f64,
     /// Fraction of positions where both models' most likely next token is the same.
     pub top_token_agreement: f64,
+    /// Logits SQNR over every position (dB): meaningful on any model, where the top-token
+    /// agreement is not on flat next-token distributions.
+    pub logits_sqnr_db: Summary,
+    /// Mean over the images of the first step's logits SQNR (the prefix alone).
+    pub logits_sqnr_step0_db: f64,
+    /// Mean logits SQNR at each step, over the images whose caption reaches it.
+    pub logits_sqnr_by_step_db: Vec<f64>,
+    /// The int8 decoder fed the fp32 prefix (its own share of the error): logits SQNR over every
+    /// position, and the mean over images at step 0.
+    pub decoder_logits_sqnr_db: Summary,
+    pub decoder_logits_sqnr_step0_db: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -129,6 +155,8 @@ pub struct Report {
     pub int8_bytes: u64,
     pub fp32_latency: Latency,
     pub int8_latency: Latency,
+    /// Every quantized linear layer, worst isolated SQNR first.
+    pub layers: Vec<layers::LayerSqnr>,
     pub checks: Vec<Check>,
     pub pass: bool,
     pub per_image: Vec<ImageResult>,
@@ -138,6 +166,8 @@ pub fn validate(opts: &ValidateOptions) -> Result<Report> {
     let load = |p: &Path| CaptionModel::load(p).with_context(|| format!("cannot load bundle {}", p.display()));
     let (fp32, int8) = (load(&opts.fp32)?, load(&opts.int8)?);
     check_compatible(&fp32, &int8, opts)?;
+    let open = |p: &Path| Bundle::open(p).with_context(|| format!("cannot open bundle {}", p.display()));
+    let (fp32_bundle, int8_bundle) = (open(&opts.fp32)?, open(&opts.int8)?);
     let refs = opts.references.as_deref().map(references::read).transpose()?;
     let samples = images::load_dir(&opts.images)?;
 
@@ -155,15 +185,36 @@ pub fn validate(opts: &ValidateOptions) -> Result<Report> {
     }
     let col = |f: fn(&ImageResult) -> f64| per_image.iter().map(f).collect::<Vec<f64>>();
     let exact = per_image.iter().filter(|r| r.fp32_caption == r.int8_caption).count();
+    let steps = per_image.iter().map(|r| r.logits_sqnr_db.len()).max().unwrap_or(0);
+    let by_step = (0..steps)
+        .map(|i| {
+            Summary::of(&per_image.iter().filter_map(|r| r.logits_sqnr_db.get(i).copied()).collect::<Vec<_>>()).mean
+        })
+        .collect();
+    let all_sqnr: Vec<f64> = per_image.iter().flat_map(|r| r.logits_sqnr_db.iter().copied()).collect();
     let decoder = DecoderStats {
         positions,
         kl_mean: Summary::of(&kls).mean,
         kl_max: Summary::of(&kls).max,
         top_token_agreement: agree as f64 / positions.max(1) as f64,
+        logits_sqnr_db: Summary::of(&all_sqnr),
+        logits_sqnr_step0_db: Summary::of(
+            &per_image.iter().filter_map(|r| r.logits_sqnr_db.first().copied()).collect::<Vec<_>>(),
+        )
+        .mean,
+        logits_sqnr_by_step_db: by_step,
+        decoder_logits_sqnr_db: Summary::of(
+            &per_image.iter().flat_map(|r| r.decoder_logits_sqnr_db.iter().copied()).collect::<Vec<_>>(),
+        ),
+        decoder_logits_sqnr_step0_db: Summary::of(
+            &per_image.iter().filter_map(|r| r.decoder_logits_sqnr_db.first().copied()).collect::<Vec<_>>(),
+        )
+        .mean,
     };
     let references = refs.as_ref().map(|r| reference_stats(r, &samples, &per_image)).transpose()?;
     let embedding_cosine = Summary::of(&col(|r| r.embedding_cosine));
     let checks = checks(&opts.thresholds, &embedding_cosine, &decoder, references.as_ref());
+    let layers = layers::layer_sqnr(&fp32, &samples, (&fp32_bundle, &int8_bundle)).context("per-layer SQNR")?;
     Ok(Report {
         fp32_bundle: opts.fp32.display().to_string(),
         int8_bundle: opts.int8.display().to_string(),
@@ -178,6 +229,7 @@ pub fn validate(opts: &ValidateOptions) -> Result<Report> {
         int8_bytes: int8.manifest.files.iter().map(|f| f.bytes).sum(),
         fp32_latency: latency(&t32),
         int8_latency: latency(&t8),
+        layers,
         pass: checks.iter().all(|c| c.pass),
         checks,
         per_image,
@@ -228,7 +280,8 @@ fn compare_image(fp32: &CaptionModel, int8: &CaptionModel, s: &Sample) -> Result
     let opts = fp32.default_options();
     let a = fp32.trace(&s.image, &opts)?;
     let b = int8.trace(&s.image, &opts)?;
-    let (kl, agree) = teacher_forced(fp32, int8, (&a.prefix, &b.prefix), &a.caption.tokens)?;
+    let forced = teacher_forced(fp32, int8, (&a.prefix, &b.prefix), &a.caption.tokens)?;
+    let (kl, agree) = (forced.kl, forced.agree);
     let result = ImageResult {
         image: images::file_name(&s.path),
         fp32_caption: a.caption.text.clone(),
@@ -238,31 +291,50 @@ fn compare_image(fp32: &CaptionModel, int8: &CaptionModel, s: &Sample) -> Result
         prefix_sqnr_db: sqnr_db(&a.prefix, &b.prefix),
         kl_mean: Summary::of(&kl).mean,
         top_token_agreement: agree as f64 / kl.len().max(1) as f64,
+        logits_sqnr_db: forced.sqnr,
+        decoder_logits_sqnr_db: forced.decoder_sqnr,
     };
     Ok(ImageComparison { result, kl, agree, timings: (a.caption.timings, b.caption.timings) })
 }
 
+/// What teacher forcing measured at every position of one caption.
+struct Forced {
+    kl: Vec<f64>,
+    agree: usize,
+    /// Logits SQNR, each model fed its own prefix.
+    sqnr: Vec<f64>,
+    /// Logits SQNR, the int8 decoder fed the fp32 prefix: the decoder's own share.
+    decoder_sqnr: Vec<f64>,
+}
+
 /// Feeds each model its own prefix, then the fp32 caption's tokens; at every position returns
-/// KL(fp32 ‖ int8) of the next-token distributions, and how often the argmaxes agree.
+/// KL(fp32 ‖ int8) of the next-token distributions, how often the argmaxes agree, and the
+/// logits' SQNR; and the logits' SQNR of the int8 decoder fed the fp32 prefix.
 fn teacher_forced(
     fp32: &CaptionModel,
     int8: &CaptionModel,
     (prefix32, prefix8): (&[f32], &[f32]),
     tokens: &[u32],
-) -> Result<(Vec<f64>, usize)> {
+) -> Result<Forced> {
     let p = fp32.dims().prefix_length;
-    let (mut s32, mut s8) = (DecoderState::new(fp32, 1)?, DecoderState::new(int8, 1)?);
+    let (mut s32, mut s8, mut d8) =
+        (DecoderState::new(fp32, 1)?, DecoderState::new(int8, 1)?, DecoderState::new(int8, 1)?);
     let (mut l32, mut l8) = (s32.feed_embeddings(prefix32, p)?, s8.feed_embeddings(prefix8, p)?);
-    let (mut kl, mut agree) = (Vec::with_capacity(tokens.len()), 0);
+    let mut ld = d8.feed_embeddings(prefix32, p)?;
+    let n = tokens.len();
+    let mut f = Forced { kl: Vec::with_capacity(n), agree: 0, sqnr: Vec::with_capacity(n), decoder_sqnr: Vec::new() };
     for (i, &t) in tokens.iter().enumerate() {
-        kl.push(kl_divergence(&l32, &l8));
-        agree += usize::from(argmax(&l32) == argmax(&l8));
-        if i + 1 < tokens.len() {
+        f.kl.push(kl_divergence(&l32, &l8));
+        f.sqnr.push(sqnr_db(&l32, &l8));
+        f.decoder_sqnr.push(sqnr_db(&l32, &ld));
+        f.agree += usize::from(argmax(&l32) == argmax(&l8));
+        if i + 1 < n {
             l32 = s32.feed_tokens(&[t])?;
             l8 = s8.feed_tokens(&[t])?;
+            ld = d8.feed_tokens(&[t])?;
         }
     }
-    Ok((kl, agree))
+    Ok(f)
 }
 
 fn reference_stats(refs: &References, samples: &[Sample], results: &[ImageResult]) -> Result<ReferenceStats> {
@@ -296,6 +368,9 @@ fn checks(t: &Thresholds, cosine: &Summary, decoder: &DecoderStats, refs: Option
         at_least("embedding cosine (mean)", cosine.mean, t.min_embedding_cosine),
         at_least("same top token", decoder.top_token_agreement, t.min_token_agreement),
     ];
+    if let Some(min) = t.min_logits_sqnr_db {
+        checks.push(at_least("logits SQNR (mean, dB)", decoder.logits_sqnr_db.mean, min));
+    }
     if let (Some(max), Some(r)) = (t.max_cider_drop, refs) {
         checks.push(Check {
             name: "CIDEr drop",
@@ -374,6 +449,11 @@ fn argmax(v: &[f32]) -> usize {
     v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
 }
 
+/// Steps of the logits SQNR shown in the table (all in `--json`).
+const LOGITS_STEPS_SHOWN: usize = 12;
+/// Layers shown in the table, worst first (all in `--json`).
+const LAYERS_SHOWN: usize = 20;
+
 /// The readable table.
 pub fn render(r: &Report) -> String {
     let mut out = String::new();
@@ -404,6 +484,17 @@ pub fn render(r: &Report) -> String {
         100.0 * r.decoder.top_token_agreement,
         format!("{} pos", r.decoder.positions)
     ));
+    line(format!(
+        "{:<34} {:>12.2} {:>12.2}",
+        "decoder logits SQNR (dB)", r.decoder.logits_sqnr_db.mean, r.decoder.logits_sqnr_db.min
+    ));
+    line(format!("{:<34} {:>12.2}", "decoder logits SQNR step 0 (dB)", r.decoder.logits_sqnr_step0_db));
+    line(format!(
+        "{:<34} {:>12.2} {:>12}",
+        "  same, fp32 prefix to both (dB)",
+        r.decoder.decoder_logits_sqnr_db.mean,
+        format!("step 0 {:.2}", r.decoder.decoder_logits_sqnr_step0_db)
+    ));
     line(format!("{:<34} {:>11.1}%", "caption exact match", 100.0 * r.caption_exact_match));
     if let Some(refs) = &r.references {
         line(format!("references ({} images)            {:>12} {:>12} {:>10}", refs.images, "fp32", "int8", "drop"));
@@ -421,6 +512,21 @@ pub fn render(r: &Report) -> String {
             shown_drop(refs.cider_drop)
         ));
         line(format!("{:<34} {}", "METEOR", refs.meteor));
+    }
+    let by_step = &r.decoder.logits_sqnr_by_step_db;
+    let shown: Vec<String> = by_step.iter().take(LOGITS_STEPS_SHOWN).map(|v| format!("{v:.1}")).collect();
+    let more = if by_step.len() > LOGITS_STEPS_SHOWN { " …" } else { "" };
+    line(format!("logits SQNR by step (dB, from step 0): {}{more}", shown.join(" ")));
+    if !r.layers.is_empty() {
+        let shown = r.layers.len().min(LAYERS_SHOWN);
+        line(format!(
+            "linear layers, worst first ({shown} of {}; SQNR dB of the product's output, fp32 vs int8 on the same inputs)",
+            r.layers.len()
+        ));
+        line(format!("  {:<20} {:<52} {:>9} {:>11}", "graph", "layer", "isolated", "in pipeline"));
+        for l in &r.layers[..shown] {
+            line(format!("  {:<20} {:<52} {:>9.2} {:>11.2}", l.graph, l.layer, l.isolated_db, l.pipeline_db));
+        }
     }
     line(format!("{:<34} {:>12} {:>12}", "", "fp32", "int8"));
     line(format!("{:<34} {:>12.1} {:>12.1}", "bundle size (MiB)", mib(r.fp32_bytes), mib(r.int8_bytes)));
