@@ -207,6 +207,8 @@ for cpu in "${cpus[@]}"; do
             "$bin" caption --bundle "$work/views/$v" --threads 1 --max-tokens "$tokens" --json "${images[@]}" \
             >"$runs/$cpu-$b.captions.jsonl"
         echo "arm-profile.sh: $cpu $b emulated in $((SECONDS - started)) s" >&2
+        # The binary's symbols as they were (the report names code from them; a rebuild moves it).
+        nm -S --defined-only "$bin" >"$runs/$cpu-$b.nm"
         # The source the binary was built from, as far as git tells (for the tables' heading).
         echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- engine firmware || echo '+uncommitted engine changes')" \
             >"$runs/$cpu-$b.rev"

@@ -159,6 +159,9 @@ class LibSymbols:
     def __init__(self, run: Run):
         d = run.data
         self.binary = run.binary.resolve()
+        self.nm_file = run.path.with_suffix(".nm")
+        self.run_time = run.path.stat().st_mtime
+        self.stale = False
         self.maps = []
         for line in d.get("host_maps", []):
             parts = line.split()
@@ -171,26 +174,23 @@ class LibSymbols:
         self.loads: dict[str, list[tuple[int, int]]] = {}
 
     def _guest_base(self, run: Run) -> int:
-        entries = run.data.get("marker_entries", {})
-        if not entries:
-            return 0
-        name, guest = next(iter(entries.items()))
-        nm = subprocess.run(["nm", str(run.binary)], capture_output=True, text=True).stdout
-        for line in nm.splitlines():
-            parts = line.split()
-            if len(parts) == 3 and parts[2] == name:
-                bias = guest - int(parts[0], 16)
-                binary = str(run.binary.resolve())
-                starts = [lo for lo, hi, off, path in self.maps if off == 0 and Path(path).resolve() == Path(binary)]
-                return (min(starts) - bias) if starts else 0
-        return 0
+        """Host address minus guest address: the binary's first mapping (file offset 0) against
+        the guest address qemu loaded it at (start_code)."""
+        starts = [lo for lo, hi, off, path in self.maps if off == 0 and Path(path).resolve() == self.binary]
+        return (min(starts) - run.data["start_code"]) if starts else 0
 
     def _lib(self, path: str):
         if path not in self.syms:
             # The executable's own symbol table (qemu names only sized functions: this finds the
             # assembly kernels' labels too); a library's dynamic symbols.
             flags = ["-S", "--defined-only"] + ([] if self._is_binary(path) else ["-D"])
-            out = subprocess.run(["nm", *flags, path], capture_output=True, text=True).stdout
+            if self._is_binary(path) and self.nm_file.is_file():
+                out = self.nm_file.read_text()  # the symbols of the binary as it was at the run
+            elif self._is_binary(path) and Path(path).stat().st_mtime > self.run_time:
+                out = ""  # rebuilt since the run: its symbols would name the wrong code
+                self.stale = True
+            else:
+                out = subprocess.run(["nm", *flags, path], capture_output=True, text=True).stdout
             entries = []
             for line in out.splitlines():
                 parts = line.split()
@@ -224,7 +224,7 @@ class LibSymbols:
                 i = bisect.bisect_right(addrs, elf) - 1
                 lib = Path(path).name
                 if i < 0:
-                    return f"{lib}:?"
+                    return f"{lib}+{elf:#x} (rebuilt since the run)" if self.stale else f"{lib}:?"
                 addr, size, sym = entries[i]
                 # Past a sized symbol's end: code the library does not export (e.g. glibc's
                 # memcpy/memset variants), grouped by the exported symbol before it.
