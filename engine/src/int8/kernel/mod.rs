@@ -14,7 +14,9 @@
 mod packed;
 mod portable;
 
-#[cfg(all(target_arch = "arm", target_feature = "neon"))]
+// Assembled with NEON: the armv7 builds enable it (.cargo/config.toml); whether the CPU has it
+// is checked at run time.
+#[cfg(target_arch = "arm")]
 mod armv7;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -107,6 +109,7 @@ impl Activations {
     }
 
     /// [`Layout::Broadcast`]: the tiles: first row, row count, bytes.
+    #[cfg(target_arch = "x86_64")]
     fn tiles(&self) -> impl Iterator<Item = (usize, usize, &[u8])> {
         (0..self.rows).step_by(MAX_ROWS).map(|r0| {
             let n = (self.rows - r0).min(MAX_ROWS);
@@ -120,6 +123,23 @@ impl Activations {
         // SAFETY: i8 and u8 have the same size and alignment, and every byte is a valid i8.
         unsafe { std::slice::from_raw_parts(row.as_ptr().cast(), row.len()) }
     }
+}
+
+/// Whether this 32-bit ARM CPU has NEON, from the kernel's hardware capabilities (Rust's run-time
+/// detection of ARM features is not stable, and `cfg(target_feature = "neon")` is not set for an
+/// unstable feature even when the build enables it).
+#[cfg(target_arch = "arm")]
+fn arm_has_neon() -> bool {
+    static NEON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *NEON.get_or_init(|| {
+        // HWCAP_NEON, arch/arm/include/uapi/asm/hwcap.h.
+        const HWCAP_NEON: std::ffi::c_ulong = 1 << 12;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: getauxval reads the process's auxiliary vector; no memory is handed over.
+        return unsafe { libc::getauxval(libc::AT_HWCAP) } & HWCAP_NEON != 0;
+        #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+        false
+    })
 }
 
 /// Which implementation runs the products on this CPU.
@@ -182,13 +202,9 @@ impl Kernel {
         #[cfg(target_arch = "aarch64")]
         let kernel =
             Some(if std::arch::is_aarch64_feature_detected!("dotprod") { Kernel::NeonDot } else { Kernel::NeonWide });
-        #[cfg(all(target_arch = "arm", target_feature = "neon"))]
-        let kernel = Some(Kernel::Armv7Neon);
-        #[cfg(not(any(
-            target_arch = "x86_64",
-            target_arch = "aarch64",
-            all(target_arch = "arm", target_feature = "neon")
-        )))]
+        #[cfg(target_arch = "arm")]
+        let kernel = arm_has_neon().then_some(Kernel::Armv7Neon);
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm")))]
         let kernel = None;
         kernel
     }
@@ -232,12 +248,36 @@ impl Kernel {
             Layout::Lanes => {
                 // Row by row under each panel: the panel stays in the L1 cache for every row.
                 for (p, out) in panels.zip(out.chunks_exact_mut(rows * PANEL)) {
-                    for (r, out) in out.chunks_exact_mut(PANEL).enumerate() {
+                    let done = self.lanes_rows_by_three(a, w, p, out);
+                    for (r, out) in out.chunks_exact_mut(PANEL).enumerate().skip(done) {
                         self.lanes_row(a.row(r), w, p, out);
                     }
                 }
             }
         }
+    }
+
+    /// The first rows by panel `p` of `w`, three at a time, where the kernel has a three-row
+    /// form (SDOT); returns how many rows it did.
+    #[cfg(target_arch = "aarch64")]
+    fn lanes_rows_by_three(self, a: &Activations, w: &PackedWeights, p: usize, out: &mut [i32]) -> usize {
+        let threes = if self == Kernel::NeonDot { a.rows() / 3 } else { 0 };
+        for t in 0..threes {
+            let (r, kp) = (3 * t, a.kp);
+            let rows = &a.data[r * kp..(r + 3) * kp];
+            // SAFETY: `detect` chose SDOT after checking the CPU features; three rows of kp bytes
+            // (i8 and u8 have one layout), a panel of kp × 16, 48 sums (lengths checked by `run`).
+            unsafe {
+                let rows = std::slice::from_raw_parts(rows.as_ptr().cast::<i8>(), rows.len());
+                neon::dot_3rows(rows, kp, kp, w.panel(p), &mut out[r * PANEL..(r + 3) * PANEL]);
+            }
+        }
+        3 * threes
+    }
+
+    #[cfg(not(target_arch = "aarch64"))]
+    fn lanes_rows_by_three(self, _: &Activations, _: &PackedWeights, _: usize, _: &mut [i32]) -> usize {
+        0
     }
 
     /// One row by panel `p` of `w`, in [`Layout::Lanes`].
@@ -252,13 +292,13 @@ impl Kernel {
             // SAFETY: NEON is part of aarch64; lengths as above.
             Kernel::NeonWide => unsafe {
                 if w.no_min() {
-                    neon::wide_row::<true>(a, panel, out)
+                    neon::wide_row_paired(a, panel, out)
                 } else {
-                    neon::wide_row::<false>(a, panel, out)
+                    neon::wide_row(a, panel, out)
                 }
             },
-            #[cfg(all(target_arch = "arm", target_feature = "neon"))]
-            // SAFETY: built with NEON; lengths as above.
+            #[cfg(target_arch = "arm")]
+            // SAFETY: `detect` found NEON in the CPU's capabilities; lengths as above.
             Kernel::Armv7Neon => unsafe { armv7::row(a, panel, out, w.no_min()) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `detect` chose this kernel after checking the CPU features; lengths as above.

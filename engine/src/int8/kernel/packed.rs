@@ -73,14 +73,13 @@ impl PackedWeights {
             }
         };
         let mut col_sums = vec![0i32; n];
-        // Column sums from the packed panels: a panel's column c is bytes c·depth.. of each group.
         let sum_chunk = |data: &[i8], i: usize, sums: &mut [i32]| {
             for (j, panel_sums) in sums.chunks_mut(PANEL).enumerate() {
                 let p = i * chunk_panels + j;
-                for group in data[p * panel_len..(p + 1) * panel_len].chunks_exact(PANEL * depth) {
-                    for (s, column) in panel_sums.iter_mut().zip(group.chunks_exact(depth)) {
-                        *s += column.iter().map(|&v| v as i32).sum::<i32>();
-                    }
+                let panel = &data[p * panel_len..(p + 1) * panel_len];
+                match layout {
+                    Layout::Broadcast => sum_columns::<4>(panel, panel_sums),
+                    Layout::Lanes => sum_columns::<16>(panel, panel_sums),
                 }
             }
         };
@@ -94,7 +93,9 @@ impl PackedWeights {
                 col_sums.chunks_mut(chunk_panels * PANEL).enumerate().for_each(|(i, s)| sum_chunk(&data, i, s));
             }
         }
-        let no_min = !data.contains(&i8::MIN);
+        // A minimum, not `contains`: it vectorises, where `contains` runs a word-at-a-time
+        // memchr (~0.1 G instructions for a full-size bundle on a Cortex-A76, emulated).
+        let no_min = data.iter().copied().min().is_none_or(|m| m > i8::MIN);
         PackedWeights { layout, k, n, data, col_sums, no_min }
     }
 
@@ -140,6 +141,19 @@ impl PackedWeights {
     }
 }
 
+/// Adds each column of a packed panel into `sums`: column c is bytes c·DEPTH.. of each group.
+/// DEPTH is a constant so that each column's bytes are summed in a few vector instructions
+/// (SADDLV for 16); a run-time depth left a loop set up for every 16 bytes, the better part of
+/// packing.
+fn sum_columns<const DEPTH: usize>(panel: &[i8], sums: &mut [i32]) {
+    for group in panel.chunks_exact(PANEL * DEPTH) {
+        for (s, column) in sums.iter_mut().zip(group.chunks_exact(DEPTH)) {
+            let column: &[i8; DEPTH] = column.try_into().expect("chunks of DEPTH");
+            *s += column.iter().map(|&v| v as i16).sum::<i16>() as i32;
+        }
+    }
+}
+
 impl Layout {
     /// One full group of a panel: `group[c * depth + d] = src[d * stride + c]` for the PANEL
     /// columns `c` and `depth` rows `d`. Packing is a good part of loading a bundle, hence the
@@ -154,6 +168,9 @@ impl Layout {
             #[cfg(target_arch = "aarch64")]
             // SAFETY: the assert bounds the sixteen 16-byte loads and the stores.
             Layout::Lanes => unsafe { transpose_neon(src, stride, group) },
+            #[cfg(target_arch = "arm")]
+            // SAFETY: as above; only the armv7 kernel reads this layout, after checking for NEON.
+            Layout::Lanes if super::arm_has_neon() => unsafe { transpose_armv7(src, stride, group) },
             _ => {
                 for (d, c) in (0..depth).flat_map(|d| (0..PANEL).map(move |c| (d, c))) {
                     group[c * depth + d] = src[d * stride + c];
@@ -225,5 +242,63 @@ unsafe fn transpose_neon(src: &[i8], stride: usize, group: &mut [i8]) {
             let column = if c < 8 { vtrn1q_s64(x, y) } else { vtrn2q_s64(x, y) };
             vst1q_s8(out.add(c * 16), vreinterpretq_s8_s64(column));
         }
+    }
+}
+
+/// [`transpose_neon`] on 32-bit ARM, in `asm!` (Rust's 32-bit NEON intrinsics are not stable):
+/// the sixteen rows in q0-q15, VTRN on bytes, halves and words, then VSWP of the doublewords.
+/// Packing with the scalar loop cost 1.2 G instructions per full-size bundle load (emulated).
+///
+/// # Safety
+/// The CPU has NEON; `src` holds 15 × `stride` + 16 bytes, `group` 256.
+#[cfg(target_arch = "arm")]
+unsafe fn transpose_armv7(src: &[i8], stride: usize, group: &mut [i8]) {
+    unsafe {
+        std::arch::asm!(
+            "vld1.8 {{d0, d1}}, [{src}], {stride}",
+            "vld1.8 {{d2, d3}}, [{src}], {stride}",
+            "vld1.8 {{d4, d5}}, [{src}], {stride}",
+            "vld1.8 {{d6, d7}}, [{src}], {stride}",
+            "vld1.8 {{d8, d9}}, [{src}], {stride}",
+            "vld1.8 {{d10, d11}}, [{src}], {stride}",
+            "vld1.8 {{d12, d13}}, [{src}], {stride}",
+            "vld1.8 {{d14, d15}}, [{src}], {stride}",
+            "vld1.8 {{d16, d17}}, [{src}], {stride}",
+            "vld1.8 {{d18, d19}}, [{src}], {stride}",
+            "vld1.8 {{d20, d21}}, [{src}], {stride}",
+            "vld1.8 {{d22, d23}}, [{src}], {stride}",
+            "vld1.8 {{d24, d25}}, [{src}], {stride}",
+            "vld1.8 {{d26, d27}}, [{src}], {stride}",
+            "vld1.8 {{d28, d29}}, [{src}], {stride}",
+            "vld1.8 {{d30, d31}}, [{src}]",
+            // Bytes of row pairs: q2i holds the even columns, q2i+1 the odd ones.
+            "vtrn.8 q0, q1", "vtrn.8 q2, q3", "vtrn.8 q4, q5", "vtrn.8 q6, q7",
+            "vtrn.8 q8, q9", "vtrn.8 q10, q11", "vtrn.8 q12, q13", "vtrn.8 q14, q15",
+            // Halves within each four rows: q4i+c holds the columns = c (mod 4).
+            "vtrn.16 q0, q2", "vtrn.16 q1, q3", "vtrn.16 q4, q6", "vtrn.16 q5, q7",
+            "vtrn.16 q8, q10", "vtrn.16 q9, q11", "vtrn.16 q12, q14", "vtrn.16 q13, q15",
+            // Words within each eight rows: q8i+c holds the columns = c (mod 8).
+            "vtrn.32 q0, q4", "vtrn.32 q1, q5", "vtrn.32 q2, q6", "vtrn.32 q3, q7",
+            "vtrn.32 q8, q12", "vtrn.32 q9, q13", "vtrn.32 q10, q14", "vtrn.32 q11, q15",
+            // Rows 0-7 and 8-15 of each column side by side: q(c) = column c.
+            "vswp d1, d16", "vswp d3, d18", "vswp d5, d20", "vswp d7, d22",
+            "vswp d9, d24", "vswp d11, d26", "vswp d13, d28", "vswp d15, d30",
+            "vst1.8 {{d0, d1, d2, d3}}, [{dst}]!",
+            "vst1.8 {{d4, d5, d6, d7}}, [{dst}]!",
+            "vst1.8 {{d8, d9, d10, d11}}, [{dst}]!",
+            "vst1.8 {{d12, d13, d14, d15}}, [{dst}]!",
+            "vst1.8 {{d16, d17, d18, d19}}, [{dst}]!",
+            "vst1.8 {{d20, d21, d22, d23}}, [{dst}]!",
+            "vst1.8 {{d24, d25, d26, d27}}, [{dst}]!",
+            "vst1.8 {{d28, d29, d30, d31}}, [{dst}]",
+            src = inout(reg) src.as_ptr() => _,
+            dst = inout(reg) group.as_mut_ptr() => _,
+            stride = in(reg) stride,
+            out("q0") _, out("q1") _, out("q2") _, out("q3") _,
+            out("q4") _, out("q5") _, out("q6") _, out("q7") _,
+            out("q8") _, out("q9") _, out("q10") _, out("q11") _,
+            out("q12") _, out("q13") _, out("q14") _, out("q15") _,
+            options(nostack),
+        );
     }
 }
