@@ -192,7 +192,8 @@ impl Int8MatMul {
         Ok(out)
     }
 
-    /// Subtracts the zero point's share and writes `[rows, n]` in the output type.
+    /// Subtracts the zero point's share and writes `[rows, n]` in the output type, in one pass
+    /// over the kernel's panel-ordered sums.
     fn finish(
         &self,
         w: &PackedWeights,
@@ -203,25 +204,17 @@ impl Int8MatMul {
     ) -> TractResult<Tensor> {
         let mut out = Tensor::zero_dt(self.output_datum(), shape)?;
         let mut view = out.try_as_plain_ram_mut()?;
+        let blocks = Blocks { w, sums, rows, a_zero };
         match &self.output {
-            Output::Sums => each_sum(w, sums, rows, a_zero, view.as_slice_mut::<i32>()?),
-            Output::Scaled { scales } => {
-                let mut corrected = vec![0i32; rows * w.n()];
-                each_sum(w, sums, rows, a_zero, &mut corrected);
-                let out = view.as_slice_mut::<f32>()?;
-                for (out, sums) in out.chunks_exact_mut(w.n()).zip(corrected.chunks_exact(w.n())) {
-                    for ((o, &s), &m) in out.iter_mut().zip(sums).zip(scales.iter()) {
-                        *o = s as f32 * m;
-                    }
-                }
-            }
+            Output::Sums => blocks.write(view.as_slice_mut::<i32>()?, &[], |v, _| v),
+            Output::Scaled { scales } => blocks.write(view.as_slice_mut::<f32>()?, scales, |v, m| v as f32 * m),
             Output::Requantized { multipliers, zero, datum } => {
-                let mut corrected = vec![0i32; rows * w.n()];
-                each_sum(w, sums, rows, a_zero, &mut corrected);
                 if *datum == DatumType::U8 {
-                    requantize(&corrected, multipliers, *zero, (0, 255), view.as_slice_mut::<u8>()?, |v| v as u8)
+                    let out = view.as_slice_mut::<u8>()?;
+                    blocks.write(out, multipliers, |v, m| requantize(v, m, *zero, (0, 255)) as u8)
                 } else {
-                    requantize(&corrected, multipliers, *zero, (-128, 127), view.as_slice_mut::<i8>()?, |v| v as i8)
+                    let out = view.as_slice_mut::<i8>()?;
+                    blocks.write(out, multipliers, |v, m| requantize(v, m, *zero, (-128, 127)) as i8)
                 }
             }
         }
@@ -229,30 +222,54 @@ impl Int8MatMul {
     }
 }
 
-/// `out[r][j] = sum[r][j] − a_zero · Σ_k w[k][j]`, row-major, from the panel-ordered sums.
-fn each_sum(w: &PackedWeights, sums: &[i32], rows: usize, a_zero: i32, out: &mut [i32]) {
-    let (n, col_sums) = (w.n(), w.col_sums());
-    for (p, panel) in sums.chunks_exact(rows * PANEL).take(w.panels()).enumerate() {
-        let cols = p * PANEL..((p + 1) * PANEL).min(n);
-        for (r, s) in panel.chunks_exact(PANEL).enumerate() {
-            let row = &mut out[r * n + cols.start..r * n + cols.end];
-            for ((o, s), c) in row.iter_mut().zip(s).zip(&col_sums[cols.clone()]) {
-                *o = s - a_zero * c;
+/// The kernel's raw sums, panel by panel (`[panel][row][PANEL]`), of activations whose zero
+/// point is `a_zero`.
+struct Blocks<'a> {
+    w: &'a PackedWeights,
+    sums: &'a [i32],
+    rows: usize,
+    a_zero: i32,
+}
+
+impl Blocks<'_> {
+    /// `out[r][j] = f(sum[r][j] − a_zero · Σ_k w[k][j], per_column[j])`, row-major; `per_column`
+    /// may be empty (then `f` gets 0). Zipped slices of one panel row at a time: the loop
+    /// vectorises.
+    fn write<T>(&self, out: &mut [T], per_column: &[f32], f: impl Fn(i32, f32) -> T) {
+        let (n, col_sums) = (self.w.n(), self.w.col_sums());
+        let none = [0f32; PANEL];
+        for (p, panel) in self.sums.chunks_exact(self.rows * PANEL).take(self.w.panels()).enumerate() {
+            let cols = p * PANEL..((p + 1) * PANEL).min(n);
+            let params = if per_column.is_empty() { &none[..cols.len()] } else { &per_column[cols.clone()] };
+            let col_sums = &col_sums[cols.clone()];
+            for (r, s) in panel.chunks_exact(PANEL).enumerate() {
+                let row = &mut out[r * n + cols.start..r * n + cols.end];
+                // A whole panel as arrays: a loop of constant length, unrolled into vector
+                // instructions (the slices' loop stayed scalar on aarch64).
+                if let (Ok(row), Ok(s), Ok(col_sums), Ok(params)) = (
+                    <&mut [T; PANEL]>::try_from(&mut *row),
+                    <&[i32; PANEL]>::try_from(s),
+                    <&[i32; PANEL]>::try_from(col_sums),
+                    <&[f32; PANEL]>::try_from(params),
+                ) {
+                    for i in 0..PANEL {
+                        row[i] = f(s[i] - self.a_zero * col_sums[i], params[i]);
+                    }
+                    continue;
+                }
+                for (((o, &s), &c), &m) in row.iter_mut().zip(s).zip(col_sums).zip(params) {
+                    *o = f(s - self.a_zero * c, m);
+                }
             }
         }
     }
 }
 
-/// `out = saturate(round_half_even(sum · m_j) + zero)`, row by row; slices zipped, so that the
-/// loop vectorises.
-fn requantize<T>(sums: &[i32], multipliers: &[f32], zero: i32, (lo, hi): (i32, i32), out: &mut [T], to: fn(i32) -> T) {
-    let n = multipliers.len().max(1);
-    for (out, sums) in out.chunks_exact_mut(n).zip(sums.chunks_exact(n)) {
-        for ((o, &s), &m) in out.iter_mut().zip(sums).zip(multipliers) {
-            // Clamped first: the rounding is exact well beyond any int8 result.
-            *o = to((round_half_even((s as f32 * m).clamp(-1024.0, 1024.0)) + zero).clamp(lo, hi));
-        }
-    }
+/// `saturate(round_half_even(sum · m) + zero)` into `lo..=hi`.
+#[inline(always)]
+fn requantize(sum: i32, m: f32, zero: i32, (lo, hi): (i32, i32)) -> i32 {
+    // Clamped first: the rounding is exact well beyond any int8 result.
+    (round_half_even((sum as f32 * m).clamp(-1024.0, 1024.0)) + zero).clamp(lo, hi)
 }
 
 impl Op for Int8MatMul {
