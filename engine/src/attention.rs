@@ -283,31 +283,95 @@ impl<'a> Bias<'a> {
     }
 }
 
-/// Σ a·b, in sixteen lanes so that it vectorises (one AVX-512 register).
+/// Σ a·b in sixteen lanes (one AVX-512 register, four NEON ones), the lanes then added as a
+/// tree: halves, quarters, then `(q0 + q2) + (q1 + q3)`. Every operation's order is written out
+/// and none is fused, so each CPU gives the same bits (x86 vectorises this code; aarch64 runs
+/// [`neon::dot`], the same operations by hand, since LLVM split this one into two-lane vectors
+/// there). A sequential sum of the lanes cost as much as the products on ARM (emulated counts).
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ac.zip(bc) {
-        for l in 0..16 {
-            lanes[l] += x[l] * y[l];
+    #[cfg(target_arch = "aarch64")]
+    return neon::dot(a, b);
+    #[cfg(not(target_arch = "aarch64"))]
+    {
+        let mut lanes = [0f32; 16];
+        let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+        for (x, y) in ac.clone().zip(bc.clone()) {
+            for l in 0..16 {
+                lanes[l] += x[l] * y[l];
+            }
         }
+        let halves: [f32; 8] = std::array::from_fn(|l| lanes[l] + lanes[l + 8]);
+        let quarters: [f32; 4] = std::array::from_fn(|l| halves[l] + halves[l + 4]);
+        let tail = ac.remainder().iter().zip(bc.remainder()).fold(0f32, |s, (x, y)| s + x * y);
+        (quarters[0] + quarters[2]) + (quarters[1] + quarters[3]) + tail
     }
-    lanes.iter().sum::<f32>() + tail
 }
 
+/// `y += p · x`, multiplied then added (not fused), as [`dot`].
 #[inline(always)]
 fn axpy(p: f32, x: &[f32], y: &mut [f32]) {
+    #[cfg(target_arch = "aarch64")]
+    return neon::axpy(p, x, y);
+    #[cfg(not(target_arch = "aarch64"))]
     for (y, x) in y.iter_mut().zip(x) {
         *y += p * x;
+    }
+}
+
+/// [`dot`] and [`axpy`] in NEON intrinsics: the same IEEE operations in the same order.
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    #[inline(always)]
+    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+        // SAFETY: NEON is part of aarch64; every load reads 16 floats of a 16-float chunk.
+        let lanes = unsafe {
+            let mut acc = [vdupq_n_f32(0.0); 4];
+            for (x, y) in ac.clone().zip(bc.clone()) {
+                let (x, y) = (vld1q_f32_x4(x.as_ptr()), vld1q_f32_x4(y.as_ptr()));
+                acc[0] = vaddq_f32(acc[0], vmulq_f32(x.0, y.0));
+                acc[1] = vaddq_f32(acc[1], vmulq_f32(x.1, y.1));
+                acc[2] = vaddq_f32(acc[2], vmulq_f32(x.2, y.2));
+                acc[3] = vaddq_f32(acc[3], vmulq_f32(x.3, y.3));
+            }
+            // Halves (lanes l and l + 8), quarters (l and l + 4), then (q0 + q2) + (q1 + q3).
+            let quarters = vaddq_f32(vaddq_f32(acc[0], acc[2]), vaddq_f32(acc[1], acc[3]));
+            let pairs = vadd_f32(vget_low_f32(quarters), vget_high_f32(quarters));
+            vpadds_f32(pairs)
+        };
+        let tail = ac.remainder().iter().zip(bc.remainder()).fold(0f32, |s, (x, y)| s + x * y);
+        lanes + tail
+    }
+
+    #[inline(always)]
+    pub fn axpy(p: f32, x: &[f32], y: &mut [f32]) {
+        let (xc, mut yc) = (x.chunks_exact(16), y.chunks_exact_mut(16));
+        for (x, y) in xc.clone().zip(&mut yc) {
+            // SAFETY: NEON is part of aarch64; each load and store covers one 16-float chunk.
+            unsafe {
+                let (xv, yv) = (vld1q_f32_x4(x.as_ptr()), vld1q_f32_x4(y.as_ptr()));
+                let sum = float32x4x4_t(
+                    vaddq_f32(yv.0, vmulq_n_f32(xv.0, p)),
+                    vaddq_f32(yv.1, vmulq_n_f32(xv.1, p)),
+                    vaddq_f32(yv.2, vmulq_n_f32(xv.2, p)),
+                    vaddq_f32(yv.3, vmulq_n_f32(xv.3, p)),
+                );
+                vst1q_f32_x4(y.as_mut_ptr(), sum);
+            }
+        }
+        for (y, x) in yc.into_remainder().iter_mut().zip(xc.remainder()) {
+            *y += p * x;
+        }
     }
 }
 
 /// In place, with the maximum subtracted first.
 #[inline(always)]
 fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, crate::float::max);
     let mut sum = 0.0;
     for v in x.iter_mut() {
         *v = (*v - max).exp();

@@ -75,15 +75,21 @@ fn greedy(
     Ok(Generated { tokens, first_logits, first_token_time })
 }
 
-/// Index of the first maximum (as `torch.argmax`).
+/// Index of the first maximum (as `torch.argmax`; NaN are passed over).
+///
+/// The maximum of each chunk of 64 first, in vector registers, then the first position of the
+/// best in its chunk: a scalar scan with a data-dependent branch cost ~13 instructions per logit
+/// on ARM (emulated counts), 0.65 M per token over GPT-2's 50257.
 pub fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
+    const CHUNK: usize = 64;
+    let (mut best, mut at) = (f32::NEG_INFINITY, 0);
+    for (c, chunk) in row.chunks(CHUNK).enumerate() {
+        let max = chunk.iter().copied().fold(f32::NEG_INFINITY, crate::float::max);
+        if max > best {
+            (best, at) = (max, c * CHUNK);
         }
     }
-    best as u32
+    row[at..].iter().position(|&v| v == best).map_or(0, |i| at + i) as u32
 }
 
 /// `log(softmax(row))` computed the way the reference does (softmax, then log), in f32.
@@ -215,6 +221,18 @@ mod tests {
     #[test]
     fn argmax_takes_first_maximum() {
         assert_eq!(argmax(&[0.0, 3.0, 3.0, -1.0]), 1);
+        // Across chunks: the same maximum in a later chunk, a NaN, a last short chunk; against
+        // a plain scan.
+        let mut row: Vec<f32> = (0..50257).map(|i| ((i * 7919) % 1000) as f32 * 0.01 - 5.0).collect();
+        row[30] = f32::NAN;
+        for (at, again) in [(100, 5000), (64, 128), (50256, 50256), (0, 63)] {
+            let mut r = row.clone();
+            (r[at], r[again]) = (9.5, 9.5);
+            let want = (0..r.len()).fold(0, |b, i| if r[i] > r[b] || r[b].is_nan() { i } else { b });
+            assert_eq!(argmax(&r), want as u32, "maxima at {at} and {again}");
+            assert_eq!(argmax(&r), at.min(again) as u32);
+        }
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 3]), 0);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod attention;
 pub mod bundle;
 pub mod error;
+pub mod float;
 pub mod fsutil;
 pub mod gelu;
 pub mod generate;

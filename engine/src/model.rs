@@ -282,7 +282,9 @@ pub(crate) fn tensor_from<T: Datum + Copy>(
     Tensor::from_shape(shape, data).map_err(|e| EngineError::inference(stage, e))
 }
 
-fn to_vec(value: &TValue, stage: &'static str) -> Result<Vec<f32>, EngineError> {
-    let view = value.to_plain_array_view::<f32>().map_err(|e| EngineError::inference(stage, e))?;
-    Ok(view.iter().copied().collect())
+/// The values of an f32 output, copied out in one go (an ndarray iterator cost ~15 instructions a
+/// value on ARM: 0.75 M per decoding step for GPT-2's 50257 logits, emulated).
+pub(crate) fn to_vec(value: &Tensor, stage: &'static str) -> Result<Vec<f32>, EngineError> {
+    let values = value.try_as_plain_ram().and_then(|v| v.as_slice::<f32>().map(<[f32]>::to_vec));
+    values.map_err(|e| EngineError::inference(stage, e))
 }

@@ -48,8 +48,7 @@ impl<'m> DecoderState<'m> {
         let input = tensor_from(&[self.batch(), seq, d.hidden_size], embeds, "decoder")?;
         let logits = self.model.decoder_step(input, self.position, &mut self.cache)?;
         self.position += seq;
-        let view = logits.to_plain_array_view::<f32>().map_err(|e| EngineError::inference("decoder", e))?;
-        Ok(view.iter().copied().collect())
+        crate::model::to_vec(&logits, "decoder")
     }
 
     /// Feeds one token per sequence.

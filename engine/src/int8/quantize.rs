@@ -33,10 +33,11 @@ impl QuantizeLinear {
     fn quantize<'a>(&self, xs: &'a [f32]) -> impl Iterator<Item = i32> + 'a {
         let (lo, hi) = self.range();
         // Clamped before rounding, so that the rounding trick stays exact and values saturate as
-        // ONNX asks; max/min (not clamp) send NaN to the low end rather than through the trick.
+        // ONNX asks; `float::clamp` (not `f32::clamp`) sends NaN to the low end rather than
+        // through the trick.
         let (lo_f, hi_f) = ((lo - self.zero) as f32, (hi - self.zero) as f32);
         let (scale, zero) = (self.scale, self.zero);
-        xs.iter().map(move |&x| round_half_even((x / scale).max(lo_f).min(hi_f)) + zero)
+        xs.iter().map(move |&x| round_half_even(crate::float::clamp(x / scale, lo_f, hi_f)) + zero)
     }
 }
 
