@@ -71,5 +71,5 @@ step "engine tests on cortex-a7"
 # `--workspace` again, so the x86 build of step 1 is reused rather than rebuilt for one package.
 scripts/package-deb.sh "${arm_targets[@]}"
 step "packages"
-cargo test --workspace --locked --test arm_emulation --test packaging -- --ignored
+cargo test --workspace --locked --test arm_emulation --test packaging --test stage_markers -- --ignored
 step "emulated end-to-end tests"
