@@ -62,7 +62,7 @@ fn quantize_options(fp32: &Path, out: &Path, scheme: QuantScheme) -> QuantizeOpt
         calibration: fixtures().join("images"),
         scheme,
         float_lm_head: false,
-        all_int8: true,
+        target: host_tools::quantize::Target::Board,
         smooth_alpha: Some(host_tools::quantize::smooth::DEFAULT_ALPHA),
         progress: false,
     }
@@ -520,6 +520,23 @@ fn quantize_reports_what_it_did_to_every_layer() {
     let rows = text.lines().filter(|l| l.starts_with("  ") && l.contains('×')).count();
     assert_eq!(rows, 24, "{text}");
     assert!(text.contains("10 LayerNorm outputs smoothed (α 0.5)"), "{text}");
+    // For a board (the default) every graph is int8, whatever this machine timed.
+    let graphs: Vec<&str> = text.lines().filter(|l| l.contains(".onnx ")).collect();
+    assert_eq!(graphs.len(), 3, "{text}");
+    assert!(graphs.iter().all(|l| l.contains("int8 (--for board)")), "{text}");
+
+    // For this machine: a graph stays fp32 exactly where its int8 timing was not faster.
+    let host = dir.path().join("cli-int8-host");
+    let args = ["quantize", fp, "--out", host.to_str().unwrap(), "--for", "host", "--calibration"];
+    let (code, text, err) = host_tools(&[&args[..], &[imgs.to_str().unwrap()]].concat());
+    assert_eq!(code, 0, "{text}{err}");
+    for l in text.lines().filter(|l| l.contains(".onnx ")) {
+        let ms: Vec<f64> = l.split(" ms").filter_map(|s| s.split_whitespace().last()?.parse().ok()).collect();
+        assert_eq!(ms.len(), 2, "{l}");
+        let kept = l.contains("fp32 kept");
+        assert_eq!(kept, ms[1] >= ms[0], "{l}");
+        assert!(kept || l.contains("int8 (--for host)"), "{l}");
+    }
 
     let (code, _, err) = host_tools(&["quantize", fp, "--out", o, "--smooth-alpha", "1.5"]);
     assert_eq!(code, 2, "{err}");

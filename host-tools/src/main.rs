@@ -13,7 +13,7 @@ use host_tools::export_decap::{export_decap, DecapExportOptions};
 use host_tools::images::image_paths;
 use host_tools::memory::{build_memory, MemoryOptions};
 use host_tools::projection::compare_top_k;
-use host_tools::quantize::{mib, quantize_bundle, QuantScheme, QuantizeOptions};
+use host_tools::quantize::{mib, quantize_bundle, QuantScheme, QuantizeOptions, Target};
 use host_tools::trim::{corpus_ids, trim_bundle};
 use host_tools::validate::{validate, Thresholds, ValidateOptions};
 
@@ -104,8 +104,13 @@ enum Command {
         /// Keep the decoder's LM head in float.
         #[arg(long)]
         float_lm_head: bool,
-        /// Write every graph in int8, even one that measures slower than fp32 on this machine.
-        #[arg(long)]
+        /// The machine the bundle is for: `board` (every graph int8: edgecap's kernels make int8
+        /// the faster precision on every board CPU) or `host` (fp32 kept for a graph where int8
+        /// measures slower on this machine).
+        #[arg(long = "for", value_enum, default_value_t = TargetArg::Board)]
+        target: TargetArg,
+        /// The same as `--for board` (kept for scripts written before `--for`).
+        #[arg(long, hide = true, conflicts_with = "target")]
         all_int8: bool,
         /// SmoothQuant migration strength (0..1) for LayerNorm outputs read only by linear layers:
         /// the share of each channel's range moved into the weights, folded into the LayerNorm.
@@ -221,6 +226,12 @@ enum MemoryCommand {
     },
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TargetArg {
+    Board,
+    Host,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum SchemeArg {
     /// Calibrated per-tensor min/max activation ranges (QLinearMatMul).
@@ -294,7 +305,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Quantize { bundle, out, calibration, scheme, float_lm_head, all_int8, smooth_alpha, no_smooth } => {
+        Command::Quantize {
+            bundle,
+            out,
+            calibration,
+            scheme,
+            float_lm_head,
+            target,
+            all_int8,
+            smooth_alpha,
+            no_smooth,
+        } => {
             if !(0.0..=1.0).contains(&smooth_alpha) {
                 anyhow::bail!("--smooth-alpha {smooth_alpha}: must be between 0 and 1");
             }
@@ -311,7 +332,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 calibration,
                 scheme,
                 float_lm_head,
-                all_int8,
+                target: if target == TargetArg::Host && !all_int8 { Target::Host } else { Target::Board },
                 smooth_alpha,
                 progress,
             };
@@ -325,9 +346,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     g.fp32_ms,
                     g.int8_ms,
                     if g.kept_fp32 {
-                        "fp32 kept (int8 not faster here)".to_string()
+                        "fp32 kept (int8 not faster on this machine, --for host)".to_string()
                     } else {
-                        format!("int8: {} linear layers in {} blocks", g.stats.sites, g.stats.blocks)
+                        format!(
+                            "int8 (--for {}): {} linear layers in {} blocks",
+                            opts.target.name(),
+                            g.stats.sites,
+                            g.stats.blocks
+                        )
                     }
                 );
             }

@@ -168,7 +168,7 @@ pub fn quantize_all_int8(fp32: &Path, out: &Path) {
         calibration: fixtures().join("images"),
         scheme: host_tools::quantize::QuantScheme::StaticMinMax,
         float_lm_head: false,
-        all_int8: true,
+        target: host_tools::quantize::Target::Board,
         smooth_alpha: Some(host_tools::quantize::smooth::DEFAULT_ALPHA),
         progress: false,
     };

@@ -56,6 +56,27 @@ impl QuantScheme {
     }
 }
 
+/// The machine a bundle is made for, which decides the graphs that become int8. A bundle is made
+/// on a workstation for a board, so the workstation's own timing is not the right judge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A Raspberry Pi / Jetson-class board: every graph int8. edgecap's int8 kernels (SDOT, the
+    /// widening multiply, armv7 NEON) run each graph of the full-size model in fewer instructions
+    /// than fp32 on every board CPU profiled (docs/arm-profile.md), and move a quarter of the bytes.
+    Board,
+    /// The machine quantizing: a graph stays fp32 where int8 measures slower here.
+    Host,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Board => "board",
+            Target::Host => "host",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct QuantizeOptions {
     pub bundle: PathBuf,
@@ -64,8 +85,8 @@ pub struct QuantizeOptions {
     pub scheme: QuantScheme,
     /// Keep the decoder's LM head in float.
     pub float_lm_head: bool,
-    /// Write int8 graphs even where they measure slower than fp32 here.
-    pub all_int8: bool,
+    /// The machine the bundle is for: where int8 replaces fp32.
+    pub target: Target,
     /// SmoothQuant's α for the LayerNorm outputs that only linear layers read; `None`: off.
     pub smooth_alpha: Option<f32>,
     pub progress: bool,
@@ -161,9 +182,9 @@ pub fn quantize_bundle(opts: &QuantizeOptions) -> Result<QuantizeReport> {
             median_run_ms(&bytes, &entry.path, &shapes, timing).with_context(|| format!("timing the fp32 {label}"))?;
         let int8_ms = median_run_ms(&encoded, &entry.path, &shapes, timing)
             .with_context(|| format!("timing the int8 {label}"))?;
-        // tract's int8 kernels are not faster everywhere (x86 AVX-512 at 50-row products is
-        // ~3x slower than fp32): keep the fp32 graph where int8 measures slower, unless asked.
-        let kept_fp32 = int8_ms >= fp32_ms && !opts.all_int8;
+        // Timed either way, for the report; only a bundle for this machine keeps the fp32 graph
+        // where int8 measures slower here (tract's int8 without edgecap's kernels, a tiny graph).
+        let kept_fp32 = opts.target == Target::Host && int8_ms >= fp32_ms;
         let written = if kept_fp32 { &bytes } else { &encoded };
         writer.add(*role, &entry.path, written).with_context(write_err)?;
         log::info!(
@@ -206,7 +227,7 @@ pub fn quantize_bundle(opts: &QuantizeOptions) -> Result<QuantizeReport> {
     manifest.precision = if graphs.iter().any(|g| !g.kept_fp32) { Precision::Int8 } else { Precision::Fp32 };
     if manifest.precision == Precision::Fp32 {
         log::warn!(
-            "int8 was slower than fp32 for every graph on this machine: the bundle stays fp32 (--all-int8 forces int8)"
+            "int8 was slower than fp32 for every graph on this machine: the bundle stays fp32 (--for board makes it int8)"
         );
     }
     let names = |kept: bool| {
@@ -222,9 +243,11 @@ pub fn quantize_bundle(opts: &QuantizeOptions) -> Result<QuantizeReport> {
         None => String::new(),
     };
     manifest.source = format!(
-        "{}; int8 ({}{smoothing}, per-column weight scales) by host-tools quantize: int8 {}; fp32 (faster in tract) {}",
+        "{}; int8 ({}{smoothing}, per-column weight scales) by host-tools quantize --for {}: int8 {}; fp32 (faster on the \
+         quantizing machine) {}",
         manifest.source,
         opts.scheme.name(),
+        opts.target.name(),
         names(false),
         names(true)
     );
