@@ -40,7 +40,24 @@ macro_rules! store_sums {
     };
 }
 
-/// The strips of `{n}` strips of the row at `{a}` by the panel at `{w}`: `$four` multiplies the
+/// One strip of the row at `{a}` by the panel at `{w}`, both pointers moved on.
+macro_rules! strip {
+    ($four:ident) => {
+        concat!(
+            "ldr q0, [{a}], #16\n",
+            "ld1 {{v4.16b, v5.16b, v6.16b, v7.16b}}, [{w}], #64\n",
+            $four!("v16", "v17", "v18", "v19"),
+            "ld1 {{v4.16b, v5.16b, v6.16b, v7.16b}}, [{w}], #64\n",
+            $four!("v20", "v21", "v22", "v23"),
+            "ld1 {{v4.16b, v5.16b, v6.16b, v7.16b}}, [{w}], #64\n",
+            $four!("v24", "v25", "v26", "v27"),
+            "ld1 {{v4.16b, v5.16b, v6.16b, v7.16b}}, [{w}], #64\n",
+            $four!("v28", "v29", "v30", "v31"),
+        )
+    };
+}
+
+/// `2 × {pairs} + {odd}` strips of the row at `{a}` by the panel at `{w}`: `$four` multiplies the
 /// four columns in v4-v7 into the accumulators it is given.
 macro_rules! row_kernel {
     ($four:ident) => {
@@ -61,18 +78,18 @@ macro_rules! row_kernel {
             "movi v29.16b, #0\n",
             "movi v30.16b, #0\n",
             "movi v31.16b, #0\n",
+            // Two strips a turn (the loop's own instructions are 2 of 23 a strip for SDOT), then
+            // the odd one.
+            "cbz {pairs}, 3f\n",
             "2:\n",
-            "ldr q0, [{a}], #16\n",
-            "ld1 {{v4.16b, v5.16b, v6.16b, v7.16b}}, [{w}], #64\n",
-            $four!("v16", "v17", "v18", "v19"),
-            "ld1 {{v4.16b, v5.16b, v6.16b, v7.16b}}, [{w}], #64\n",
-            $four!("v20", "v21", "v22", "v23"),
-            "ld1 {{v4.16b, v5.16b, v6.16b, v7.16b}}, [{w}], #64\n",
-            $four!("v24", "v25", "v26", "v27"),
-            "ld1 {{v4.16b, v5.16b, v6.16b, v7.16b}}, [{w}], #64\n",
-            $four!("v28", "v29", "v30", "v31"),
-            "subs {n}, {n}, #1\n",
+            strip!($four),
+            strip!($four),
+            "subs {pairs}, {pairs}, #1\n",
             "b.ne 2b\n",
+            "3:\n",
+            "cbz {odd}, 4f\n",
+            strip!($four),
+            "4:\n",
             store_sums!(),
         )
     };
@@ -181,7 +198,8 @@ macro_rules! row_fn {
                     row_kernel!($four),
                     a = inout(reg) a.as_ptr() => _,
                     w = inout(reg) panel.as_ptr() => _,
-                    n = inout(reg) strips => _,
+                    pairs = inout(reg) strips / 2 => _,
+                    odd = in(reg) strips % 2,
                     o = in(reg) out.as_mut_ptr(),
                     out("v0") _, out("v1") _, out("v2") _, out("v3") _,
                     out("v4") _, out("v5") _, out("v6") _, out("v7") _,
@@ -237,6 +255,44 @@ macro_rules! sum4 {
     };
 }
 
+/// One strip of each of the three rows at `{a0}`..`{a2}` by this half of the panel at `{w}`.
+macro_rules! strip3 {
+    () => {
+        concat!(
+            "ldr q0, [{a0}], #16\n",
+            "ldr q1, [{a1}], #16\n",
+            "ldr q2, [{a2}], #16\n",
+            "ld1 {{v4.16b, v5.16b, v6.16b, v7.16b}}, [{w}], #64\n",
+            "sdot v8.4s, v4.16b, v0.16b\n",
+            "sdot v9.4s, v5.16b, v0.16b\n",
+            "sdot v10.4s, v6.16b, v0.16b\n",
+            "sdot v11.4s, v7.16b, v0.16b\n",
+            "sdot v12.4s, v4.16b, v1.16b\n",
+            "sdot v13.4s, v5.16b, v1.16b\n",
+            "sdot v14.4s, v6.16b, v1.16b\n",
+            "sdot v15.4s, v7.16b, v1.16b\n",
+            "sdot v16.4s, v4.16b, v2.16b\n",
+            "sdot v17.4s, v5.16b, v2.16b\n",
+            "sdot v18.4s, v6.16b, v2.16b\n",
+            "sdot v19.4s, v7.16b, v2.16b\n",
+            // The half's other four columns, then on to the same half of the next strip.
+            "ld1 {{v4.16b, v5.16b, v6.16b, v7.16b}}, [{w}], {skip}\n",
+            "sdot v20.4s, v4.16b, v0.16b\n",
+            "sdot v21.4s, v5.16b, v0.16b\n",
+            "sdot v22.4s, v6.16b, v0.16b\n",
+            "sdot v23.4s, v7.16b, v0.16b\n",
+            "sdot v24.4s, v4.16b, v1.16b\n",
+            "sdot v25.4s, v5.16b, v1.16b\n",
+            "sdot v26.4s, v6.16b, v1.16b\n",
+            "sdot v27.4s, v7.16b, v1.16b\n",
+            "sdot v28.4s, v4.16b, v2.16b\n",
+            "sdot v29.4s, v5.16b, v2.16b\n",
+            "sdot v30.4s, v6.16b, v2.16b\n",
+            "sdot v31.4s, v7.16b, v2.16b\n",
+        )
+    };
+}
+
 /// Σ_k a[r][k] · w[k][c] for three rows (`kp` bytes each, `stride` apart from `a`) by the
 /// panel's 16 columns, into `out` (`[3][16]`), by SDOT. The image encoder's 50 rows: three rows
 /// share each load of the weights, 12.4 multiply-adds an instruction where one row gets 11.1.
@@ -262,27 +318,16 @@ pub unsafe fn dot_3rows(a: &[i8], stride: usize, kp: usize, panel: &[i8], out: &
                 "movi v20.16b, #0", "movi v21.16b, #0", "movi v22.16b, #0", "movi v23.16b, #0",
                 "movi v24.16b, #0", "movi v25.16b, #0", "movi v26.16b, #0", "movi v27.16b, #0",
                 "movi v28.16b, #0", "movi v29.16b, #0", "movi v30.16b, #0", "movi v31.16b, #0",
+                "cbz {pairs}, 3f",
                 "2:",
-                "ldr q0, [{a0}], #16",
-                "ldr q1, [{a1}], #16",
-                "ldr q2, [{a2}], #16",
-                "ld1 {{v4.16b, v5.16b, v6.16b, v7.16b}}, [{w}], #64",
-                "sdot v8.4s, v4.16b, v0.16b", "sdot v9.4s, v5.16b, v0.16b",
-                "sdot v10.4s, v6.16b, v0.16b", "sdot v11.4s, v7.16b, v0.16b",
-                "sdot v12.4s, v4.16b, v1.16b", "sdot v13.4s, v5.16b, v1.16b",
-                "sdot v14.4s, v6.16b, v1.16b", "sdot v15.4s, v7.16b, v1.16b",
-                "sdot v16.4s, v4.16b, v2.16b", "sdot v17.4s, v5.16b, v2.16b",
-                "sdot v18.4s, v6.16b, v2.16b", "sdot v19.4s, v7.16b, v2.16b",
-                // The half's other four columns, then on to the same half of the next strip.
-                "ld1 {{v4.16b, v5.16b, v6.16b, v7.16b}}, [{w}], {skip}",
-                "sdot v20.4s, v4.16b, v0.16b", "sdot v21.4s, v5.16b, v0.16b",
-                "sdot v22.4s, v6.16b, v0.16b", "sdot v23.4s, v7.16b, v0.16b",
-                "sdot v24.4s, v4.16b, v1.16b", "sdot v25.4s, v5.16b, v1.16b",
-                "sdot v26.4s, v6.16b, v1.16b", "sdot v27.4s, v7.16b, v1.16b",
-                "sdot v28.4s, v4.16b, v2.16b", "sdot v29.4s, v5.16b, v2.16b",
-                "sdot v30.4s, v6.16b, v2.16b", "sdot v31.4s, v7.16b, v2.16b",
-                "subs {n}, {n}, #1",
+                strip3!(),
+                strip3!(),
+                "subs {pairs}, {pairs}, #1",
                 "b.ne 2b",
+                "3:",
+                "cbz {odd}, 4f",
+                strip3!(),
+                "4:",
                 sum4!("v8", "v9", "v10", "v11"),
                 sum4!("v20", "v21", "v22", "v23"),
                 sum4!("v12", "v13", "v14", "v15"),
@@ -296,7 +341,8 @@ pub unsafe fn dot_3rows(a: &[i8], stride: usize, kp: usize, panel: &[i8], out: &
                 a1 = inout(reg) a.as_ptr().add(stride) => _,
                 a2 = inout(reg) a.as_ptr().add(2 * stride) => _,
                 w = inout(reg) panel.as_ptr().add(half * 128) => _,
-                n = inout(reg) strips => _,
+                pairs = inout(reg) strips / 2 => _,
+                odd = in(reg) strips % 2,
                 o = in(reg) out.as_mut_ptr().add(half * 8),
                 skip = in(reg) 192usize,
                 out("v0") _, out("v1") _, out("v2") _,
