@@ -127,11 +127,23 @@ fn int8_passes_validate_on_each_board() {
         assert_eq!(out.status.code(), Some(0), "{what}: validate failed: {checks}");
         assert_eq!(report["pass"], true, "{what}: {checks}");
 
-        // Integer products are exact on every kernel, and the requantization is the same IEEE
-        // arithmetic: the board's int8 captions are the x86 ones.
+        // Integer products are exact on every kernel and the requantization is the same IEEE
+        // arithmetic, so where the float operators between the products round as on x86 (both
+        // use fused multiply-adds) the board's int8 captions are the x86 ones. armv7's float
+        // kernels (tract's NEONv1 GEMM, VMLA) round differently in the last bit, and quantizing
+        // an activation turns that into a flip of one step now and then: there the check is
+        // that edgecap's NEON kernel gives exactly the captions of the portable integer kernel
+        // on the same board, and validate's thresholds above.
         let arm = caption_tokens(board.command("edgecap"), &b.int8, 1, &what);
-        for ((image, want), got) in photographs().iter().zip(&x86).zip(&arm) {
-            assert_eq!(got, want, "{what}: int8 tokens of {}", image.display());
+        let (reference, against) = if board.triple.starts_with("aarch64") {
+            (x86.clone(), "x86")
+        } else {
+            let mut portable = board.command("edgecap");
+            portable.env("EDGECAP_INT8_KERNEL", "portable");
+            (caption_tokens(portable, &b.int8, 1, &format!("{what}, portable kernel")), "the portable kernel")
+        };
+        for ((image, want), got) in photographs().iter().zip(&reference).zip(&arm) {
+            assert_eq!(got, want, "{what}: int8 tokens of {} against {against}", image.display());
         }
     }
 }
