@@ -235,7 +235,7 @@ impl Blocks<'_> {
     /// `out[r][j] = f(sum[r][j] − a_zero · Σ_k w[k][j], per_column[j])`, row-major; `per_column`
     /// may be empty (then `f` gets 0). Zipped slices of one panel row at a time: the loop
     /// vectorises.
-    fn write<T>(&self, out: &mut [T], per_column: &[f32], f: impl Fn(i32, f32) -> T) {
+    fn write<T: Copy>(&self, out: &mut [T], per_column: &[f32], f: impl Fn(i32, f32) -> T) {
         let (n, col_sums) = (self.w.n(), self.w.col_sums());
         let none = [0f32; PANEL];
         for (p, panel) in self.sums.chunks_exact(self.rows * PANEL).take(self.w.panels()).enumerate() {
@@ -252,9 +252,11 @@ impl Blocks<'_> {
                     <&[i32; PANEL]>::try_from(col_sums),
                     <&[f32; PANEL]>::try_from(params),
                 ) {
-                    for i in 0..PANEL {
-                        row[i] = f(s[i] - self.a_zero * col_sums[i], params[i]);
-                    }
+                    // Read into locals, computed into a local, then stored: with the loads and
+                    // stores interleaved through references LLVM left it scalar (~6 instructions
+                    // an output on aarch64).
+                    let (s, col_sums, params) = (*s, *col_sums, *params);
+                    *row = std::array::from_fn(|i| f(s[i] - self.a_zero * col_sums[i], params[i]));
                     continue;
                 }
                 for (((o, &s), &c), &m) in row.iter_mut().zip(s).zip(col_sums).zip(params) {
