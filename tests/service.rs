@@ -508,21 +508,67 @@ fn check_config_validates_files_and_flags() {
     let resolved: toml::Value = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
     assert_eq!((resolved["threads"].as_integer(), resolved["beam"].as_integer()), (Some(3), Some(2)));
 
+    // The password stays out of what check-config prints.
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("mqtt://u:***@broker:1884") && !printed.contains(":p@"), "{printed}");
+
+    let long = "x".repeat(70_000);
+    let mqtt = |line: &str| format!("[mqtt]\nurl = \"mqtt://broker\"\n{line}\n");
     let cases = [
-        ("threads = 0\n", "threads"),
-        ("source = \"webcam\"\n", "unknown source"),
-        ("intervall = 3\n", "line 1"),
-        ("[mqtt]\nurl = \"http://x\"\n", "mqtt url"),
-        ("scene_threshold = 4.0\n", "scene_threshold"),
+        ("threads = 0\n".to_string(), "threads"),
+        ("source = \"webcam\"\n".to_string(), "unknown source"),
+        ("intervall = 3\n".to_string(), "line 1"),
+        ("[mqtt]\nurl = \"http://x\"\n".to_string(), "mqtt url"),
+        ("[mqtt]\nurl = \"tcp://u:s3cret@host:port\"\n".to_string(), "mqtt url \"tcp://u:***@host:port\""),
+        ("scene_threshold = 4.0\n".to_string(), "scene_threshold"),
+        // Numbers out of range, each of which used to panic or wrap once running.
+        ("interval = 1e300\n".to_string(), "interval must be a number of seconds from 0 to 86400"),
+        ("flush_timeout = 1e19\n".to_string(), "flush_timeout must be"),
+        ("resolution = \"100000x100000\"\n".to_string(), "resolution"),
+        ("fps = 100000\n".to_string(), "fps must be at most 1000"),
+        (format!("camera = \"{long}\"\n"), "camera name"),
+        ("[serial]\ndevice = \"/dev/null\"\nqueue = 1000000000000\n".to_string(), "serial queue"),
+        (mqtt("buffer = 1000000000000"), "mqtt buffer"),
+        (mqtt("keep_alive = 70000"), "keep_alive must be from 5 to 65535"),
+        // Topics the broker refuses (closing the connection) or silently drops ($).
+        (mqtt("discovery_prefix = \"ha/#\""), "discovery_prefix"),
+        (mqtt("client_id = \"a/b#+\""), "client_id"),
+        (mqtt("prefix = \"$SYS\""), "not start with '$'"),
+        (mqtt(&format!("prefix = \"{long}\"")), "mqtt prefix"),
     ];
-    for (text, problem) in cases {
+    for (text, problem) in &cases {
         let bad = dir.path().join("bad.toml");
         std::fs::write(&bad, text).unwrap();
         let out = check(&bad, &[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{text}: {stderr}");
-        assert!(stderr.contains(problem) && stderr.lines().count() == 1, "{text}: {stderr}");
+        let shown = edgecap_engine::error::excerpt(text, 80);
+        assert_eq!(out.status.code(), Some(2), "{shown}: {stderr}");
+        assert!(stderr.contains(problem) && stderr.lines().count() == 1, "{shown}: {stderr}");
+        assert!(stderr.len() < 400 && !stderr.contains("s3cret"), "{shown}: one short line: {stderr}");
     }
+    // The same checks on the flags.
+    for (flag, value, problem) in [("--interval", "1e300", "interval"), ("--flush-timeout", "1e19", "flush_timeout")] {
+        let out = check(&good, &[flag, value]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(problem) && stderr.lines().count() == 1, "{flag} {value}: {stderr}");
+    }
+}
+
+#[test]
+fn threads_are_capped_at_the_cores_the_process_may_use() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let out = Command::new(binary("edgecap"))
+        .args(["caption", "--threads", "10000", "--max-tokens", "2", "--bundle"])
+        .arg(bundle())
+        .arg(image("astronaut.jpg"))
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("10000 threads asked for, {cores} cores available: using {cores}")), "{stderr}");
+    assert!(stderr.contains(&format!("{cores} threads for the matrix products")), "{stderr}");
 }
 
 /// Resident memory of a process in KiB.

@@ -44,6 +44,15 @@ pub fn collapse_whitespace(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// At most `max_chars` characters of `text`, with "…" where it was cut: a user's value quoted in
+/// an error stays one short line however long the value.
+pub fn excerpt(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
 /// An error and its chain of causes on one line, outermost first, skipping a cause whose text
 /// an earlier part already contains (wrappers often repeat their source). Both binaries print
 /// user-facing errors this way.

@@ -208,10 +208,7 @@ fn classify(err: image::ImageError, name: &str, format: &'static str) -> ImageEr
 
 /// Collapses whitespace runs (newlines included) and caps the length.
 fn one_line(text: &str) -> String {
-    let mut out = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if out.chars().count() > MAX_DETAIL_CHARS {
-        out = out.chars().take(MAX_DETAIL_CHARS).collect::<String>() + "…";
-    }
+    let mut out = crate::error::excerpt(&crate::error::collapse_whitespace(text), MAX_DETAIL_CHARS);
     if out.is_empty() {
         out = "decoder error".into();
     }

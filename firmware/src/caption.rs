@@ -90,10 +90,19 @@ pub fn run(args: &CaptionArgs) -> u8 {
 /// command line / configuration override, and sets the thread count. Shared by `caption` and
 /// the service.
 pub fn load_model(bundle: Option<&PathBuf>, decoding: &Decoding) -> Result<(CaptionModel, GenerationOptions)> {
-    let threads = decoding.threads.unwrap_or_else(platform::available_cores);
+    let cores = platform::available_cores();
+    let threads = decoding.threads.unwrap_or(cores);
     if threads == 0 {
         bail!("invalid option: threads must be at least 1");
     }
+    // More threads than cores only adds switching (and thousands of them, memory): capped at
+    // the cores this process may run on (its affinity and cgroup quota included).
+    let threads = if threads > cores {
+        log::warn!("{threads} threads asked for, {cores} cores available: using {cores}");
+        cores
+    } else {
+        threads
+    };
     platform::set_threads(threads);
     log::info!("{threads} threads for the matrix products");
     let bundle = match bundle {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use edgecap_engine::error::excerpt;
 use serde::{Deserialize, Serialize};
 
 use super::source::SourceSpec;
@@ -270,53 +271,92 @@ impl Config {
         Decoding { max_tokens: self.max_tokens, beam: self.beam, threads: self.threads }
     }
 
-    /// Checks every value that can be checked without opening anything.
+    /// Checks every value that can be checked without opening anything: `run` and
+    /// `check-config` both call it, so a configuration `check-config` passes starts.
     pub fn validate(&self) -> Result<()> {
         SourceSpec::parse(&self.source)?;
         if self.threads == Some(0) {
             bail!("threads must be at least 1");
         }
-        if !(self.interval.is_finite() && self.interval >= 0.0) {
-            bail!("interval must be a number of seconds >= 0, got {}", self.interval);
-        }
+        seconds("interval", self.interval, limits::MAX_INTERVAL_S)?;
         if !(0.0..=1.0).contains(&self.scene_threshold) {
             bail!("scene_threshold must be between 0 and 1, got {}", self.scene_threshold);
         }
-        if !(self.flush_timeout.is_finite() && self.flush_timeout >= 0.0) {
-            bail!("flush_timeout must be a number of seconds >= 0, got {}", self.flush_timeout);
+        seconds("flush_timeout", self.flush_timeout, limits::MAX_FLUSH_TIMEOUT_S)?;
+        if self.fps > limits::MAX_FPS {
+            bail!("fps must be at most {}, got {}", limits::MAX_FPS, self.fps);
         }
         self.resolution_pair()?;
-        if self.camera.is_empty() || self.camera.contains(['/', '+', '#']) {
+        if self.camera.is_empty()
+            || self.camera.contains(['/', '+', '#', '\0'])
+            || self.camera.len() > limits::MAX_NAME_BYTES
+        {
             bail!(
-                "camera name {:?} must be non-empty and free of '/', '+', '#' (it is an MQTT topic level)",
-                self.camera
+                "camera name {:?} must be 1 to {} bytes and free of '/', '+', '#' and NUL (it is an MQTT topic level)",
+                excerpt(&self.camera, 64),
+                limits::MAX_NAME_BYTES
             );
         }
         if let Some(s) = &self.serial {
-            if s.baud == 0 || s.queue == 0 {
-                bail!("serial: baud and queue must be > 0");
+            if s.baud == 0 {
+                bail!("serial: baud must be > 0");
             }
+            count("serial queue", s.queue, limits::MAX_QUEUE)?;
         }
         if let Some(m) = &self.mqtt {
-            super::output::mqtt::BrokerUrl::parse(&m.url)?;
-            if m.buffer == 0 {
-                bail!("mqtt buffer must be > 0");
-            }
-            if m.prefix.is_empty() || m.prefix.contains(['+', '#']) {
-                bail!("mqtt prefix {:?} must be non-empty and free of '+', '#'", m.prefix);
-            }
+            super::output::mqtt::check_config(m)?;
+            count("mqtt buffer", m.buffer, limits::MAX_QUEUE)?;
         }
         Ok(())
     }
 
     /// `resolution` as (width, height).
     pub fn resolution_pair(&self) -> Result<(u32, u32)> {
-        let bad = || anyhow::anyhow!("resolution {:?} is not WIDTHxHEIGHT (e.g. 640x480)", self.resolution);
+        let bad = || {
+            anyhow::anyhow!(
+                "resolution {:?} is not WIDTHxHEIGHT with sides from 1 to {} (e.g. 640x480)",
+                excerpt(&self.resolution, 64),
+                limits::MAX_SIDE
+            )
+        };
         let (w, h) = self.resolution.split_once(['x', 'X']).ok_or_else(bad)?;
         let (w, h) = (w.trim().parse::<u32>().map_err(|_| bad())?, h.trim().parse::<u32>().map_err(|_| bad())?);
-        if w == 0 || h == 0 {
+        if w == 0 || h == 0 || w > limits::MAX_SIDE || h > limits::MAX_SIDE {
             return Err(bad());
         }
         Ok((w, h))
     }
+}
+
+/// The ranges the numbers of a configuration must lie in. Each bound is far above any useful
+/// value and far below where it would overflow a `Duration`, an `Instant` or a frame buffer.
+pub mod limits {
+    /// A day: one caption a day is the slowest schedule anyone asked for.
+    pub const MAX_INTERVAL_S: f64 = 86_400.0;
+    /// An hour to deliver what is buffered at shutdown.
+    pub const MAX_FLUSH_TIMEOUT_S: f64 = 3_600.0;
+    pub const MAX_FPS: u32 = 1_000;
+    /// A side of a camera or test-pattern frame (8192 x 8192 RGB: 192 MiB, the largest frame
+    /// the service will allocate).
+    pub const MAX_SIDE: u32 = 8_192;
+    /// Captions held by an output while its peer is away (each a few hundred bytes).
+    pub const MAX_QUEUE: usize = 1_000_000;
+    /// A camera name, an MQTT prefix or a client id.
+    pub const MAX_NAME_BYTES: usize = 256;
+}
+
+/// A number of seconds from 0 to `max`.
+fn seconds(name: &str, value: f64, max: f64) -> Result<()> {
+    if !(value.is_finite() && (0.0..=max).contains(&value)) {
+        bail!("{name} must be a number of seconds from 0 to {max}, got {value:?}");
+    }
+    Ok(())
+}
+
+/// A count from 1 to `max`.
+fn count(name: &str, value: usize, max: usize) -> Result<()> {
+    if !(1..=max).contains(&value) {
+        bail!("{name} must be from 1 to {max}, got {value}");
+    }
+    Ok(())
 }

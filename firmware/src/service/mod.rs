@@ -56,7 +56,10 @@ pub fn check(args: &RunArgs) -> u8 {
         Ok(config)
     });
     match result {
-        Ok(config) => {
+        Ok(mut config) => {
+            if let Some(m) = &mut config.mqtt {
+                m.url = output::mqtt::redact_password(&m.url);
+            }
             match toml::to_string(&config) {
                 Ok(text) => print!("{text}"),
                 Err(e) => log::warn!("cannot print the configuration: {e}"),

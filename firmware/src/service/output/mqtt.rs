@@ -20,7 +20,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use rumqttc::{Client, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 
+use edgecap_engine::error::excerpt;
+
 use super::Sink;
+use crate::service::config::limits::MAX_NAME_BYTES;
 use crate::service::config::MqttConfig;
 use crate::service::queue::DropOldest;
 use crate::service::record::CaptionRecord;
@@ -33,6 +36,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Captions handed to the client before waiting for acknowledgements.
 const MAX_INFLIGHT: usize = 16;
 const TICK: Duration = Duration::from_millis(50);
+/// rumqttc's smallest keep-alive; MQTT's largest (a 16-bit field).
+const KEEP_ALIVE_MIN_S: u64 = 5;
+const KEEP_ALIVE_MAX_S: u64 = 65_535;
 
 /// A parsed broker address.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,8 +49,10 @@ pub struct BrokerUrl {
 }
 
 impl BrokerUrl {
-    pub fn parse(url: &str) -> Result<BrokerUrl> {
-        let rest = match url.split_once("://") {
+    pub fn parse(raw: &str) -> Result<BrokerUrl> {
+        // Errors quote the address without its password.
+        let url = &excerpt(&redact_password(raw), 200);
+        let rest = match raw.split_once("://") {
             Some(("mqtt", rest)) | Some(("tcp", rest)) => rest,
             Some(("mqtts", _)) | Some(("ssl", _)) => {
                 bail!(
@@ -73,6 +81,62 @@ impl BrokerUrl {
         }
         Ok(BrokerUrl { host: host.to_string(), port, credentials })
     }
+}
+
+/// `url` with the password in `user:password@` replaced by `***`, for logs and printed
+/// configurations.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    match rest.rsplit_once('@') {
+        Some((userinfo, hostport)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{hostport}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// The checks `run` and `check-config` make on the `[mqtt]` section before connecting: every
+/// topic edgecap will publish to or subscribe to must be one the broker accepts, since a broker
+/// refuses a bad one by closing the connection (every later caption lost) or, for a `$` topic,
+/// acknowledges the publish and drops it.
+pub fn check_config(config: &MqttConfig) -> Result<()> {
+    BrokerUrl::parse(&config.url)?;
+    topic_part("mqtt prefix", &config.prefix, true)?;
+    if !config.discovery_prefix.is_empty() {
+        topic_part("mqtt discovery_prefix", &config.discovery_prefix, true)?;
+    }
+    if let Some(id) = &config.client_id {
+        topic_part("mqtt client_id", id, false)?;
+    }
+    if !(KEEP_ALIVE_MIN_S..=KEEP_ALIVE_MAX_S).contains(&config.keep_alive) {
+        bail!(
+            "mqtt keep_alive must be from {KEEP_ALIVE_MIN_S} to {KEEP_ALIVE_MAX_S} seconds (MQTT carries it in 16 bits), got {}",
+            config.keep_alive
+        );
+    }
+    // The camera name is checked with the rest of the configuration. Parts of at most 256 bytes
+    // keep every topic far under MQTT's limit of 65535.
+    Ok(())
+}
+
+/// A prefix (`levels`: '/' allowed) or a single topic level: 1 to 256 bytes, none of MQTT's
+/// wildcards, no NUL, and not starting with '$' (topics the broker keeps for itself).
+fn topic_part(name: &str, value: &str, levels: bool) -> Result<()> {
+    let forbidden: &[char] = if levels { &['+', '#', '\0'] } else { &['+', '#', '\0', '/'] };
+    let what = if levels { "'+', '#' and NUL" } else { "'/', '+', '#' and NUL" };
+    if value.is_empty() || value.len() > MAX_NAME_BYTES || value.contains(forbidden) || value.starts_with('$') {
+        bail!(
+            "{name} {:?} must be 1 to {MAX_NAME_BYTES} bytes, free of {what}, and not start with '$' (the broker's own topics)",
+            excerpt(value, 64)
+        );
+    }
+    Ok(())
+}
+
+/// The client id, also Home Assistant's node id.
+fn node_id(config: &MqttConfig, camera: &str) -> String {
+    config.client_id.clone().unwrap_or_else(|| format!("edgecap_{camera}"))
 }
 
 /// Topic names, fixed for a run.
@@ -152,13 +216,13 @@ pub struct Mqtt {
 impl Mqtt {
     pub fn start(config: &MqttConfig, camera: &str, stats: Arc<Stats>) -> Result<Mqtt> {
         let url = BrokerUrl::parse(&config.url)?;
-        let node = config.client_id.clone().unwrap_or_else(|| format!("edgecap_{camera}"));
+        let node = node_id(config, camera);
         let topics = Topics::new(config, camera, &node);
         let shared = Arc::new(Shared {
             buffer: Mutex::new(Buffer { records: DropOldest::new(config.buffer), closing: false, abandon: false }),
         });
         let mut options = MqttOptions::new(node.clone(), url.host.clone(), url.port);
-        options.set_keep_alive(Duration::from_secs(config.keep_alive.max(5)));
+        options.set_keep_alive(Duration::from_secs(config.keep_alive));
         options.set_clean_session(true);
         options.set_max_packet_size(256 * 1024, 256 * 1024);
         options.set_last_will(LastWill::new(&topics.available, "offline", QoS::AtLeastOnce, true));
@@ -413,7 +477,7 @@ impl Link {
 
 #[cfg(test)]
 mod tests {
-    use super::{state_text, BrokerUrl};
+    use super::{redact_password, state_text, BrokerUrl};
 
     #[test]
     fn parses_broker_urls() {
@@ -425,6 +489,15 @@ mod tests {
         for bad in ["http://x:1", "mqtt://:1883", "mqtt://host:port", "mqtts://host", "host:1883"] {
             assert!(BrokerUrl::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn errors_and_printed_urls_keep_the_password_out() {
+        let err = BrokerUrl::parse("mqtt://ha:s3cret@host:port").unwrap_err().to_string();
+        assert!(err.contains("mqtt://ha:***@host:port") && !err.contains("s3cret"), "{err}");
+        assert_eq!(redact_password("mqtt://ha:s3cret@host:1883"), "mqtt://ha:***@host:1883");
+        assert_eq!(redact_password("mqtt://ha@host"), "mqtt://ha@host");
+        assert_eq!(redact_password("mqtt://host:1883"), "mqtt://host:1883");
     }
 
     #[test]
