@@ -16,7 +16,7 @@
 //! Every error is one line that starts with the input's name, for example
 //! `photos/x.jpg: not an image (unrecognised format)`.
 
-use std::io::Cursor;
+use std::io::{Cursor, Read};
 use std::path::Path;
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
@@ -31,6 +31,15 @@ pub const MAX_SIDE: u32 = 16384;
 
 /// Upper bound for the decoder's pixel buffer (and the image crate's other allocations).
 pub const MAX_DECODED_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Largest image file read. A file is sniffed (its first bytes must be a supported format) and
+/// its size checked before it is read, and the read stops here whatever the size claimed (a
+/// FIFO or a device has none). No supported file of an image within [`MAX_DECODED_BYTES`]
+/// comes near it.
+pub const MAX_FILE_BYTES: u64 = MAX_DECODED_BYTES;
+
+/// Bytes `image::guess_format` needs to tell the supported formats apart (WebP: 12).
+const SNIFF_BYTES: usize = 32;
 
 /// Longest decoder message kept in an error, so that errors stay one short line.
 const MAX_DETAIL_CHARS: usize = 160;
@@ -54,6 +63,8 @@ pub enum ImageError {
     UnsupportedFeature { name: String, format: &'static str, detail: String },
     #[error("{name}: corrupt or truncated {format} data: {detail}")]
     Corrupt { name: String, format: &'static str, detail: String },
+    #[error("{name}: file larger than the {limit} MiB an image file may have", limit = MAX_FILE_BYTES / (1024 * 1024))]
+    FileTooLarge { name: String },
     #[error("{name}: dimensions {width}×{height} exceed the limit of {max}×{max}", max = MAX_SIDE)]
     TooLarge { name: String, width: u32, height: u32 },
     #[error(
@@ -72,8 +83,35 @@ pub enum ImageError {
 /// Reads and decodes the image file at `path` (see the module docs for the policy).
 pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
     let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| ImageError::Io { name: name.clone(), source })?;
+    let bytes = read_image_file(path, &name)?;
     decode_rgb(&bytes, &name)
+}
+
+/// The bytes of an image file, read only once its first bytes are a supported format and only
+/// up to [`MAX_FILE_BYTES`]: `/dev/zero`, a video or a 2 GB file named `.jpg` cost a few bytes'
+/// read, not the file.
+fn read_image_file(path: &Path, name: &str) -> Result<Vec<u8>, ImageError> {
+    let io = |source| ImageError::Io { name: name.to_string(), source };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut head = Vec::with_capacity(SNIFF_BYTES);
+    (&mut file).take(SNIFF_BYTES as u64).read_to_end(&mut head).map_err(io)?;
+    if head.is_empty() {
+        return Err(ImageError::Empty { name: name.to_string() });
+    }
+    guess_format(&head, name)?;
+    let size = file.metadata().map_err(io)?.len();
+    if size > MAX_FILE_BYTES {
+        return Err(ImageError::FileTooLarge { name: name.to_string() });
+    }
+    let mut bytes = head;
+    bytes.reserve(size.saturating_sub(bytes.len() as u64) as usize);
+    // One byte past the limit tells a file at the limit from one over it.
+    let rest = MAX_FILE_BYTES + 1 - bytes.len() as u64;
+    file.take(rest).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(ImageError::FileTooLarge { name: name.to_string() });
+    }
+    Ok(bytes)
 }
 
 /// Decodes an in-memory image file; `name` (usually the path) prefixes every error.
@@ -108,9 +146,10 @@ pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<RgbImage, ImageError> {
     reader.limits(decoder_limits());
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
     let (width, height) = decoder.dimensions();
-    check_dimensions(name, width, height, decoder.total_bytes())?;
     // A broken EXIF block should not cost the picture: fall back to "as stored".
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let needed = peak_bytes(decoder.total_bytes(), decoder.color_type(), width, height, orientation);
+    check_dimensions(name, width, height, needed)?;
     let decoded = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
 
     let mut oriented = DynamicImage::ImageRgb8(to_rgb8(decoded));
@@ -167,14 +206,32 @@ fn format_label(format: ImageFormat) -> &'static str {
     }
 }
 
+/// The most bytes decoding holds at once: the decoder's buffer, plus the 8-bit RGB copy while
+/// converting (unless it decodes to RGB8 already), or two RGB images while a rotation copies
+/// one into the other (EXIF orientations that swap the sides).
+fn peak_bytes(
+    decoded: u64,
+    color: image::ColorType,
+    width: u32,
+    height: u32,
+    orientation: image::metadata::Orientation,
+) -> u64 {
+    use image::metadata::Orientation::*;
+    let rgb = u64::from(width) * u64::from(height) * 3;
+    let converting = if color == image::ColorType::Rgb8 { decoded } else { decoded.saturating_add(rgb) };
+    let rotating =
+        if matches!(orientation, Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH) { 2 * rgb } else { rgb };
+    converting.max(rotating)
+}
+
 /// Refuses too large (before allocating) and too small images.
-fn check_dimensions(name: &str, width: u32, height: u32, total_bytes: u64) -> Result<(), ImageError> {
+fn check_dimensions(name: &str, width: u32, height: u32, needed: u64) -> Result<(), ImageError> {
     let name = || name.to_string();
     if width > MAX_SIDE || height > MAX_SIDE {
         return Err(ImageError::TooLarge { name: name(), width, height });
     }
-    if total_bytes > MAX_DECODED_BYTES {
-        return Err(ImageError::TooMuchMemory { name: name(), width, height, needed: total_bytes });
+    if needed > MAX_DECODED_BYTES {
+        return Err(ImageError::TooMuchMemory { name: name(), width, height, needed });
     }
     if width < MIN_SIDE || height < MIN_SIDE {
         return Err(ImageError::TooSmall { name: name(), width, height });
@@ -346,6 +403,56 @@ mod tests {
     fn io_errors_name_the_path() {
         let err = load_rgb(Path::new("/nonexistent/dir/x.jpg")).unwrap_err().to_string();
         assert!(err.starts_with("/nonexistent/dir/x.jpg: cannot read: "), "{err}");
+    }
+
+    #[test]
+    fn files_are_sniffed_and_their_size_checked_before_they_are_read() {
+        // A device that never ends: its first bytes are no image, so nothing more is read.
+        let err = load_rgb(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert_eq!(err, "/dev/zero: not an image (unrecognised format)");
+        let dir = tempfile::tempdir().unwrap();
+        let err = load_rgb(dir.path()).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{}: cannot read: ", dir.path().display())), "{err}");
+        // A JPEG's first bytes, then a (sparse) size one byte over the limit.
+        let big = dir.path().join("big.jpg");
+        let file = std::fs::File::create(&big).unwrap();
+        std::io::Write::write_all(&mut &file, &[0xFF, 0xD8, 0xFF, 0xE0, 0, 16, b'J', b'F', b'I', b'F', 0]).unwrap();
+        file.set_len(MAX_FILE_BYTES + 1).unwrap();
+        let err = load_rgb(&big).unwrap_err().to_string();
+        assert_eq!(err, format!("{}: file larger than the 512 MiB an image file may have", big.display()));
+        file.set_len(0).unwrap();
+        assert!(matches!(load_rgb(&big), Err(ImageError::Empty { .. })));
+    }
+
+    /// A PNG of a signature, an IHDR chunk and an empty IDAT: a header that passes every check
+    /// the decoder makes before it allocates, and no pixel data.
+    fn png_header(width: u32, height: u32, bit_depth: u8, color_type: u8) -> Vec<u8> {
+        let chunk = |kind: &[u8], data: &[u8]| {
+            let body = [kind, data].concat();
+            let crc = body.iter().fold(!0u32, |mut c, &b| {
+                c ^= u32::from(b);
+                for _ in 0..8 {
+                    c = if c & 1 == 1 { (c >> 1) ^ 0xEDB8_8320 } else { c >> 1 };
+                }
+                c
+            });
+            [&(data.len() as u32).to_be_bytes()[..], &body, &(!crc).to_be_bytes()].concat()
+        };
+        let ihdr = [&width.to_be_bytes()[..], &height.to_be_bytes(), &[bit_depth, color_type, 0, 0, 0]].concat();
+        [&b"\x89PNG\r\n\x1a\n"[..], &chunk(b"IHDR", &ihdr), &chunk(b"IDAT", &[])].concat()
+    }
+
+    #[test]
+    fn the_memory_limit_counts_the_rgb_copy_made_while_converting() {
+        // 8000×8000 16-bit RGBA: 488 MiB decoded, under the limit alone, 671 MiB with the
+        // 8-bit RGB image converted from it.
+        let err = decode_rgb(&png_header(8000, 8000, 16, 6), "deep.png").unwrap_err().to_string();
+        assert_eq!(err, "deep.png: decoding 8000×8000 needs 671 MiB, more than the 512 MiB limit");
+        // 8-bit RGB needs no copy: it passes the check and fails for its missing pixel data.
+        let err = decode_rgb(&png_header(8000, 8000, 8, 2), "rgb.png").unwrap_err();
+        assert!(matches!(err, ImageError::Corrupt { .. }), "{err}");
+        let rotated = peak_bytes(300, image::ColorType::Rgb8, 10, 10, image::metadata::Orientation::Rotate90);
+        assert_eq!(rotated, 600, "a rotation holds two RGB images");
     }
 
     #[test]
