@@ -102,6 +102,39 @@ fn unknown_manifest_version_is_refused() {
 }
 
 #[test]
+fn versions_are_reported_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = fresh_bundle(dir.path());
+    for version in ["-1", "99999999999"] {
+        edit_manifest(&bundle, |t| {
+            let line = t.lines().find(|l| l.starts_with("format_version")).unwrap();
+            t.replace(line, &format!("format_version = {version}"))
+        });
+        let e = load_error(&bundle);
+        assert!(e.contains(&format!("format_version {version} is not supported")), "{e}");
+    }
+}
+
+#[test]
+fn manifest_errors_never_quote_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = fresh_bundle(dir.path());
+    let manifest = bundle.join("bundle.toml");
+    // Zero bytes (a file truncated by a crash, then extended), and one 10 MB line.
+    std::fs::write(&manifest, vec![0u8; 1839]).unwrap();
+    let e = load_error(&bundle);
+    assert!(e.contains("bundle.toml") && !e.contains('\0') && e.len() < 400, "{e:?}");
+    let long = format!("format_version = 1\nname = \"{}\"\n", "x".repeat(10_000_000));
+    std::fs::write(&manifest, long).unwrap();
+    let e = load_error(&bundle);
+    assert!(e.contains("bundle.toml: larger than 1024 KiB: not a bundle manifest"), "{}", &e[..e.len().min(300)]);
+    let long = format!("format_version = 1\nname = \"{}\n", "x".repeat(500_000));
+    std::fs::write(&manifest, long).unwrap();
+    let e = load_error(&bundle);
+    assert!(e.contains("bundle.toml") && e.contains("(line 2)") && e.len() < 400, "{}", &e[..e.len().min(300)]);
+}
+
+#[test]
 fn malformed_manifests_never_panic() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = fresh_bundle(dir.path());

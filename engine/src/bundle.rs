@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::error::collapse_whitespace;
+use crate::error::{collapse_whitespace, excerpt};
 use crate::fsutil::write_atomic;
 use crate::manifest::{role_name, FileEntry, FileRole, Manifest, FORMAT_VERSION, MANIFEST_FILE};
 
@@ -31,7 +31,7 @@ pub enum BundleError {
     #[error("{path}: {message}")]
     Manifest { path: String, message: String },
     #[error("{path}: format_version {found} is not supported (this edgecap reads version {FORMAT_VERSION})")]
-    Version { path: String, found: u32 },
+    Version { path: String, found: i64 },
     #[error("{path}: missing bundle file (role {role})")]
     MissingFile { path: String, role: &'static str },
     #[error("{path}: {message}")]
@@ -74,8 +74,7 @@ impl Bundle {
         if !manifest_path.is_file() {
             return Err(BundleError::NoManifest(dir.display().to_string()));
         }
-        let text = std::fs::read_to_string(&manifest_path)
-            .map_err(|source| BundleError::Io { path: shown.clone(), source })?;
+        let text = read_manifest(&manifest_path, &shown)?;
         let manifest = parse_manifest(&shown, &text)?;
         for entry in &manifest.files {
             check_size(dir, entry)?;
@@ -158,19 +157,40 @@ impl Bundle {
     }
 }
 
+/// A manifest is a few kilobytes; one past this is not a manifest, and is not read whole.
+const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
+
+/// The manifest's text, at most [`MAX_MANIFEST_BYTES`] of it.
+fn read_manifest(path: &Path, shown: &str) -> Result<String, BundleError> {
+    let io = |source| BundleError::Io { path: shown.to_string(), source };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path).map_err(io)?.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes).map_err(io)?;
+    let bad = |message: String| BundleError::Manifest { path: shown.to_string(), message };
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(bad(format!("larger than {} KiB: not a bundle manifest", MAX_MANIFEST_BYTES / 1024)));
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| bad(format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to())))
+}
+
+/// A TOML error as one short line: the parser's message and the line, without the quoted source
+/// (which may be megabytes on one line, or control bytes).
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let at = e.span().map(|s| format!(" (line {})", text[..s.start.min(text.len())].matches('\n').count() + 1));
+    excerpt(&collapse_whitespace(e.message()), 200).escape_debug().to_string() + &at.unwrap_or_default()
+}
+
 /// Parses manifest text; the version is checked before the rest so that a newer bundle gets the
 /// version error rather than a confusing field error.
 pub fn parse_manifest(shown: &str, text: &str) -> Result<Manifest, BundleError> {
     let bad = |message: String| BundleError::Manifest { path: shown.to_string(), message };
-    let raw: toml::Table = text.parse().map_err(|e: toml::de::Error| bad(collapse_whitespace(&e.to_string())))?;
+    let raw: toml::Table = text.parse().map_err(|e: toml::de::Error| bad(toml_error(text, &e)))?;
     match raw.get("format_version").and_then(|v| v.as_integer()) {
         Some(v) if v == FORMAT_VERSION as i64 => {}
-        Some(v) => {
-            return Err(BundleError::Version { path: shown.to_string(), found: v.clamp(0, u32::MAX as i64) as u32 })
-        }
+        Some(v) => return Err(BundleError::Version { path: shown.to_string(), found: v }),
         None => return Err(bad("no integer `format_version`".into())),
     }
-    let manifest: Manifest = toml::from_str(text).map_err(|e| bad(collapse_whitespace(&e.to_string())))?;
+    let manifest: Manifest = toml::from_str(text).map_err(|e| bad(toml_error(text, &e)))?;
     manifest.check().map_err(bad)?;
     Ok(manifest)
 }
