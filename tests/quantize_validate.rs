@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use edgecap_engine::bundle::Bundle;
 use edgecap_engine::manifest::Precision;
 use edgecap_engine::model::CaptionModel;
 use edgecap_engine::npy::{self, f16};
@@ -59,7 +60,7 @@ fn quantize_options(fp32: &Path, out: &Path, scheme: QuantScheme) -> QuantizeOpt
     QuantizeOptions {
         bundle: fp32.to_path_buf(),
         out: out.to_path_buf(),
-        calibration: fixtures().join("images"),
+        calibration: Some(fixtures().join("images")),
         scheme,
         float_lm_head: false,
         target: host_tools::quantize::Target::Board,
@@ -329,7 +330,7 @@ fn bench_reports_every_stage_and_peak_memory() {
     let (_, _, int8) = bundles();
     let opts = host_tools::bench::BenchOptions {
         bundle: int8.clone(),
-        images: images_dir(),
+        images: Some(images_dir()),
         runs: 1,
         threads: 1,
         tokens: None,
@@ -456,7 +457,8 @@ fn trained_model_int8_decoder_meets_real_thresholds() {
     host_tools::scenes::write_split(&calibration, 11, 20, false).unwrap();
     host_tools::scenes::write_split(&scenes, 12, 40, false).unwrap();
     let int8 = dir.path().join("int8");
-    let opts = QuantizeOptions { calibration, ..quantize_options(&fp32, &int8, QuantScheme::StaticMinMax) };
+    let opts =
+        QuantizeOptions { calibration: Some(calibration), ..quantize_options(&fp32, &int8, QuantScheme::StaticMinMax) };
     quantize_bundle(&opts).expect("quantize");
 
     let thresholds = Thresholds {
@@ -541,4 +543,38 @@ fn quantize_reports_what_it_did_to_every_layer() {
     let (code, _, err) = host_tools(&["quantize", fp, "--out", o, "--smooth-alpha", "1.5"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--smooth-alpha 1.5") && err.trim().lines().count() == 1, "{err}");
+}
+
+#[test]
+fn quantize_never_replaces_a_bundle_unasked_and_calibrates_anywhere() {
+    let (dir, fp32, _) = outlier_bundles();
+    let fp = fp32.to_str().unwrap();
+    let error_line = |args: &[&str], problem: &str| {
+        let (code, text, err) = host_tools(args);
+        assert_eq!(code, 2, "{args:?}: {text}{err}");
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+        assert!(errors.len() == 1 && errors[0].contains(problem), "{args:?}: {err}");
+    };
+    // Into its own input, or into a directory that holds another bundle.
+    error_line(&["quantize", fp, "--out", fp, "--force"], "is the input");
+    let taken = dir.path().join("taken");
+    std::fs::create_dir_all(&taken).unwrap();
+    std::fs::write(taken.join("bundle.toml"), "another bundle").unwrap();
+    error_line(&["quantize", fp, "--out", taken.to_str().unwrap()], "exists and is not empty");
+    assert_eq!(std::fs::read_to_string(taken.join("bundle.toml")).unwrap(), "another bundle");
+
+    // Outside the source tree, without --calibration: the built-in photographs; --force
+    // replaces the directory's bundle.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(binary("host-tools"))
+        .args(["quantize", fp, "--out", taken.to_str().unwrap(), "--force"])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("using the 10 built-in photographs"), "{err}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("10 calibration images"), "{text}");
+    Bundle::open(&taken).expect("the replaced bundle verifies");
 }

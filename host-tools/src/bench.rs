@@ -17,7 +17,8 @@ use crate::validate::{median, percentile};
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     pub bundle: PathBuf,
-    pub images: PathBuf,
+    /// Photographs to caption; none = the built-in ones.
+    pub images: Option<PathBuf>,
     /// Timed captions per image (after one warm-up caption of the first image).
     pub runs: usize,
     /// Threads the matrix products use (set by the caller; recorded in the report).
@@ -110,7 +111,7 @@ fn next_token_ms(t: &StageTimings, tokens: usize) -> f64 {
 }
 
 pub fn bench(opts: &BenchOptions) -> Result<BenchReport> {
-    let samples = images::load_dir(&opts.images)?;
+    let samples = images::load_dir_or_builtin(opts.images.as_deref())?;
     let started = Instant::now();
     let model =
         CaptionModel::load(&opts.bundle).with_context(|| format!("cannot load bundle {}", opts.bundle.display()))?;

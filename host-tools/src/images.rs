@@ -4,13 +4,56 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use edgecap_engine::image_load::load_rgb;
+use edgecap_engine::image_load::{decode_rgb, load_rgb};
 use image::RgbImage;
 
 /// A decoded sample and where it came from.
 pub struct Sample {
     pub path: PathBuf,
     pub image: RgbImage,
+}
+
+/// The fixture photographs, built into host-tools: the default calibration and benchmark set,
+/// so that `quantize` and `bench` work wherever host-tools is installed, not only in the source
+/// tree (1 MB; a person, a cat, a coffee cup, a rocket, coins, a camera man, in the formats a
+/// camera or a user may give).
+const BUILTIN: [(&str, &[u8]); 10] = [
+    ("astronaut.jpg", include_bytes!("../../tests/fixtures/images/astronaut.jpg")),
+    ("astronaut_rgba.png", include_bytes!("../../tests/fixtures/images/astronaut_rgba.png")),
+    ("camera_gray.png", include_bytes!("../../tests/fixtures/images/camera_gray.png")),
+    ("chelsea.gif", include_bytes!("../../tests/fixtures/images/chelsea.gif")),
+    ("chelsea.png", include_bytes!("../../tests/fixtures/images/chelsea.png")),
+    ("coffee.webp", include_bytes!("../../tests/fixtures/images/coffee.webp")),
+    ("coffee_small.jpg", include_bytes!("../../tests/fixtures/images/coffee_small.jpg")),
+    ("coins16.png", include_bytes!("../../tests/fixtures/images/coins16.png")),
+    ("rocket.bmp", include_bytes!("../../tests/fixtures/images/rocket.bmp")),
+    ("rocket_exif6.jpg", include_bytes!("../../tests/fixtures/images/rocket_exif6.jpg")),
+];
+
+/// The images of `dir`, or the built-in photographs when there is none.
+pub fn load_dir_or_builtin(dir: Option<&Path>) -> Result<Vec<Sample>> {
+    match dir {
+        Some(dir) => load_dir(dir),
+        None => {
+            log::info!(
+                "using the {} built-in photographs (pass a directory of your camera's for ranges that fit it)",
+                BUILTIN.len()
+            );
+            builtin()
+        }
+    }
+}
+
+/// The built-in photographs, named `built-in/<file>`.
+pub fn builtin() -> Result<Vec<Sample>> {
+    BUILTIN
+        .iter()
+        .map(|(name, bytes)| {
+            let path = Path::new("built-in").join(name);
+            let image = decode_rgb(bytes, &path.display().to_string())?;
+            Ok(Sample { path, image })
+        })
+        .collect()
 }
 
 /// Loads the images of `dir` (not recursive); fails only when none loads.

@@ -1,6 +1,6 @@
 //! `host-tools`: the workstation side of edgecap.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -74,6 +74,9 @@ enum Command {
         /// Bundle directory to write.
         #[arg(long)]
         out: PathBuf,
+        /// Write into --out even though it holds files (a bundle there is replaced).
+        #[arg(long)]
+        force: bool,
     },
     /// DeCap support memories.
     #[command(subcommand)]
@@ -96,9 +99,13 @@ enum Command {
         /// The int8 bundle to write (a new directory).
         #[arg(long)]
         out: PathBuf,
-        /// Calibration photographs (static schemes).
-        #[arg(long, default_value = "tests/fixtures/images")]
-        calibration: PathBuf,
+        /// Write into --out even though it holds files (a bundle there is replaced).
+        #[arg(long)]
+        force: bool,
+        /// Calibration photographs, 10-100 like the camera's (static schemes; default: the 10
+        /// photographs built into host-tools).
+        #[arg(long)]
+        calibration: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = SchemeArg::StaticMinmax)]
         scheme: SchemeArg,
         /// Keep the decoder's LM head in float.
@@ -154,12 +161,16 @@ enum Command {
         /// The trimmed bundle to write (a new directory).
         #[arg(long)]
         out: PathBuf,
+        /// Write into --out even though it holds files (a bundle there is replaced).
+        #[arg(long)]
+        force: bool,
     },
     /// Load time, per-stage latency (median, p90), tokens/s and peak RSS of a bundle.
     Bench {
         bundle: PathBuf,
-        #[arg(long, default_value = "tests/fixtures/images")]
-        images: PathBuf,
+        /// Photographs to caption (default: the 10 built into host-tools).
+        #[arg(long)]
+        images: Option<PathBuf>,
         /// Timed captions per image.
         #[arg(long, default_value_t = 5)]
         runs: usize,
@@ -253,6 +264,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// An output directory must be new or empty, or `--force` given: a bundle written into one that
+/// holds another would replace it without a word. Never one of the command's inputs.
+fn check_output_dir(out: &Path, force: bool, inputs: &[&Path]) -> Result<()> {
+    let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
+    if let Some(input) = inputs.iter().find(|input| same(out, input)) {
+        anyhow::bail!("--out {}: is the input {}; write to a new directory", out.display(), input.display());
+    }
+    if !out.exists() {
+        return Ok(());
+    }
+    if !out.is_dir() {
+        anyhow::bail!("--out {}: exists and is not a directory", out.display());
+    }
+    let holds_files =
+        std::fs::read_dir(out).with_context(|| format!("--out {}: cannot read", out.display()))?.next().is_some();
+    if holds_files && !force {
+        anyhow::bail!(
+            "--out {}: exists and is not empty (a bundle there would be replaced); choose a new directory or pass --force",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     let threads = cli.threads.unwrap_or_else(edgecap_engine::platform::available_cores);
     if threads == 0 {
@@ -273,7 +308,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             temperature,
             top_k,
             out,
+            force,
         } => {
+            check_output_dir(&out, force, &[&clip])?;
             let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
             let manifest = match (clipcap, decap) {
                 (Some(clipcap), _) => {
@@ -315,10 +352,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             all_int8,
             smooth_alpha,
             no_smooth,
+            force,
         } => {
             if !(0.0..=1.0).contains(&smooth_alpha) {
                 anyhow::bail!("--smooth-alpha {smooth_alpha}: must be between 0 and 1");
             }
+            check_output_dir(&out, force, &[&bundle])?;
             let scheme = match scheme {
                 SchemeArg::StaticMinmax => QuantScheme::StaticMinMax,
                 SchemeArg::StaticPercentile => QuantScheme::StaticPercentile,
@@ -399,7 +438,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(if report.pass { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        Command::TrimVocab { bundle, captions, out } => {
+        Command::TrimVocab { bundle, captions, out, force } => {
+            check_output_dir(&out, force, &[&bundle])?;
             let opened = Bundle::open(&bundle).with_context(|| format!("cannot open bundle {}", bundle.display()))?;
             let keep = corpus_ids(&opened, &captions)?;
             let report = trim_bundle(&opened, &out, &keep)?;

@@ -165,7 +165,7 @@ pub fn quantize_all_int8(fp32: &Path, out: &Path) {
     let opts = host_tools::quantize::QuantizeOptions {
         bundle: fp32.to_path_buf(),
         out: out.to_path_buf(),
-        calibration: fixtures().join("images"),
+        calibration: Some(fixtures().join("images")),
         scheme: host_tools::quantize::QuantScheme::StaticMinMax,
         float_lm_head: false,
         target: host_tools::quantize::Target::Board,

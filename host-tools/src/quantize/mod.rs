@@ -81,7 +81,8 @@ impl Target {
 pub struct QuantizeOptions {
     pub bundle: PathBuf,
     pub out: PathBuf,
-    pub calibration: PathBuf,
+    /// Calibration photographs; none = the built-in ones.
+    pub calibration: Option<PathBuf>,
     pub scheme: QuantScheme,
     /// Keep the decoder's LM head in float.
     pub float_lm_head: bool,
@@ -150,7 +151,7 @@ pub fn quantize_bundle(opts: &QuantizeOptions) -> Result<QuantizeReport> {
 
     // The fp32 bundle's activations on the calibration photographs (also the timing inputs).
     steps.next("running the fp32 bundle on the calibration images");
-    let samples = images::load_dir(&opts.calibration)?;
+    let samples = images::load_dir_or_builtin(opts.calibration.as_deref())?;
     let mut inputs: Vec<Vec<TVec<TValue>>> = vec![Vec::new(); GRAPHS.len()];
     for s in &samples {
         let per_graph = calibration_inputs(&model, &s.image)
