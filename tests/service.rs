@@ -472,6 +472,39 @@ fn corrupt_and_truncated_frames_are_skipped_counted_and_the_service_goes_on() {
 }
 
 #[test]
+fn file_sources_that_could_never_settle_are_refused_and_an_empty_file_ends_once() {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, problem) in
+        [(dir.path().to_path_buf(), "a directory (use dir:PATH"), ("/dev/zero".into(), "not a regular file")]
+    {
+        let source = format!("file:{}", path.display());
+        let (code, stdout, stderr) = finish(edgecap(&["--source", &source, "--once"]).spawn().unwrap());
+        assert_eq!(code, Some(2), "{source}: {stderr}");
+        assert!(
+            stdout.is_empty() && stderr.contains(problem) && stderr.trim().lines().count() == 1,
+            "{source}: {stderr}"
+        );
+    }
+    let empty = dir.path().join("empty.jpg");
+    std::fs::write(&empty, b"").unwrap();
+    let source = format!("file:{}", empty.display());
+    let mut child = edgecap(&["--source", &source, "--once"]).spawn().unwrap();
+    // The old behaviour waited forever for the file to fill.
+    let ended = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > ended {
+            child.kill().unwrap();
+            panic!("--once on an empty file still running after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, stdout, stderr) = finish(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout:?}");
+    assert_eq!(stat(&stderr, "corrupt"), 1, "{stderr}");
+}
+
+#[test]
 fn stdin_stream_of_concatenated_images_with_garbage_and_a_truncated_tail() {
     let jpeg = std::fs::read(image("rocket_exif6.jpg")).unwrap();
     let png = std::fs::read(image("chelsea.png")).unwrap();

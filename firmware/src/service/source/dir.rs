@@ -121,14 +121,29 @@ fn take(path: &Path, ctx: &SourceContext) -> bool {
     }
 }
 
+/// `file:PATH` must name a regular file: a directory, a FIFO or a device has no size that
+/// settles, so the watcher would wait on it forever (a stream goes to `-`, stdin).
+pub fn check_file_source(path: &Path) -> Result<()> {
+    let kind = std::fs::metadata(path)?.file_type();
+    if kind.is_dir() {
+        bail!("a directory (use dir:PATH to watch a folder)");
+    }
+    if !kind.is_file() {
+        bail!("not a regular file (a FIFO or device: give a stream on stdin with --source -)");
+    }
+    Ok(())
+}
+
 /// `file:PATH`: the file now, then again each time it is replaced (a snapshot tool rewriting it).
+/// An empty file waits to be written, except with `--once`, where it is taken (and counted
+/// corrupt) rather than waited on forever.
 pub fn watch_file(path: &Path, ctx: &SourceContext) {
     let signature = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok()));
     let mut last_taken = None;
     let mut previous = None;
     while !ctx.stopped() {
         let now = signature(path);
-        let settled = now.is_some() && now == previous && now.is_some_and(|s| s.0 > 0);
+        let settled = now.is_some() && now == previous && now.is_some_and(|s| s.0 > 0 || ctx.once);
         if settled && now != last_taken {
             last_taken = now;
             if !take(path, ctx) || ctx.once {

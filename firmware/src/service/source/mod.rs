@@ -101,7 +101,7 @@ pub fn spawn(spec: &SourceSpec, config: &Config, ctx: SourceContext) -> Result<J
             builder.spawn(move || finish(ctx, |c| watcher.run(c)))
         }
         SourceSpec::File(path) => {
-            std::fs::metadata(&path).with_context(|| format!("{name}: cannot read {}", path.display()))?;
+            dir::check_file_source(&path).with_context(|| format!("{name}: cannot use {}", path.display()))?;
             builder.spawn(move || finish(ctx, |c| dir::watch_file(&path, c)))
         }
         SourceSpec::Stdin => builder.spawn(move || finish(ctx, read_stdin)),
