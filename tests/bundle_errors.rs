@@ -102,6 +102,28 @@ fn unknown_manifest_version_is_refused() {
 }
 
 #[test]
+fn a_non_finite_token_table_stops_captioning_with_its_name() {
+    // Hashes that match (a forged stamp does the same): only the values say the file is bad.
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = fresh_bundle(dir.path());
+    let path = bundle.join("token_embeddings.npy");
+    let (shape, data) = edgecap_engine::npy::read::<f32>(&path).unwrap();
+    edgecap_engine::npy::write(&path, &shape, &vec![f32::NAN; data.len()]).unwrap();
+    rehash(&bundle, "token_embeddings.npy");
+    let out = std::process::Command::new(binary("edgecap"))
+        .args(["caption", "--max-tokens", "3", "--bundle"])
+        .arg(&bundle)
+        .arg(fixtures().join("images/astronaut.jpg"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(out.stdout.is_empty(), "no caption from NaNs");
+    let error = stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_default();
+    assert!(error.contains("token_embeddings.npy") && error.contains("non-finite value"), "{stderr}");
+}
+
+#[test]
 fn versions_are_reported_as_written() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = fresh_bundle(dir.path());

@@ -76,6 +76,13 @@ impl SupportMemory {
             }
             other => return Err(err(format!("`embeddings` has dtype {other:?}, expected F32 or I8"))),
         };
+        let finite = match &values {
+            MemoryValues::F32(v) => v.iter().position(|x| !x.is_finite()).map(|i| ("embeddings", i / dim)),
+            MemoryValues::I8 { scales, .. } => scales.iter().position(|x| !x.is_finite()).map(|i| ("scales", i)),
+        };
+        if let Some((tensor, row)) = finite {
+            return Err(err(format!("`{tensor}` row {row} holds a non-finite value (NaN or infinity)")));
+        }
         Ok(SupportMemory { rows, dim, values })
     }
 
@@ -223,6 +230,24 @@ mod tests {
         let back = SupportMemory::read(&path).unwrap();
         assert_eq!(back, q);
         assert!((back.row(0)[1] - 0.8).abs() < 0.8 / 127.0);
+    }
+
+    #[test]
+    fn non_finite_values_are_refused_by_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let meta = HashMap::new();
+        std::fs::write(&path, memory(&[[0.6, 0.8], [f32::NAN, 0.0]]).to_bytes(&meta)).unwrap();
+        let e = SupportMemory::read(&path).unwrap_err().to_string();
+        assert!(e.contains("m.safetensors") && e.contains("`embeddings` row 1 holds a non-finite value"), "{e}");
+        let q = SupportMemory {
+            rows: 1,
+            dim: 2,
+            values: MemoryValues::I8 { values: vec![1, 2], scales: vec![f32::INFINITY] },
+        };
+        std::fs::write(&path, q.to_bytes(&meta)).unwrap();
+        let e = SupportMemory::read(&path).unwrap_err().to_string();
+        assert!(e.contains("`scales` row 0 holds a non-finite value"), "{e}");
     }
 
     #[test]

@@ -139,9 +139,18 @@ impl CaptionModel {
         let d = self.dims().hidden_size;
         let rows = id as usize * d..(id as usize + 1) * d;
         let outside = || EngineError::Option(format!("token id {id} is outside the vocabulary"));
-        match &self.token_embeddings {
-            TokenTable::F32(table) => out.extend(table.get(rows).ok_or_else(outside)?),
-            TokenTable::F16(table) => out.extend(table.get(rows).ok_or_else(outside)?.map(|v| v.to_f32())),
+        let start = out.len();
+        match &self.token_embeddings.values {
+            TokenValues::F32(table) => out.extend(table.get(rows).ok_or_else(outside)?),
+            TokenValues::F16(table) => out.extend(table.get(rows).ok_or_else(outside)?.map(|v| v.to_f32())),
+        }
+        // The table is mapped, not read, at load (a caption reads a few dozen of its rows), so its
+        // values are checked as they are used: a NaN would decode to garbage without an error.
+        if out[start..].iter().any(|v| !v.is_finite()) {
+            return Err(EngineError::Graph {
+                path: self.token_embeddings.path.clone(),
+                message: format!("row {id} holds a non-finite value (NaN or infinity): the bundle is damaged"),
+            });
         }
         Ok(())
     }
@@ -219,7 +228,13 @@ pub fn causal_bias(seq: usize, past: usize) -> Vec<f32> {
 /// [vocab, hidden] row-major, mapped from the bundle's file ([`npy::NpyFile::map`]). int8
 /// bundles store it in f16: half the size (77 MB for GPT-2's vocabulary), and an error of 2^-11
 /// relative, far below the int8 graphs' own.
-enum TokenTable {
+struct TokenTable {
+    /// The file, for errors.
+    path: String,
+    values: TokenValues,
+}
+
+enum TokenValues {
     F32(npy::NpyMap<f32>),
     F16(npy::NpyMap<f16>),
 }
@@ -235,11 +250,12 @@ fn load_token_embeddings(path: &Path, dims: &ModelDims) -> Result<TokenTable, En
             file.shape, dims.vocab_size, dims.hidden_size
         )));
     }
-    match file.descr.as_str() {
-        "<f2" => file.map::<f16>().map(TokenTable::F16),
-        _ => file.map::<f32>().map(TokenTable::F32),
+    let values = match file.descr.as_str() {
+        "<f2" => file.map::<f16>().map(TokenValues::F16),
+        _ => file.map::<f32>().map(TokenValues::F32),
     }
-    .map_err(npy_err)
+    .map_err(npy_err)?;
+    Ok(TokenTable { path: shown.clone(), values })
 }
 
 /// A trimmed LM head's ids: as many as its logits, ascending, inside the vocabulary, and holding
