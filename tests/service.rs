@@ -93,12 +93,19 @@ struct Broker {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// More listeners (mosquitto.conf lines), each with its own settings.
+    listeners: String,
 }
 
 impl Broker {
     fn start() -> Broker {
+        Broker::start_with("")
+    }
+
+    /// With `listeners` after the plain anonymous one (the test subscriber's).
+    fn start_with(listeners: &str) -> Broker {
         let dir = tempfile::tempdir().unwrap();
-        let mut broker = Broker { port: free_port(), dir, child: None };
+        let mut broker = Broker { port: free_port(), dir, child: None, listeners: listeners.to_string() };
         broker.spawn();
         broker
     }
@@ -111,9 +118,10 @@ impl Broker {
         std::fs::create_dir_all(&db).unwrap();
         std::fs::set_permissions(&db, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
         let text = format!(
-            "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n",
+            "per_listener_settings true\npersistence true\npersistence_location {}/\nlistener {} 127.0.0.1\nallow_anonymous true\n{}",
+            db.display(),
             self.port,
-            db.display()
+            self.listeners
         );
         std::fs::write(&conf, text).unwrap();
         let exe =
@@ -568,6 +576,14 @@ fn check_config_validates_files_and_flags() {
         (mqtt("client_id = \"a/b#+\""), "client_id"),
         (mqtt("prefix = \"$SYS\""), "not start with '$'"),
         (mqtt(&format!("prefix = \"{long}\"")), "mqtt prefix"),
+        // TLS settings: read and checked before start.
+        (mqtt("ca = \"/etc/hostname\""), "are for TLS: the url must be mqtts://"),
+        (
+            "[mqtt]\nurl = \"mqtts://broker\"\nca = \"/nonexistent/ca.pem\"\n".to_string(),
+            "/nonexistent/ca.pem: cannot read",
+        ),
+        ("[mqtt]\nurl = \"mqtts://broker\"\nca = \"/etc/hostname\"\n".to_string(), "/etc/hostname: no PEM certificate"),
+        ("[mqtt]\nurl = \"mqtts://broker\"\ncert = \"/etc/hostname\"\n".to_string(), "cert and key go together"),
     ];
     for (text, problem) in &cases {
         let bad = dir.path().join("bad.toml");
@@ -602,6 +618,180 @@ fn threads_are_capped_at_the_cores_the_process_may_use() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains(&format!("10000 threads asked for, {cores} cores available: using {cores}")), "{stderr}");
     assert!(stderr.contains(&format!("{cores} threads for the matrix products")), "{stderr}");
+}
+
+/// A test CA, a server certificate for 127.0.0.1 and a client certificate it signed, and a
+/// second CA that signed nothing here, all made by the openssl command line.
+struct Certs {
+    dir: PathBuf,
+}
+
+impl Certs {
+    fn make(dir: &Path) -> Certs {
+        let dir = dir.join("certs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).current_dir(&dir).output().expect("openssl is installed");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        for ca in ["ca", "other-ca"] {
+            let (k, c, subj) = (format!("{ca}.key"), format!("{ca}.pem"), format!("/CN=edgecap test {ca}"));
+            openssl(
+                &[&["req", "-x509"][..], &key, &["-keyout", &k, "-out", &c, "-days", "2", "-subj", &subj]].concat(),
+            );
+        }
+        let exts = [
+            (
+                "server",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+            ),
+            ("client", "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n"),
+        ];
+        for (name, ext) in exts {
+            std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+            let (k, csr, c, e) =
+                (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
+            openssl(
+                &[&["req", "-new"][..], &key, &["-keyout", &k, "-out", &csr, "-subj", &format!("/CN=edgecap {name}")]]
+                    .concat(),
+            );
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &c,
+                "-days",
+                "2",
+                "-extfile",
+                &e,
+            ]);
+        }
+        // Mosquitto reads them after dropping to its own user.
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            std::fs::set_permissions(entry.unwrap().path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))
+                .unwrap();
+        }
+        for d in [dir.as_path(), dir.parent().unwrap()] {
+            std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        }
+        Certs { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    /// A TLS listener with this CA's server certificate; `require` asks clients for one of theirs.
+    fn listener(&self, port: u16, require: bool) -> String {
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {require}\n",
+            self.path("ca.pem"),
+            self.path("server.pem"),
+            self.path("server.key")
+        )
+    }
+}
+
+/// `edgecap run --once` over one photograph, published to `mqtt` with `extra` flags.
+fn once_to(mqtt: &str, extra: &[&str], dir: &Path) -> (Option<i32>, Vec<Value>, String) {
+    let photos = dir.join("one");
+    std::fs::create_dir_all(&photos).unwrap();
+    std::fs::copy(image("astronaut.jpg"), photos.join("a.jpg")).unwrap();
+    let source = format!("dir:{}", photos.display());
+    let args = ["--source", &source, "--once", "--mqtt", mqtt, "--mqtt-prefix", "P", "--camera", "tls"];
+    finish(edgecap(&[&args[..], extra].concat()).spawn().unwrap())
+}
+
+#[test]
+fn mqtts_delivers_with_the_brokers_ca_and_a_client_certificate_and_refuses_a_wrong_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::make(dir.path());
+    let (tls, mutual) = (free_port(), free_port());
+    let broker = Broker::start_with(&(certs.listener(tls, false) + &certs.listener(mutual, true)));
+    let sub = Subscriber::connect(&broker, &["P/#"]);
+    let url = |port: u16| format!("mqtts://127.0.0.1:{port}");
+
+    // The broker's CA: delivered, over TLS.
+    let (code, stdout, stderr) = once_to(&url(tls), &["--mqtt-ca", &certs.path("ca.pem")], dir.path());
+    assert_eq!(code, Some(0), "{stderr}");
+    wait_until("the caption over TLS", Duration::from_secs(10), || !sub.on("P/tls/caption").is_empty());
+    assert_eq!(sub.captions("P/tls/caption")[&1]["caption"], stdout[0]["caption"]);
+
+    // A CA that did not sign the broker's certificate: refused at start, one line, exit 2.
+    let (code, stdout, stderr) = once_to(&url(tls), &["--mqtt-ca", &certs.path("other-ca.pem")], dir.path());
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout:?}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert!(errors.len() == 1 && errors[0].contains("refused the connection: TLS"), "{stderr}");
+
+    // A broker that requires a client certificate: without one, refused; with one, delivered.
+    let (code, _, stderr) = once_to(&url(mutual), &["--mqtt-ca", &certs.path("ca.pem")], dir.path());
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.lines().any(|l| l.starts_with("error: ") && l.contains("TLS")), "{stderr}");
+    let client = ["--mqtt-ca", &certs.path("ca.pem"), "--mqtt-cert", &certs.path("client.pem")];
+    let (code, _, stderr) =
+        once_to(&url(mutual), &[&client[..], &["--mqtt-key", &certs.path("client.key")]].concat(), dir.path());
+    assert_eq!(code, Some(0), "{stderr}");
+    wait_until("the caption over mutual TLS", Duration::from_secs(10), || sub.on("P/tls/caption").len() >= 2);
+}
+
+#[test]
+fn a_frozen_broker_does_not_hold_shutdown_past_the_flush_timeout() {
+    let broker = Broker::start();
+    let sub = Subscriber::connect(&broker, &["P/#"]);
+    let url = broker.url();
+    let args = ["--source", "test-pattern", "--resolution", "64x48", "--fps", "4", "--interval", "0"];
+    let more = ["--scene-threshold", "0", "--mqtt", &url, "--mqtt-prefix", "P", "--flush-timeout", "2"];
+    let child = edgecap(&[&args[..], &more[..]].concat()).spawn().unwrap();
+    wait_until("a first caption", Duration::from_secs(30), || !sub.on("P/camera/caption").is_empty());
+    // The broker stops answering (its connections stay open), and captions pile up.
+    signal(broker.child.as_ref().unwrap(), "STOP");
+    std::thread::sleep(Duration::from_secs(1));
+    signal(&child, "TERM");
+    let asked = Instant::now();
+    let (code, _, stderr) = finish(child);
+    let took = asked.elapsed();
+    signal(broker.child.as_ref().unwrap(), "CONT");
+    assert_eq!(code, Some(1), "undelivered captions: {stderr}");
+    assert!(stat(&stderr, "mqtt_dropped") > 0, "{stderr}");
+    // The flush timeout and the caption in progress, not 2 s more for a goodbye nobody acknowledges.
+    assert!(took < Duration::from_millis(3500), "stopped {took:?} after SIGTERM with --flush-timeout 2: {stderr}");
+}
+
+#[test]
+fn a_broker_refusing_the_credentials_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let passwords = dir.path().join("passwords");
+    std::fs::write(&passwords, "").unwrap();
+    let status = Command::new("mosquitto_passwd").args(["-b"]).arg(&passwords).args(["cam", "right"]).status().unwrap();
+    assert!(status.success());
+    std::fs::set_permissions(&passwords, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let auth = free_port();
+    let broker = Broker::start_with(&format!(
+        "listener {auth} 127.0.0.1\nallow_anonymous false\npassword_file {}\n",
+        passwords.display()
+    ));
+    let sub = Subscriber::connect(&broker, &["P/#"]);
+    for url in [format!("mqtt://cam:wrong@127.0.0.1:{auth}"), format!("mqtt://127.0.0.1:{auth}")] {
+        let (code, stdout, stderr) = once_to(&url, &[], dir.path());
+        assert_eq!(code, Some(2), "{url}: {stderr}");
+        assert!(stdout.is_empty(), "{stdout:?}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+        assert!(errors.len() == 1 && errors[0].contains("refused the connection"), "{url}: {stderr}");
+        assert!(!stderr.contains("wrong"), "the password stays out of the log: {stderr}");
+    }
+    let (code, _, stderr) = once_to(&format!("mqtt://cam:right@127.0.0.1:{auth}"), &[], dir.path());
+    assert_eq!(code, Some(0), "{stderr}");
+    wait_until("the caption with the right password", Duration::from_secs(10), || !sub.on("P/tls/caption").is_empty());
 }
 
 /// Resident memory of a process in KiB.

@@ -77,6 +77,12 @@ pub struct MqttConfig {
     pub client_id: Option<String>,
     #[serde(default = "default_keep_alive")]
     pub keep_alive: u64,
+    /// CA certificates (PEM) to trust for `mqtts://`; none = the system's.
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain (PEM) for brokers that ask for one; with `key`.
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key: Option<PathBuf>,
 }
 
 fn default_baud() -> u32 {
@@ -167,9 +173,18 @@ pub struct RunArgs {
     pub serial: Option<PathBuf>,
     #[arg(long)]
     pub baud: Option<u32>,
-    /// MQTT broker: mqtt://[user:pass@]host[:port].
+    /// MQTT broker: mqtt://[user:pass@]host[:port], or mqtts:// for TLS (port 8883).
     #[arg(long)]
     pub mqtt: Option<String>,
+    /// CA certificates (PEM) for mqtts:// (default: the system's).
+    #[arg(long)]
+    pub mqtt_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for brokers that require one; with --mqtt-key.
+    #[arg(long)]
+    pub mqtt_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long)]
+    pub mqtt_key: Option<PathBuf>,
     /// MQTT topic prefix (default edgecap).
     #[arg(long)]
     pub mqtt_prefix: Option<String>,
@@ -229,6 +244,20 @@ impl RunArgs {
         if let Some(n) = self.mqtt_buffer {
             c.mqtt.as_mut().context("--mqtt-buffer needs --mqtt (or [mqtt] in the config)")?.buffer = n;
         }
+        for (flag, value, slot) in [
+            (
+                "--mqtt-ca",
+                &self.mqtt_ca,
+                (|m: &mut MqttConfig| &mut m.ca) as fn(&mut MqttConfig) -> &mut Option<PathBuf>,
+            ),
+            ("--mqtt-cert", &self.mqtt_cert, |m| &mut m.cert),
+            ("--mqtt-key", &self.mqtt_key, |m| &mut m.key),
+        ] {
+            if let Some(path) = value {
+                let m = c.mqtt.as_mut().with_context(|| format!("{flag} needs --mqtt (or [mqtt] in the config)"))?;
+                *slot(m) = Some(path.clone());
+            }
+        }
         Ok(())
     }
 }
@@ -261,6 +290,9 @@ impl MqttConfig {
             discovery_prefix: default_discovery_prefix(),
             client_id: None,
             keep_alive: default_keep_alive(),
+            ca: None,
+            cert: None,
+            key: None,
         }
     }
 }

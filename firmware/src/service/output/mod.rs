@@ -4,6 +4,7 @@
 
 pub mod mqtt;
 pub mod serial;
+mod tls;
 
 use std::io::Write;
 use std::sync::Arc;

@@ -18,7 +18,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use rumqttc::{Client, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{
+    Client, ConnectReturnCode, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration,
+    TlsError, Transport,
+};
 
 use edgecap_engine::error::excerpt;
 
@@ -36,6 +39,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Captions handed to the client before waiting for acknowledgements.
 const MAX_INFLIGHT: usize = 16;
 const TICK: Duration = Duration::from_millis(50);
+/// How long start-up waits for the broker's first answer.
+const START_WAIT: Duration = Duration::from_secs(10);
 /// rumqttc's smallest keep-alive; MQTT's largest (a 16-bit field).
 const KEEP_ALIVE_MIN_S: u64 = 5;
 const KEEP_ALIVE_MAX_S: u64 = 65_535;
@@ -46,21 +51,20 @@ pub struct BrokerUrl {
     pub host: String,
     pub port: u16,
     pub credentials: Option<(String, String)>,
+    /// `mqtts://` (or `ssl://`): TLS, port 8883 by default.
+    pub tls: bool,
 }
 
 impl BrokerUrl {
     pub fn parse(raw: &str) -> Result<BrokerUrl> {
         // Errors quote the address without its password.
         let url = &excerpt(&redact_password(raw), 200);
-        let rest = match raw.split_once("://") {
-            Some(("mqtt", rest)) | Some(("tcp", rest)) => rest,
-            Some(("mqtts", _)) | Some(("ssl", _)) => {
-                bail!(
-                    "mqtt url {url:?}: TLS (mqtts://) is not supported by this build; use mqtt:// on a trusted network"
-                )
-            }
-            _ => bail!("mqtt url {url:?}: expected mqtt://[user:pass@]host[:port]"),
+        let (rest, tls) = match raw.split_once("://") {
+            Some(("mqtt", rest)) | Some(("tcp", rest)) => (rest, false),
+            Some(("mqtts", rest)) | Some(("ssl", rest)) => (rest, true),
+            _ => bail!("mqtt url {url:?}: expected mqtt://[user:pass@]host[:port] or mqtts://"),
         };
+        let default_port = if tls { 8883 } else { 1883 };
         let rest = rest.trim_end_matches('/');
         let (credentials, hostport) = match rest.rsplit_once('@') {
             Some((userinfo, hostport)) => {
@@ -73,13 +77,13 @@ impl BrokerUrl {
             Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => {
                 (h, p.parse::<u16>().with_context(|| format!("mqtt url {url:?}: bad port {p:?}"))?)
             }
-            _ => (hostport, 1883),
+            _ => (hostport, default_port),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() || host.contains('/') {
             bail!("mqtt url {url:?}: missing or bad host");
         }
-        Ok(BrokerUrl { host: host.to_string(), port, credentials })
+        Ok(BrokerUrl { host: host.to_string(), port, credentials, tls })
     }
 }
 
@@ -109,6 +113,7 @@ pub fn check_config(config: &MqttConfig) -> Result<()> {
     if let Some(id) = &config.client_id {
         topic_part("mqtt client_id", id, false)?;
     }
+    transport(config)?;
     if !(KEEP_ALIVE_MIN_S..=KEEP_ALIVE_MAX_S).contains(&config.keep_alive) {
         bail!(
             "mqtt keep_alive must be from {KEEP_ALIVE_MIN_S} to {KEEP_ALIVE_MAX_S} seconds (MQTT carries it in 16 bits), got {}",
@@ -132,6 +137,25 @@ fn topic_part(name: &str, value: &str, levels: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// TCP, or TLS with the configured certificates (read and checked here, so that check-config
+/// names a bad file).
+fn transport(config: &MqttConfig) -> Result<Transport> {
+    let url = BrokerUrl::parse(&config.url)?;
+    let client = match (&config.cert, &config.key) {
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        (None, None) => None,
+        _ => bail!("mqtt cert and key go together: give both or neither"),
+    };
+    if !url.tls {
+        if config.ca.is_some() || client.is_some() {
+            bail!("mqtt ca, cert and key are for TLS: the url must be mqtts://");
+        }
+        return Ok(Transport::Tcp);
+    }
+    let tls = super::tls::client_config(&super::tls::TlsFiles { ca: config.ca.as_deref(), client })?;
+    Ok(Transport::tls_with_config(TlsConfiguration::Rustls(tls)))
 }
 
 /// The client id, also Home Assistant's node id.
@@ -229,13 +253,53 @@ impl Mqtt {
         if let Some((user, pass)) = &url.credentials {
             options.set_credentials(user, pass);
         }
-        let mut link = Link { options, topics, shared: Arc::clone(&shared), conn: None, backoff: BACKOFF_MIN };
+        options.set_transport(transport(config)?);
+        let (started_tx, started) = mpsc::channel();
+        let mut link = Link {
+            options,
+            topics,
+            shared: Arc::clone(&shared),
+            conn: None,
+            backoff: BACKOFF_MIN,
+            started: Some(started_tx),
+        };
         let thread = std::thread::Builder::new()
             .name("mqtt".into())
             .spawn(move || link.run())
             .context("cannot start mqtt thread")?;
-        log::info!("mqtt: broker {}:{} as {node}", url.host, url.port);
-        Ok(Mqtt { shared, thread: Some(thread), stats })
+        let scheme = if url.tls { "mqtts" } else { "mqtt" };
+        let mut mqtt = Mqtt { shared, thread: Some(thread), stats };
+        // A broker that refuses us (credentials, certificates, client id) will refuse every
+        // retry: stop start-up with the reason. One that is away may come back: go on, buffered.
+        match started.recv_timeout(START_WAIT) {
+            Ok(Started::Connected) => log::info!("mqtt: connected to {scheme}://{}:{} as {node}", url.host, url.port),
+            Ok(Started::Unreachable(e)) => {
+                log::warn!(
+                    "mqtt: broker {}:{} unreachable: {e}; captions are buffered, retrying with backoff",
+                    url.host,
+                    url.port
+                )
+            }
+            Ok(Started::Refused(reason)) => {
+                mqtt.stop();
+                bail!("mqtt: {scheme}://{}:{} refused the connection: {reason}", url.host, url.port);
+            }
+            Err(_) => log::warn!(
+                "mqtt: no answer from {}:{} in {} s; captions are buffered, retrying",
+                url.host,
+                url.port,
+                START_WAIT.as_secs()
+            ),
+        }
+        Ok(mqtt)
+    }
+
+    /// Ends the link thread at once, delivering nothing more.
+    fn stop(&mut self) {
+        self.lock().abandon = true;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Buffer> {
@@ -294,6 +358,69 @@ struct Link {
     shared: Arc<Shared>,
     conn: Option<Conn>,
     backoff: Duration,
+    /// Told how the first connection went, then dropped.
+    started: Option<mpsc::Sender<Started>>,
+}
+
+/// Why a connection ended, and whether retrying can help.
+struct LinkError {
+    message: String,
+    permanent: Option<String>,
+}
+
+impl From<String> for LinkError {
+    fn from(message: String) -> LinkError {
+        LinkError { message, permanent: None }
+    }
+}
+
+/// How the first connection went.
+enum Started {
+    Connected,
+    /// Away or not answering: worth retrying.
+    Unreachable(String),
+    /// Refused for a reason every retry would meet again.
+    Refused(String),
+}
+
+/// The reason a broker refused us, when retrying cannot help: a refused CONNECT other than
+/// "server unavailable", or a TLS handshake that failed on certificates or protocol (not an
+/// I/O failure underneath it).
+fn permanent(e: &ConnectionError) -> Option<String> {
+    match e {
+        ConnectionError::ConnectionRefused(code) => match code {
+            ConnectReturnCode::BadUserNamePassword => Some("bad user name or password (the url's user:pass@)".into()),
+            ConnectReturnCode::NotAuthorized => {
+                Some("not authorised (the url's user:pass@, or the broker's ACL)".into())
+            }
+            ConnectReturnCode::BadClientId => Some("client id rejected (client_id)".into()),
+            ConnectReturnCode::RefusedProtocolVersion => Some("MQTT 3.1.1 not accepted".into()),
+            ConnectReturnCode::ServiceUnavailable | ConnectReturnCode::Success => None,
+        },
+        ConnectionError::Tls(TlsError::Io(io)) if io.kind() != std::io::ErrorKind::InvalidData => None,
+        ConnectionError::Tls(tls) => {
+            Some(format!("TLS: {}", edgecap_engine::error::collapse_whitespace(&tls.to_string())))
+        }
+        // TLS 1.3 finishes the client's side of the handshake before the server checks the
+        // client's certificate: its refusal arrives as an alert on the first read.
+        other => tls_error(other).map(|tls| format!("TLS: {tls}")),
+    }
+}
+
+/// The rustls error somewhere in `e`'s chain of causes (an I/O error carries it inside).
+fn tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        let inside_io = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()?.downcast_ref::<rustls::Error>());
+        if inside_io.is_some() {
+            return inside_io;
+        }
+        next = e.source();
+    }
+    None
 }
 
 impl Link {
@@ -309,7 +436,12 @@ impl Link {
                 Some(c) => c.inflight.is_empty(),
                 None => true,
             };
-            if abandon || (closing && empty && settled) {
+            // Past the flush deadline nothing more is sent, not even `offline`: the broker may be
+            // what is stuck, and the last will says it when the connection drops.
+            if abandon {
+                return;
+            }
+            if closing && empty && settled {
                 self.shutdown();
                 return;
             }
@@ -323,8 +455,21 @@ impl Link {
             match self.pump() {
                 Ok(()) => {}
                 Err(e) => {
+                    if let Some(started) = self.started.take() {
+                        let refused = e.permanent.clone();
+                        let _ = started.send(refused.map_or(Started::Unreachable(e.message.clone()), Started::Refused));
+                        warned = true; // start() says it
+                    } else if let Some(reason) = &e.permanent {
+                        if !warned {
+                            log::error!("mqtt: the broker refused the connection: {reason}; captions are buffered, retrying with backoff");
+                            warned = true;
+                        }
+                    }
                     if !warned {
-                        log::warn!("mqtt: broker unreachable: {e}; captions are buffered, retrying with backoff");
+                        log::warn!(
+                            "mqtt: broker unreachable: {}; captions are buffered, retrying with backoff",
+                            e.message
+                        );
                         warned = true;
                     }
                     self.conn = None; // drops the client: its thread ends, its pending queue goes
@@ -358,15 +503,15 @@ impl Link {
     }
 
     /// Handles events for one tick and sends what the buffer holds.
-    fn pump(&mut self) -> Result<(), String> {
+    fn pump(&mut self) -> Result<(), LinkError> {
         let conn = self.conn.as_mut().expect("connected before pumping");
         match conn.events.recv_timeout(TICK) {
             Ok(Ok(event)) => self.on_event(event)?,
-            Ok(Err(e)) => return Err(e.to_string()),
+            Ok(Err(e)) => return Err(LinkError { message: e.to_string(), permanent: permanent(&e) }),
             Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return Err("connection closed".into()),
+            Err(RecvTimeoutError::Disconnected) => return Err(String::from("connection closed").into()),
         }
-        self.send_buffered()
+        Ok(self.send_buffered()?)
     }
 
     fn on_event(&mut self, event: Event) -> Result<(), String> {
@@ -374,6 +519,9 @@ impl Link {
         match event {
             Event::Incoming(Packet::ConnAck(_)) => {
                 conn.connected = true;
+                if let Some(started) = self.started.take() {
+                    let _ = started.send(Started::Connected);
+                }
                 self.backoff = BACKOFF_MIN;
                 self.announce(true)?;
             }
@@ -482,11 +630,14 @@ mod tests {
     #[test]
     fn parses_broker_urls() {
         let plain = BrokerUrl::parse("mqtt://127.0.0.1:18830").unwrap();
-        assert_eq!(plain, BrokerUrl { host: "127.0.0.1".into(), port: 18830, credentials: None });
+        assert_eq!(plain, BrokerUrl { host: "127.0.0.1".into(), port: 18830, credentials: None, tls: false });
         let auth = BrokerUrl::parse("mqtt://ha:s3cret@homeassistant.local").unwrap();
         assert_eq!((auth.host.as_str(), auth.port), ("homeassistant.local", 1883));
         assert_eq!(auth.credentials, Some(("ha".into(), "s3cret".into())));
-        for bad in ["http://x:1", "mqtt://:1883", "mqtt://host:port", "mqtts://host", "host:1883"] {
+        let tls = BrokerUrl::parse("mqtts://broker.example").unwrap();
+        assert_eq!((tls.port, tls.tls), (8883, true));
+        assert!(!plain.tls);
+        for bad in ["http://x:1", "mqtt://:1883", "mqtt://host:port", "mqtts://", "host:1883"] {
             assert!(BrokerUrl::parse(bad).is_err(), "{bad}");
         }
     }
