@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::error::{collapse_whitespace, excerpt};
 use crate::fsutil::write_atomic;
 use crate::manifest::{role_name, FileEntry, FileRole, Manifest, FORMAT_VERSION, MANIFEST_FILE};
+use crate::text::{collapse_whitespace, excerpt};
 
 /// Written into a bundle's directory once its files have matched their hashes, so that later
 /// starts skip the hashing (a third of a second for an int8 ViT-B/32 bundle on a 2-core x86, a

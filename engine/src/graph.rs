@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 
-use crate::error::{collapse_whitespace, EngineError};
+use crate::error::EngineError;
 use crate::manifest::{FileRole, ModelDims};
+use crate::text::collapse_whitespace;
 
 pub type Plan = Arc<TypedRunnableModel>;
 

@@ -265,7 +265,7 @@ fn classify(err: image::ImageError, name: &str, format: &'static str) -> ImageEr
 
 /// Collapses whitespace runs (newlines included) and caps the length.
 fn one_line(text: &str) -> String {
-    let mut out = crate::error::excerpt(&crate::error::collapse_whitespace(text), MAX_DETAIL_CHARS);
+    let mut out = crate::text::excerpt(&crate::text::collapse_whitespace(text), MAX_DETAIL_CHARS);
     if out.is_empty() {
         out = "decoder error".into();
     }

@@ -25,4 +25,5 @@ pub mod platform;
 pub mod preprocess;
 pub mod session;
 pub mod stage;
+pub mod text;
 pub mod tokenizer;
