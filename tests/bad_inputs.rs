@@ -134,11 +134,16 @@ fn caption_without_bundle_uses_the_default_model() {
         .arg(&image));
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stdout.starts_with(&format!("{}: ", image.display())), "{stdout}");
-    // ./models/default in the working directory.
+    // ./models/default in the working directory is not looked at: the folder one runs in does
+    // not choose the model.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (_, default, _) = run(Command::new(binary("edgecap")).current_dir(elsewhere.path()).arg("caption").arg(&image));
+    assert_ne!(default, stdout, "the tiny bundle and the default model caption differently");
     std::fs::create_dir_all(dir.path().join("models")).unwrap();
     std::fs::rename(&bundle, dir.path().join("models/default")).unwrap();
-    let (out, _, stderr) = run(Command::new(binary("edgecap")).current_dir(dir.path()).arg("caption").arg(&image));
+    let (out, here, stderr) = run(Command::new(binary("edgecap")).current_dir(dir.path()).arg("caption").arg(&image));
     assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(here, default, "the working directory's models/default was used");
     // A named bundle that is not there is an error naming it, not a silent fallback.
     let (out, _, stderr) = run(Command::new(binary("edgecap"))
         .current_dir(dir.path())

@@ -92,3 +92,66 @@ fn a_copy_of_the_binary_alone_captions_with_its_built_in_model() {
     std::fs::write(written.join("decoder.onnx"), b"damaged").unwrap();
     assert_eq!(String::from_utf8(run().stdout).unwrap(), text);
 }
+
+#[test]
+fn the_built_in_model_is_only_ever_the_binarys_own_and_always_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let alone = dir.path().join("alone");
+    std::fs::create_dir(&alone).unwrap();
+    std::fs::copy(binary("edgecap"), alone.join("edgecap")).unwrap();
+    let photo = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/images/astronaut.jpg");
+    let run = |xdg: &Path, home: &Path, tmp: &Path| {
+        let out = Command::new(alone.join("edgecap"))
+            .arg("caption")
+            .arg(&photo)
+            .current_dir(&alone)
+            .env_remove("EDGECAP_BUNDLE")
+            .env("XDG_CACHE_HOME", xdg)
+            .env("HOME", home)
+            .env("TMPDIR", tmp)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        (String::from_utf8(out.stdout).unwrap(), stderr)
+    };
+    let (xdg, home, tmp) = (dir.path().join("xdg"), dir.path().join("home"), dir.path().join("tmp"));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let (own, _) = run(&xdg, &home, &tmp);
+    let cached = std::fs::read_dir(xdg.join("edgecap")).unwrap().next().unwrap().unwrap().path();
+
+    // Another valid bundle put where the built-in one is cached is replaced, not used.
+    let other = edgecap_tests::export_reference(
+        &edgecap_tests::reference("clipcap-mlp.json"),
+        &edgecap_tests::fixtures(),
+        &dir.path().join("other"),
+    );
+    std::fs::remove_dir_all(&cached).unwrap();
+    std::fs::create_dir(&cached).unwrap();
+    for file in std::fs::read_dir(&other).unwrap() {
+        let file = file.unwrap().path();
+        std::fs::copy(&file, cached.join(file.file_name().unwrap())).unwrap();
+    }
+    assert_eq!(run(&xdg, &home, &tmp).0, own);
+    assert!(!std::fs::read_to_string(cached.join("bundle.toml")).unwrap().contains("clipcap-mlp"));
+
+    // No cache to write (entries that are files): a private directory under TMPDIR serves.
+    let blocked = dir.path().join("blocked");
+    std::fs::create_dir_all(&blocked).unwrap();
+    std::fs::write(blocked.join("edgecap"), b"a file").unwrap();
+    std::fs::write(blocked.join(".cache"), b"a file").unwrap();
+    assert_eq!(run(&blocked, &blocked, &tmp).0, own);
+    let private = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("edgecap-"));
+    let private = private.expect("edgecap-<uid> under TMPDIR");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&private).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700, "{}", private.display());
+
+    // That one writable by others (as a shared /tmp/edgecap would be): a private temporary copy.
+    std::fs::set_permissions(&private, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let (captions, stderr) = run(&blocked, &blocked, &tmp);
+    assert_eq!(captions, own);
+    assert!(stderr.contains("not a private directory") && stderr.contains("private temporary copy"), "{stderr}");
+}

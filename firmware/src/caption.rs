@@ -121,15 +121,16 @@ pub fn load_model(bundle: Option<&PathBuf>, decoding: &Decoding) -> Result<(Capt
     Ok((model, opts))
 }
 
-/// The model used when no `--bundle` is given: `$EDGECAP_BUNDLE`, else `models/default` in the
-/// working directory, next to the installed binary (`<prefix>/share/edgecap/default`), in the
-/// source tree the binary was built in (`target/<profile>/edgecap` → `models/default`), else the
-/// default model built into the binary.
+/// The model used when no `--bundle` is given: `$EDGECAP_BUNDLE`, else next to the installed
+/// binary (`<prefix>/share/edgecap/default`), in the source tree the binary was built in
+/// (`target/<profile>/edgecap` → `models/default`), else the default model built into the
+/// binary. Never from the working directory: a folder one happens to run in must not choose the
+/// model.
 pub fn default_bundle() -> Result<PathBuf> {
     if let Some(env) = std::env::var_os("EDGECAP_BUNDLE") {
         return Ok(PathBuf::from(env));
     }
-    let mut candidates = vec![PathBuf::from("models/default")];
+    let mut candidates = Vec::new();
     if let Some(bin_dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(PathBuf::from)) {
         candidates.push(bin_dir.join("../share/edgecap/default"));
         candidates.push(bin_dir.join("../../models/default"));
