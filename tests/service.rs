@@ -513,6 +513,31 @@ fn file_sources_that_could_never_settle_are_refused_and_an_empty_file_ends_once(
 }
 
 #[test]
+fn a_stream_of_garbage_costs_a_few_log_lines_not_one_per_skip() {
+    // 1 MB of xorshift bytes: no image in it, many places that look like a start of one.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let garbage: Vec<u8> = (0..1_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let mut child = edgecap(&["--source", "-", "--once"]).stdin(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::spawn(move || stdin.write_all(&garbage));
+    let (code, stdout, stderr) = finish(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout:?}");
+    let corrupt = stat(&stderr, "corrupt");
+    let warnings = stderr.lines().filter(|l| l.contains("skipped")).count();
+    assert!(corrupt > 20, "{corrupt} skipped regions: too few to show a limit");
+    // Five a minute from each of the two places that skip: the stream splitter and the decoder.
+    assert!(warnings <= 10, "{warnings} warnings for {corrupt} skipped regions:\n{stderr}");
+}
+
+#[test]
 fn stdin_stream_of_concatenated_images_with_garbage_and_a_truncated_tail() {
     let jpeg = std::fs::read(image("rocket_exif6.jpg")).unwrap();
     let png = std::fs::read(image("chelsea.png")).unwrap();

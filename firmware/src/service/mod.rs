@@ -4,6 +4,7 @@
 //! ([`scheduler`], [`scene`]), outputs ([`output`]).
 
 pub mod config;
+mod log_limit;
 pub mod output;
 mod queue;
 mod record;

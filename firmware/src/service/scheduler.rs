@@ -13,6 +13,7 @@ use edgecap_engine::model::CaptionModel;
 use image::RgbImage;
 
 use super::config::Config;
+use super::log_limit::LogLimit;
 use super::output::Sink;
 use super::record::{rfc3339, CaptionRecord};
 use super::scene::SceneFilter;
@@ -32,6 +33,8 @@ pub struct Scheduler<'a> {
     scene: SceneFilter,
     last_start: Option<Instant>,
     next_id: u64,
+    /// Skipped frames, which a broken camera or stream can make every frame.
+    skipped: LogLimit,
 }
 
 impl<'a> Scheduler<'a> {
@@ -46,6 +49,7 @@ impl<'a> Scheduler<'a> {
             scene: SceneFilter::new(config.scene_threshold),
             last_start: None,
             next_id: 1,
+            skipped: LogLimit::default(),
         }
     }
 
@@ -98,7 +102,9 @@ impl<'a> Scheduler<'a> {
             Ok(image) => image,
             Err(e) => {
                 stats.corrupt.inc();
-                log::warn!("skipped frame: {e} ({} corrupt so far)", stats.corrupt.get());
+                if let Some(note) = self.skipped.check() {
+                    log::warn!("skipped frame: {e} ({} corrupt so far){note}", stats.corrupt.get());
+                }
                 return Ok(None);
             }
         };
@@ -112,7 +118,9 @@ impl<'a> Scheduler<'a> {
             Ok(c) => c,
             Err(e) if e.is_per_input() => {
                 stats.corrupt.inc();
-                log::warn!("skipped frame {}: {e}", frame.name);
+                if let Some(note) = self.skipped.check() {
+                    log::warn!("skipped frame {}: {e}{note}", frame.name);
+                }
                 return Ok(None);
             }
             Err(e) => return Err(e).with_context(|| format!("captioning {}", frame.name)),

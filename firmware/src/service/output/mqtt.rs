@@ -28,6 +28,7 @@ use edgecap_engine::error::excerpt;
 use super::Sink;
 use crate::service::config::limits::MAX_NAME_BYTES;
 use crate::service::config::MqttConfig;
+use crate::service::log_limit::LogLimit;
 use crate::service::queue::DropOldest;
 use crate::service::record::CaptionRecord;
 use crate::service::stats::Stats;
@@ -235,6 +236,8 @@ pub struct Mqtt {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     stats: Arc<Stats>,
+    /// While the broker is away every new caption drops one.
+    drops: LogLimit,
 }
 
 impl Mqtt {
@@ -268,7 +271,7 @@ impl Mqtt {
             .spawn(move || link.run())
             .context("cannot start mqtt thread")?;
         let scheme = if url.tls { "mqtts" } else { "mqtt" };
-        let mut mqtt = Mqtt { shared, thread: Some(thread), stats };
+        let mut mqtt = Mqtt { shared, thread: Some(thread), stats, drops: LogLimit::default() };
         // A broker that refuses us (credentials, certificates, client id) will refuse every
         // retry: stop start-up with the reason. One that is away may come back: go on, buffered.
         match started.recv_timeout(START_WAIT) {
@@ -309,13 +312,16 @@ impl Mqtt {
 
 impl Sink for Mqtt {
     fn send(&mut self, record: &Arc<CaptionRecord>) {
-        if let Some(dropped) = self.lock().records.push(Arc::clone(record)) {
+        let dropped = self.lock().records.push(Arc::clone(record));
+        if let Some(dropped) = dropped {
             self.stats.mqtt_dropped.inc();
-            log::warn!(
-                "mqtt: buffer full while the broker is away; dropped caption {} ({} dropped so far)",
-                dropped.id,
-                self.stats.mqtt_dropped.get()
-            );
+            if let Some(note) = self.drops.check() {
+                log::warn!(
+                    "mqtt: buffer full while the broker is away; dropped caption {} ({} dropped so far){note}",
+                    dropped.id,
+                    self.stats.mqtt_dropped.get()
+                );
+            }
         }
     }
 

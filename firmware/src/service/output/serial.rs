@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::Sink;
 use crate::service::config::SerialConfig;
+use crate::service::log_limit::LogLimit;
 use crate::service::queue::DropOldest;
 use crate::service::record::CaptionRecord;
 use crate::service::stats::Stats;
@@ -33,6 +34,8 @@ pub struct Serial {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     stats: Arc<Stats>,
+    /// While the port is away every new caption drops one.
+    drops: LogLimit,
 }
 
 impl Serial {
@@ -44,7 +47,7 @@ impl Serial {
         let mut writer = Writer { device: config.device.clone(), baud: config.baud, port: None, warned: false };
         let worker = Arc::clone(&shared);
         let thread = std::thread::Builder::new().name("serial".into()).spawn(move || writer.run(&worker))?;
-        Ok(Serial { shared, thread: Some(thread), stats })
+        Ok(Serial { shared, thread: Some(thread), stats, drops: LogLimit::default() })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -57,10 +60,12 @@ impl Sink for Serial {
         let dropped = self.lock().lines.push(record.json() + "\n");
         if dropped.is_some() {
             self.stats.serial_dropped.inc();
-            log::warn!(
-                "serial: buffer full, dropped the oldest caption ({} dropped so far)",
-                self.stats.serial_dropped.get()
-            );
+            if let Some(note) = self.drops.check() {
+                log::warn!(
+                    "serial: buffer full, dropped the oldest caption ({} dropped so far){note}",
+                    self.stats.serial_dropped.get()
+                );
+            }
         }
         self.shared.changed.notify_all();
     }

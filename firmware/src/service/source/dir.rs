@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use super::stream::MAX_FRAME_BYTES;
 use super::SourceContext;
+use crate::service::log_limit::LogLimit;
 use crate::service::slot::FrameData;
 
 const POLL: Duration = Duration::from_millis(200);
@@ -28,6 +29,8 @@ pub struct Watcher {
     dir: PathBuf,
     /// Only names currently in the folder are kept, so this stays as small as the folder.
     files: HashMap<PathBuf, Seen>,
+    /// The folder unreadable (deleted, unmounted) fails every poll, five a second.
+    list_failures: LogLimit,
 }
 
 impl Watcher {
@@ -35,7 +38,7 @@ impl Watcher {
         if !std::fs::metadata(dir).with_context(|| format!("source dir:{}", dir.display()))?.is_dir() {
             bail!("source dir:{}: not a directory", dir.display());
         }
-        Ok(Watcher { dir: dir.to_path_buf(), files: HashMap::new() })
+        Ok(Watcher { dir: dir.to_path_buf(), files: HashMap::new(), list_failures: LogLimit::default() })
     }
 
     /// Live: polls forever. `--once`: takes the files present at the first poll, then returns.
@@ -79,11 +82,13 @@ impl Watcher {
     }
 
     /// Regular, non-hidden files (a writer's `.name.tmp` is ignored), in name order.
-    fn list(&self) -> Vec<(PathBuf, Signature)> {
+    fn list(&mut self) -> Vec<(PathBuf, Signature)> {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) => {
-                log::warn!("source dir:{}: {e}", self.dir.display());
+                if let Some(note) = self.list_failures.check() {
+                    log::warn!("source dir:{}: {e}{note}", self.dir.display());
+                }
                 return Vec::new();
             }
         };

@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context, Result};
 
 use super::config::Config;
+use super::log_limit::LogLimit;
 use super::slot::{Frame, FrameData, Slot};
 use super::stats::Stats;
 
@@ -144,6 +145,7 @@ fn read_stdin(ctx: &SourceContext) {
     let stdin = std::io::stdin();
     let mut reader = stream::FrameReader::new(stdin.lock());
     let mut n = 0u64;
+    let mut garbage = LogLimit::default();
     loop {
         if ctx.stopped() {
             return;
@@ -163,7 +165,9 @@ fn read_stdin(ctx: &SourceContext) {
                 n += 1;
                 ctx.stats.frames.inc();
                 ctx.stats.corrupt.inc();
-                log::warn!("stdin#{n}: skipped {bytes} bytes: {reason}");
+                if let Some(note) = garbage.check() {
+                    log::warn!("stdin#{n}: skipped {bytes} bytes: {reason}{note}");
+                }
             }
             Err(e) => {
                 log::error!("stdin: read error: {e}");
