@@ -455,6 +455,28 @@ fn a_folder_fed_while_running_is_captioned_file_by_file() {
 }
 
 #[test]
+fn a_file_whose_writer_paused_mid_file_is_read_again_once_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = format!("dir:{}", dir.path().display());
+    let mut child = edgecap(&["--source", &source, "--interval", "0", "--scene-threshold", "0"]).spawn().unwrap();
+    let stdout = collect_lines(child.stdout.take().unwrap());
+    let bytes = std::fs::read(image("astronaut.jpg")).unwrap();
+    let mut file = std::fs::File::create(dir.path().join("slow.jpg")).unwrap();
+    file.write_all(&bytes[..bytes.len() / 2]).unwrap();
+    file.flush().unwrap();
+    // Longer than two polls: the half file settles, is read, and is skipped as truncated.
+    std::thread::sleep(Duration::from_millis(1500));
+    file.write_all(&bytes[bytes.len() / 2..]).unwrap();
+    drop(file);
+    wait_until("the completed file's caption", Duration::from_secs(20), || stdout.lock().unwrap().len() == 1);
+    signal(&child, "INT");
+    let (code, _, stderr) = finish(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stat(&stderr, "corrupt"), 1, "the half file: {stderr}");
+    assert_eq!(stat(&stderr, "captioned"), 1, "{stderr}");
+}
+
+#[test]
 fn corrupt_and_truncated_frames_are_skipped_counted_and_the_service_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let bad = fixtures().join("bad");

@@ -21,8 +21,9 @@ type Signature = (u64, Option<SystemTime>);
 enum Seen {
     /// Seen growing (or just appeared) with this signature.
     Pending(Signature),
-    /// Already handed over (or skipped); never read again while it stays in the folder.
-    Done,
+    /// Handed over (or skipped) with this signature; read again only if it changes (a writer
+    /// that paused mid-file and then finished it, or a file rewritten in place).
+    Done(Signature),
 }
 
 pub struct Watcher {
@@ -57,7 +58,7 @@ impl Watcher {
             let live: Vec<PathBuf> = self.list().into_iter().map(|e| e.0).collect();
             self.files.retain(|p, _| live.contains(p));
             if let Some(names) = &initial {
-                if names.iter().all(|n| matches!(self.files.get(n), Some(Seen::Done)) || !live.contains(n)) {
+                if names.iter().all(|n| matches!(self.files.get(n), Some(Seen::Done(_))) || !live.contains(n)) {
                     return;
                 }
             }
@@ -69,9 +70,9 @@ impl Watcher {
     /// except in `--once` mode, where it is taken (and reported as empty).
     fn ready(&mut self, path: &Path, sig: Signature, allow_empty: bool) -> bool {
         match self.files.get(path) {
-            Some(Seen::Done) => false,
+            Some(Seen::Done(done)) if *done == sig => false,
             Some(Seen::Pending(prev)) if *prev == sig && (sig.0 > 0 || allow_empty) => {
-                self.files.insert(path.to_path_buf(), Seen::Done);
+                self.files.insert(path.to_path_buf(), Seen::Done(sig));
                 true
             }
             _ => {
