@@ -317,6 +317,25 @@ fn validate_verdict_and_exit_codes() {
     let (code, _, err) = host_tools(&["validate", fp, other.to_str().unwrap(), "--images", imgs]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not a quantization"), "{err}");
+    // The same shapes, other weights (the token table negated, the manifest's hash updated):
+    // exit 2 before any comparison, not a FAIL verdict.
+    let unrelated = dir.path().join("unrelated");
+    std::fs::create_dir_all(&unrelated).unwrap();
+    for file in std::fs::read_dir(&fp32).unwrap() {
+        let file = file.unwrap().path();
+        std::fs::copy(&file, unrelated.join(file.file_name().unwrap())).unwrap();
+    }
+    let table = unrelated.join("token_embeddings.npy");
+    let before = edgecap_engine::bundle::sha256_file(&table).unwrap();
+    let (shape, values) = npy::read::<f32>(&table).unwrap();
+    npy::write(&table, &shape, &values.iter().map(|v| -v).collect::<Vec<f32>>()).unwrap();
+    let after = edgecap_engine::bundle::sha256_file(&table).unwrap();
+    let manifest = std::fs::read_to_string(unrelated.join("bundle.toml")).unwrap();
+    std::fs::write(unrelated.join("bundle.toml"), manifest.replace(&before, &after)).unwrap();
+    let (code, out, err) = host_tools(&["validate", unrelated.to_str().unwrap(), i8, "--images", imgs]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("not a quantization") && err.contains("token embeddings"), "{err}");
 
     // The two bundles the wrong way round: refused, rather than a report with swapped columns.
     let (code, _, err) = host_tools(&["validate", i8, fp, "--images", imgs]);

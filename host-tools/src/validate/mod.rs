@@ -266,6 +266,24 @@ fn check_compatible(fp32: &CaptionModel, int8: &CaptionModel, opts: &ValidateOpt
     if fp32.manifest.preprocess != int8.manifest.preprocess {
         bail!("{}: not a quantization of the fp32 bundle (preprocessing differs)", int8_path.display());
     }
+    same_token_table(fp32, int8)
+        .map_err(|detail| anyhow::anyhow!("{}: not a quantization of the fp32 bundle ({detail})", int8_path.display()))
+}
+
+/// Quantization keeps the token table (in f16, a relative error under 2^-11): rows spread over
+/// the vocabulary that differ beyond that mean two models of the same shape but other weights,
+/// which would run to a meaningless FAIL instead.
+fn same_token_table(fp32: &CaptionModel, int8: &CaptionModel) -> Result<(), String> {
+    const ROWS: usize = 16;
+    let vocab = fp32.dims().vocab_size;
+    for id in (0..ROWS).map(|i| (i * vocab / ROWS) as u32) {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        fp32.push_token_embedding(id, &mut a).map_err(|e| e.to_string())?;
+        int8.push_token_embedding(id, &mut b).map_err(|e| e.to_string())?;
+        if a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-3 * x.abs() + 1e-4) {
+            return Err(format!("the token embeddings of token {id} differ"));
+        }
+    }
     Ok(())
 }
 
