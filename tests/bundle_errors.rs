@@ -124,6 +124,23 @@ fn a_non_finite_token_table_stops_captioning_with_its_name() {
 }
 
 #[test]
+fn a_non_finite_weight_is_refused_at_load_by_name() {
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = fresh_bundle(dir.path());
+    let path = bundle.join("mapper.onnx");
+    let mut proto = tract_onnx::pb::ModelProto::decode(std::fs::read(&path).unwrap().as_slice()).unwrap();
+    let graph = proto.graph.as_mut().unwrap();
+    let weight = graph.initializer.iter_mut().find(|t| t.data_type == 1 && t.raw_data.len() >= 64).unwrap();
+    weight.raw_data[40..44].copy_from_slice(&f32::NAN.to_le_bytes());
+    let name = weight.name.clone();
+    std::fs::write(&path, proto.encode_to_vec()).unwrap();
+    rehash(&bundle, "mapper.onnx");
+    let e = load_error(&bundle);
+    assert!(e.contains("mapper.onnx") && e.contains(&format!("initializer {name} holds a non-finite value")), "{e}");
+}
+
+#[test]
 fn versions_are_reported_as_written() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = fresh_bundle(dir.path());

@@ -82,11 +82,34 @@ pub fn load_decoder(path: &Path, shapes: &GraphShapes) -> Result<(Plan, bool), E
 
 fn parse(path: &Path) -> Result<InferenceModel, EngineError> {
     let onnx = crate::int8::onnx();
+    let shown = path.display().to_string();
     // As tract's `model_for_path` does: external data lies beside the graph.
     let dir = path.parent().and_then(|d| d.to_str());
-    onnx.proto_model_for_path(path)
-        .and_then(|proto| crate::int8::parse::model_for_proto(&onnx, proto, dir))
-        .map_err(|e| tract_error(&path.display().to_string(), e))
+    let proto = onnx.proto_model_for_path(path).map_err(|e| tract_error(&shown, e))?;
+    check_finite(&proto, &shown)?;
+    crate::int8::parse::model_for_proto(&onnx, proto, dir).map_err(|e| tract_error(&shown, e))
+}
+
+/// Refuses a float initializer holding a NaN or an infinity: a damaged or forged file whose
+/// hashes match (a stamp) would otherwise caption garbage without an error. One pass over the
+/// float bytes (an exponent of all ones is what makes a float non-finite), which vectorises: on
+/// the full-size fp32 bundle (x86, 5 alternating loads with and without it) its cost was lost
+/// in the load's run-to-run noise; an int8 bundle has few float tensors.
+fn check_finite(proto: &tract_onnx::pb::ModelProto, shown: &str) -> Result<(), EngineError> {
+    const FLOAT: i32 = 1;
+    let non_finite = |bits: u32| bits & 0x7f80_0000 == 0x7f80_0000;
+    let initializers = proto.graph.iter().flat_map(|g| &g.initializer);
+    for t in initializers.filter(|t| t.data_type == FLOAT) {
+        let raw = t.raw_data.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let bad = raw.fold(false, |bad, bits| bad | non_finite(bits)) || t.float_data.iter().any(|v| !v.is_finite());
+        if bad {
+            return Err(EngineError::Graph {
+                path: shown.to_string(),
+                message: format!("initializer {} holds a non-finite value (NaN or infinity)", t.name),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Loads an ONNX graph held in memory (`label` names it in errors).
