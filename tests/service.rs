@@ -791,6 +791,32 @@ fn mqtts_delivers_with_the_brokers_ca_and_a_client_certificate_and_refuses_a_wro
 }
 
 #[test]
+fn a_serial_output_that_can_never_open_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("one");
+    std::fs::create_dir_all(&photos).unwrap();
+    std::fs::copy(image("astronaut.jpg"), photos.join("a.jpg")).unwrap();
+    let source = format!("dir:{}", photos.display());
+    // A regular file is no serial port, now or later: exit 2, one line, nothing captioned.
+    let (code, stdout, stderr) =
+        finish(edgecap(&["--source", &source, "--once", "--serial", "/etc/hostname"]).spawn().unwrap());
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout:?}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert!(
+        errors.len() == 1 && errors[0].contains("/etc/hostname") && errors[0].contains("not a serial device"),
+        "{stderr}"
+    );
+    // An absent one may be plugged in: the service runs, its captions counted undelivered.
+    let absent = dir.path().join("ttyUSB9").display().to_string();
+    let (code, stdout, stderr) =
+        finish(edgecap(&["--source", &source, "--once", "--serial", &absent, "--flush-timeout", "0"]).spawn().unwrap());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(stdout.len(), 1, "{stderr}");
+    assert_eq!(stat(&stderr, "serial_dropped"), 1, "{stderr}");
+}
+
+#[test]
 fn a_frozen_broker_does_not_hold_shutdown_past_the_flush_timeout() {
     let broker = Broker::start();
     let sub = Subscriber::connect(&broker, &["P/#"]);

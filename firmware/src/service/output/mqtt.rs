@@ -227,7 +227,8 @@ struct Shared {
 
 struct Buffer {
     records: DropOldest<Arc<CaptionRecord>>,
-    closing: bool,
+    /// Set by `finish`, with the time by which everything must be done.
+    closing: Option<Instant>,
     /// Set by `finish` at its deadline.
     abandon: bool,
 }
@@ -246,7 +247,7 @@ impl Mqtt {
         let node = node_id(config, camera);
         let topics = Topics::new(config, camera, &node);
         let shared = Arc::new(Shared {
-            buffer: Mutex::new(Buffer { records: DropOldest::new(config.buffer), closing: false, abandon: false }),
+            buffer: Mutex::new(Buffer { records: DropOldest::new(config.buffer), closing: None, abandon: false }),
         });
         let mut options = MqttOptions::new(node.clone(), url.host.clone(), url.port);
         options.set_keep_alive(Duration::from_secs(config.keep_alive));
@@ -326,8 +327,10 @@ impl Sink for Mqtt {
     }
 
     fn finish(mut self: Box<Self>, deadline: Instant) -> u64 {
-        self.lock().closing = true;
-        while !self.lock().records.is_empty() && Instant::now() < deadline {
+        self.lock().closing = Some(deadline);
+        // The link delivers what is left, says `offline` and disconnects, then ends; at the
+        // deadline it is told to give up, and does at once.
+        while self.thread.as_ref().is_some_and(|t| !t.is_finished()) && Instant::now() < deadline {
             std::thread::sleep(TICK);
         }
         let left = {
@@ -447,8 +450,8 @@ impl Link {
             if abandon {
                 return;
             }
-            if closing && empty && settled {
-                self.shutdown();
+            if let Some(deadline) = closing.filter(|_| empty && settled) {
+                self.shutdown(deadline);
                 return;
             }
             if self.conn.is_none() {
@@ -603,14 +606,15 @@ impl Link {
     }
 
     /// Publishes `offline` (retained) and disconnects cleanly, so the will is not needed.
-    fn shutdown(&mut self) {
+    /// Within `deadline` (the flush timeout's), and 2 s at most for the acknowledgement.
+    fn shutdown(&mut self, deadline: Instant) {
         let Some(conn) = self.conn.as_mut().filter(|c| c.connected) else { return };
         if conn.client.try_publish(&self.topics.available, QoS::AtLeastOnce, true, "offline").is_err() {
             return;
         }
         conn.inflight.push_back(0);
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while !conn.inflight.is_empty() && Instant::now() < deadline {
+        let acked_by = deadline.min(Instant::now() + Duration::from_secs(2));
+        while !conn.inflight.is_empty() && Instant::now() < acked_by {
             match conn.events.recv_timeout(TICK) {
                 Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => {
                     conn.inflight.pop_front();
@@ -621,7 +625,8 @@ impl Link {
         }
         let _ = conn.client.try_disconnect();
         // Let the event loop send DISCONNECT before the client is dropped.
-        while let Ok(Ok(event)) = conn.events.recv_timeout(Duration::from_millis(500)) {
+        let sent_by = deadline.min(Instant::now() + Duration::from_millis(500));
+        while let Ok(Ok(event)) = conn.events.recv_timeout(sent_by.saturating_duration_since(Instant::now())) {
             if matches!(event, Event::Outgoing(Outgoing::Disconnect)) {
                 break;
             }

@@ -44,7 +44,9 @@ impl Serial {
             queue: Mutex::new(State { lines: DropOldest::new(config.queue), closing: false, abandon: false }),
             changed: Condvar::new(),
         });
-        let mut writer = Writer { device: config.device.clone(), baud: config.baud, port: None, warned: false };
+        let port = first_open(config)?;
+        let warned = port.is_none();
+        let mut writer = Writer { device: config.device.clone(), baud: config.baud, port, warned };
         let worker = Arc::clone(&shared);
         let thread = std::thread::Builder::new().name("serial".into()).spawn(move || writer.run(&worker))?;
         Ok(Serial { shared, thread: Some(thread), stats, drops: LogLimit::default() })
@@ -90,6 +92,29 @@ impl Sink for Serial {
             log::warn!("serial: {left} captions undelivered at shutdown");
         }
         left
+    }
+}
+
+/// The port at start. Absent (a USB adapter not plugged in yet) is worth waiting for; present
+/// but not a character device, or one this user may not open (not in the `dialout` group), will
+/// fail every retry: start-up stops with the reason.
+fn first_open(config: &SerialConfig) -> std::io::Result<Option<Box<dyn serialport::SerialPort>>> {
+    use std::os::unix::fs::FileTypeExt;
+    let device = &config.device;
+    match serialport::new(device.to_string_lossy(), config.baud).timeout(WRITE_TIMEOUT).open() {
+        Ok(port) => Ok(Some(port)),
+        Err(e) => match std::fs::metadata(device) {
+            Ok(meta) if !meta.file_type().is_char_device() => Err(std::io::Error::other(format!(
+                "not a serial device (a character device such as /dev/ttyUSB0): {e}"
+            ))),
+            Ok(_) if matches!(e.kind(), serialport::ErrorKind::Io(std::io::ErrorKind::PermissionDenied)) => {
+                Err(std::io::Error::other(format!("{e} (is the user in the dialout group?)")))
+            }
+            _ => {
+                log::warn!("serial: cannot open {}: {e}; retrying every {}s", device.display(), RETRY.as_secs());
+                Ok(None)
+            }
+        },
     }
 }
 
