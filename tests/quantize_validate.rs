@@ -266,6 +266,21 @@ fn host_tools(args: &[&str]) -> (i32, String, String) {
 }
 
 #[test]
+fn host_tools_threads_are_capped_at_the_cores() {
+    let (_, _, int8) = bundles();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let imgs = images_dir();
+    let args =
+        ["--threads", "10000", "bench", int8.to_str().unwrap(), "--runs", "1", "--images", imgs.to_str().unwrap()];
+    let run = Command::new(binary("host-tools")).args(args).env("RUST_LOG", "warn").output().unwrap();
+    let (code, out, err) =
+        (run.status.code(), String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(err.contains(&format!("10000 threads asked for, {cores} cores available: using {cores}")), "{err}");
+    assert!(out.contains(&format!("{cores} threads")), "{out}");
+}
+
+#[test]
 fn validate_verdict_and_exit_codes() {
     let (dir, fp32, int8) = bundles();
     let (fp, i8) = (fp32.to_str().unwrap(), int8.to_str().unwrap());

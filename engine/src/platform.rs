@@ -51,6 +51,21 @@ pub fn available_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// The thread count for a `--threads` value (none = every core): at least 1, and capped at the
+/// cores this process may use, with a warning, since more only adds switching (and thousands of
+/// threads, memory). Both binaries take their thread count through here.
+pub fn thread_count(asked: Option<usize>) -> Result<usize, String> {
+    let cores = available_cores();
+    match asked.unwrap_or(cores) {
+        0 => Err("threads must be at least 1".into()),
+        n if n > cores => {
+            log::warn!("{n} threads asked for, {cores} cores available: using {cores}");
+            Ok(cores)
+        }
+        n => Ok(n),
+    }
+}
+
 /// Runs tract's matrix products and edgecap's int8 products ([`crate::int8::pool`]) on `threads`
 /// threads from now on, process-wide (tract keeps one default executor). 1 = on the calling
 /// thread only, as without this call. Call it once, before captioning: each call with more than

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use edgecap_engine::generate::GenerationOptions;
 use edgecap_engine::image_load::load_rgb;
@@ -90,19 +90,7 @@ pub fn run(args: &CaptionArgs) -> u8 {
 /// command line / configuration override, and sets the thread count. Shared by `caption` and
 /// the service.
 pub fn load_model(bundle: Option<&PathBuf>, decoding: &Decoding) -> Result<(CaptionModel, GenerationOptions)> {
-    let cores = platform::available_cores();
-    let threads = decoding.threads.unwrap_or(cores);
-    if threads == 0 {
-        bail!("invalid option: threads must be at least 1");
-    }
-    // More threads than cores only adds switching (and thousands of them, memory): capped at
-    // the cores this process may run on (its affinity and cgroup quota included).
-    let threads = if threads > cores {
-        log::warn!("{threads} threads asked for, {cores} cores available: using {cores}");
-        cores
-    } else {
-        threads
-    };
+    let threads = platform::thread_count(decoding.threads).map_err(|e| anyhow::anyhow!("invalid option: {e}"))?;
     platform::set_threads(threads);
     log::info!("{threads} threads for the matrix products");
     let bundle = match bundle {

@@ -289,10 +289,7 @@ fn check_output_dir(out: &Path, force: bool, inputs: &[&Path]) -> Result<()> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let threads = cli.threads.unwrap_or_else(edgecap_engine::platform::available_cores);
-    if threads == 0 {
-        anyhow::bail!("--threads must be at least 1");
-    }
+    let threads = edgecap_engine::platform::thread_count(cli.threads).map_err(|e| anyhow::anyhow!("--{e}"))?;
     edgecap_engine::platform::set_threads(threads);
     match cli.command {
         Command::Export {
