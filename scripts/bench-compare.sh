@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates the side-by-side benchmark (edgecap fp32/int8 vs PyTorch vs ONNX Runtime fp32/int8
-# on the full-size ClipCap model) and its table in README.md, bench/results.md and
+# on the full-size ClipCap model) and its table in docs/benchmarks.md, bench/results.md and
 # bench/results.json. See the docstring of bench/compare.py for what is measured.
 #
 #   scripts/bench-compare.sh [--python PY] [--rounds N] [--threads N]
@@ -22,10 +22,10 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-# compare.py rewrites README.md between these marker lines: fail now, not after the build.
+# compare.py rewrites docs/benchmarks.md between these marker lines: fail now, not after the build.
 for marker in '<!-- bench:compare:start -->' '<!-- bench:compare:end -->'; do
-    if ! grep -qxF "$marker" README.md; then
-        echo "bench-compare.sh: README.md lacks the line $marker" >&2
+    if ! grep -qxF "$marker" docs/benchmarks.md; then
+        echo "bench-compare.sh: docs/benchmarks.md lacks the line $marker" >&2
         exit 1
     fi
 done
@@ -63,4 +63,4 @@ target/release/host-tools quantize "$fp32" --out "$int8" --calibration "$fixture
 # quantized on first use into target/bench/ort-int8.
 "$python" bench/compare.py --fp32 "$fp32" --int8 "$int8" --fixtures "$fixtures" \
     --host-tools target/release/host-tools --edgecap target/release/edgecap \
-    --rounds "$rounds" --threads "$threads" --update-readme README.md
+    --rounds "$rounds" --threads "$threads" --update-readme docs/benchmarks.md

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces the default model (models/default) from nothing: synthetic scenes, a CLIP-style
 # dual encoder trained on them, a DeCap decoder trained on their captions, export, int8
-# quantization, and the held-out scores the README quotes. Seeded: a rerun on the same machine
+# quantization, and the held-out scores docs/training.md quotes. Seeded: a rerun on the same machine
 # gives the same bundle. Takes about 1 hour 50 minutes on 2 cores.
 #   scripts/train-default-model.sh [WORK_DIR]   (default target/default-model)
 set -euo pipefail
@@ -50,7 +50,7 @@ cp "$work"/train/scene-000[0-4]?.png "$work/calibration/"
 # and 2.4× smaller).
 $ht quantize "$work/fp32" --out "$work/int8" --calibration "$work/calibration" --all-int8
 
-# 5. Held-out scores, fp32 and int8 (the README's table).
+# 5. Held-out scores, fp32 and int8 (docs/training.md's table).
 $ht scenes score --bundle "$work/fp32" --scenes "$work/heldout" | tee "$work/score-fp32.txt"
 $ht scenes score --bundle "$work/int8" --scenes "$work/heldout" | tee "$work/score-int8.txt"
 

@@ -1,5 +1,5 @@
 //! The default model (models/default, built into `edgecap`): held-out accuracy on scenes drawn
-//! fresh here (seed 3; training used seed 1, the README's held-out figures seed 2), and captions
+//! fresh here (seed 3; training used seed 1, the held-out figures of docs/training.md seed 2), and captions
 //! from a copy of the binary alone, run from an empty folder with no bundle anywhere.
 
 use std::path::Path;
@@ -9,7 +9,7 @@ use edgecap_tests::binary;
 use host_tools::scenes::{parse_caption, read_split};
 use serde_json::Value;
 
-/// Floors under the measured held-out figures (README, "The default model"; on these 200
+/// Floors under the measured held-out figures (docs/training.md, "The default model"; on these 200
 /// scenes: colour 92%, shape 66%, count 91%, size 94%, position 94%, correct caption 63%: group
 /// scenes 81%, relation scenes 28%), so that a retrained model passes and a broken pipeline (or
 /// one captioning at random: colour 20%, shape 33%, count 33%, size 50%, position 25%) does not.

@@ -4,7 +4,7 @@
 //!
 //! On an int8 bundle: in an fp32 decoder tract moves the last-position slice up into the last
 //! layer's attention, which then stays unfused, so the cache stays outside there (see the
-//! README, "Fused at load").
+//! docs/int8.md, "Fused at load").
 
 use std::path::Path;
 

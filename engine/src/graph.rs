@@ -23,7 +23,7 @@ pub enum Axis {
     Free,
     /// Always this size. A symbolic axis of the graph is bound to it before optimisation:
     /// tract 0.23.9 then plans its int8 products for the known row count, which on the CLIP
-    /// image encoder is ~5x faster than the symbolic-batch plan (README, "Quantizing to int8").
+    /// image encoder is ~5x faster than the symbolic-batch plan (docs/int8.md).
     Is(usize),
 }
 

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Exit codes, documented in the README.
+/// Exit codes, documented in the README (caption) and docs/service.md (run).
 pub mod exit {
     /// Every image was captioned.
     pub const OK: u8 = 0;
