@@ -106,7 +106,6 @@ pub fn redact_password(url: &str) -> String {
 /// refuses a bad one by closing the connection (every later caption lost) or, for a `$` topic,
 /// acknowledges the publish and drops it.
 pub fn check_config(config: &MqttConfig) -> Result<()> {
-    BrokerUrl::parse(&config.url)?;
     topic_part("mqtt prefix", &config.prefix, true)?;
     if !config.discovery_prefix.is_empty() {
         topic_part("mqtt discovery_prefix", &config.discovery_prefix, true)?;
@@ -114,7 +113,7 @@ pub fn check_config(config: &MqttConfig) -> Result<()> {
     if let Some(id) = &config.client_id {
         topic_part("mqtt client_id", id, false)?;
     }
-    transport(config)?;
+    transport(config)?; // parses the url, reads the TLS files
     if !(KEEP_ALIVE_MIN_S..=KEEP_ALIVE_MAX_S).contains(&config.keep_alive) {
         bail!(
             "mqtt keep_alive must be from {KEEP_ALIVE_MIN_S} to {KEEP_ALIVE_MAX_S} seconds (MQTT carries it in 16 bits), got {}",
