@@ -98,6 +98,23 @@ pub fn release_free_memory() {
     }
 }
 
+/// Whether this 32-bit ARM CPU has NEON, from the kernel's hardware capabilities (Rust's run-time
+/// detection of ARM features is not stable, and `cfg(target_feature = "neon")` is not set for an
+/// unstable feature even when the build enables it).
+#[cfg(target_arch = "arm")]
+pub(crate) fn arm_has_neon() -> bool {
+    static NEON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *NEON.get_or_init(|| {
+        // HWCAP_NEON, arch/arm/include/uapi/asm/hwcap.h.
+        const HWCAP_NEON: std::ffi::c_ulong = 1 << 12;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: getauxval reads the process's auxiliary vector; no memory is handed over.
+        return unsafe { libc::getauxval(libc::AT_HWCAP) } & HWCAP_NEON != 0;
+        #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+        false
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

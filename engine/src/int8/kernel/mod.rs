@@ -125,23 +125,6 @@ impl Activations {
     }
 }
 
-/// Whether this 32-bit ARM CPU has NEON, from the kernel's hardware capabilities (Rust's run-time
-/// detection of ARM features is not stable, and `cfg(target_feature = "neon")` is not set for an
-/// unstable feature even when the build enables it).
-#[cfg(target_arch = "arm")]
-fn arm_has_neon() -> bool {
-    static NEON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *NEON.get_or_init(|| {
-        // HWCAP_NEON, arch/arm/include/uapi/asm/hwcap.h.
-        const HWCAP_NEON: std::ffi::c_ulong = 1 << 12;
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: getauxval reads the process's auxiliary vector; no memory is handed over.
-        return unsafe { libc::getauxval(libc::AT_HWCAP) } & HWCAP_NEON != 0;
-        #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-        false
-    })
-}
-
 /// Which implementation runs the products on this CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
@@ -203,7 +186,7 @@ impl Kernel {
         let kernel =
             Some(if std::arch::is_aarch64_feature_detected!("dotprod") { Kernel::NeonDot } else { Kernel::NeonWide });
         #[cfg(target_arch = "arm")]
-        let kernel = arm_has_neon().then_some(Kernel::Armv7Neon);
+        let kernel = crate::platform::arm_has_neon().then_some(Kernel::Armv7Neon);
         #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm")))]
         let kernel = None;
         kernel

@@ -170,7 +170,7 @@ impl Layout {
             Layout::Lanes => unsafe { transpose_neon(src, stride, group) },
             #[cfg(target_arch = "arm")]
             // SAFETY: as above; only the armv7 kernel reads this layout, after checking for NEON.
-            Layout::Lanes if super::arm_has_neon() => unsafe { transpose_armv7(src, stride, group) },
+            Layout::Lanes if crate::platform::arm_has_neon() => unsafe { transpose_armv7(src, stride, group) },
             _ => {
                 for (d, c) in (0..depth).flat_map(|d| (0..PANEL).map(move |c| (d, c))) {
                     group[c * depth + d] = src[d * stride + c];

@@ -298,146 +298,63 @@ impl<'a> Bias<'a> {
 
 /// Σ a·b in sixteen lanes (one AVX-512 register, four NEON ones), the lanes then added as a
 /// tree: halves, quarters, then `(q0 + q2) + (q1 + q3)`. Every operation's order is written out
-/// and none is fused, so each CPU gives the same bits (x86 vectorises this code; aarch64 runs
-/// [`neon::dot`], the same operations by hand, since LLVM split this one into two-lane vectors
-/// there). A sequential sum of the lanes cost as much as the products on ARM (emulated counts).
+/// and none is fused, so each CPU gives the same bits (x86 vectorises [`portable_dot`]; aarch64
+/// runs [`neon::dot`], the same operations by hand, since LLVM split this one into two-lane
+/// vectors there; 32-bit ARM [`armv7::dot`], since LLVM keeps float arithmetic off armv7's NEON,
+/// which flushes subnormals to zero). A sequential sum of the lanes cost as much as the products
+/// on ARM (emulated counts).
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "aarch64")]
-    return neon::dot(a, b);
-    #[cfg(not(target_arch = "aarch64"))]
-    {
-        let mut lanes = [0f32; 16];
-        let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
-        for (x, y) in ac.clone().zip(bc.clone()) {
-            for l in 0..16 {
-                lanes[l] += x[l] * y[l];
-            }
+    let dot = neon::dot;
+    #[cfg(target_arch = "arm")]
+    let dot = if crate::platform::arm_has_neon() { armv7::dot } else { portable_dot };
+    #[cfg(not(any(target_arch = "aarch64", target_arch = "arm")))]
+    let dot = portable_dot;
+    dot(a, b)
+}
+
+/// [`dot`] in plain Rust, which x86's compiler vectorises.
+#[cfg_attr(target_arch = "aarch64", allow(dead_code))]
+#[inline(always)]
+fn portable_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    for (x, y) in ac.clone().zip(bc.clone()) {
+        for l in 0..16 {
+            lanes[l] += x[l] * y[l];
         }
-        let halves: [f32; 8] = std::array::from_fn(|l| lanes[l] + lanes[l + 8]);
-        let quarters: [f32; 4] = std::array::from_fn(|l| halves[l] + halves[l + 4]);
-        let tail = ac.remainder().iter().zip(bc.remainder()).fold(0f32, |s, (x, y)| s + x * y);
-        (quarters[0] + quarters[2]) + (quarters[1] + quarters[3]) + tail
     }
+    let halves: [f32; 8] = std::array::from_fn(|l| lanes[l] + lanes[l + 8]);
+    let quarters: [f32; 4] = std::array::from_fn(|l| halves[l] + halves[l + 4]);
+    let tail = ac.remainder().iter().zip(bc.remainder()).fold(0f32, |s, (x, y)| s + x * y);
+    (quarters[0] + quarters[2]) + (quarters[1] + quarters[3]) + tail
 }
 
 /// `y += p · x`, multiplied then added (not fused), as [`dot`].
 #[inline(always)]
 fn axpy(p: f32, x: &[f32], y: &mut [f32]) {
     #[cfg(target_arch = "aarch64")]
-    return neon::axpy(p, x, y);
-    #[cfg(not(target_arch = "aarch64"))]
+    let axpy = neon::axpy;
+    #[cfg(target_arch = "arm")]
+    let axpy = if crate::platform::arm_has_neon() { armv7::axpy } else { portable_axpy };
+    #[cfg(not(any(target_arch = "aarch64", target_arch = "arm")))]
+    let axpy = portable_axpy;
+    axpy(p, x, y)
+}
+
+#[cfg_attr(target_arch = "aarch64", allow(dead_code))]
+#[inline(always)]
+fn portable_axpy(p: f32, x: &[f32], y: &mut [f32]) {
     for (y, x) in y.iter_mut().zip(x) {
         *y += p * x;
     }
 }
 
-/// [`dot`] and [`axpy`] in NEON intrinsics: the same IEEE operations in the same order.
+#[cfg(target_arch = "arm")]
+mod armv7;
 #[cfg(target_arch = "aarch64")]
-mod neon {
-    use std::arch::aarch64::*;
-
-    #[inline(always)]
-    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-        let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
-        // SAFETY: NEON is part of aarch64; every load reads 16 floats of a 16-float chunk.
-        let lanes = unsafe {
-            let mut acc = [vdupq_n_f32(0.0); 4];
-            for (x, y) in ac.clone().zip(bc.clone()) {
-                multiply_add(&mut acc, vld1q_f32_x4(x.as_ptr()), vld1q_f32_x4(y.as_ptr()));
-            }
-            sum_lanes(acc)
-        };
-        let tail = ac.remainder().iter().zip(bc.remainder()).fold(0f32, |s, (x, y)| s + x * y);
-        lanes + tail
-    }
-
-    /// `acc += x · y` lane by lane, multiplied then added.
-    #[inline(always)]
-    unsafe fn multiply_add(acc: &mut [float32x4_t; 4], x: float32x4x4_t, y: float32x4x4_t) {
-        acc[0] = vaddq_f32(acc[0], vmulq_f32(x.0, y.0));
-        acc[1] = vaddq_f32(acc[1], vmulq_f32(x.1, y.1));
-        acc[2] = vaddq_f32(acc[2], vmulq_f32(x.2, y.2));
-        acc[3] = vaddq_f32(acc[3], vmulq_f32(x.3, y.3));
-    }
-
-    /// Halves (lanes l and l + 8), quarters (l and l + 4), then (q0 + q2) + (q1 + q3).
-    #[inline(always)]
-    unsafe fn sum_lanes(acc: [float32x4_t; 4]) -> f32 {
-        let quarters = vaddq_f32(vaddq_f32(acc[0], acc[2]), vaddq_f32(acc[1], acc[3]));
-        vpadds_f32(vadd_f32(vget_low_f32(quarters), vget_high_f32(quarters)))
-    }
-
-    /// Channels of a head that [`scores`] and [`context`] take: every head of CLIP ViT-B and
-    /// GPT-2.
-    pub const HEAD: usize = 64;
-
-    /// `scores[j] = dot(q, keys[at(j)..])` for `HEAD` channels, with `q` held in registers
-    /// rather than loaded again for every key (emulated counts: a third fewer instructions).
-    #[inline(always)]
-    pub fn scores(q: &[f32], keys: &[f32], at: impl Fn(usize) -> usize, scores: &mut [f32]) {
-        let q = &q[..HEAD];
-        // SAFETY: NEON is part of aarch64; every load reads 16 floats of a HEAD-float slice.
-        unsafe {
-            let qv: [float32x4x4_t; HEAD / 16] = std::array::from_fn(|c| vld1q_f32_x4(q[16 * c..].as_ptr()));
-            for (j, score) in scores.iter_mut().enumerate() {
-                let key = &keys[at(j)..][..HEAD];
-                let mut acc = [vdupq_n_f32(0.0); 4];
-                for (c, &x) in qv.iter().enumerate() {
-                    multiply_add(&mut acc, x, vld1q_f32_x4(key[16 * c..].as_ptr()));
-                }
-                // `+ 0.0`: `dot`'s empty tail, kept so that -0.0 turns out as it does there.
-                *score = sum_lanes(acc) + 0.0;
-            }
-        }
-    }
-
-    /// `row = Σ_j p_j · values[at(j)..]` for `HEAD` channels, from zero and key by key as
-    /// `row.fill(0.0)` then [`axpy`] would, with the row held in registers throughout.
-    #[inline(always)]
-    pub fn context(p: &[f32], values: &[f32], at: impl Fn(usize) -> usize, row: &mut [f32]) {
-        let row = &mut row[..HEAD];
-        // SAFETY: NEON is part of aarch64; every load and store covers 16 floats of a
-        // HEAD-float slice.
-        unsafe {
-            let mut acc = [vdupq_n_f32(0.0); HEAD / 4];
-            for (j, &p) in p.iter().enumerate() {
-                let x = &values[at(j)..][..HEAD];
-                for (c, acc) in acc.chunks_exact_mut(4).enumerate() {
-                    let xv = vld1q_f32_x4(x[16 * c..].as_ptr());
-                    acc[0] = vaddq_f32(acc[0], vmulq_n_f32(xv.0, p));
-                    acc[1] = vaddq_f32(acc[1], vmulq_n_f32(xv.1, p));
-                    acc[2] = vaddq_f32(acc[2], vmulq_n_f32(xv.2, p));
-                    acc[3] = vaddq_f32(acc[3], vmulq_n_f32(xv.3, p));
-                }
-            }
-            for (c, acc) in acc.chunks_exact(4).enumerate() {
-                vst1q_f32_x4(row[16 * c..].as_mut_ptr(), float32x4x4_t(acc[0], acc[1], acc[2], acc[3]));
-            }
-        }
-    }
-
-    #[inline(always)]
-    pub fn axpy(p: f32, x: &[f32], y: &mut [f32]) {
-        let (xc, mut yc) = (x.chunks_exact(16), y.chunks_exact_mut(16));
-        for (x, y) in xc.clone().zip(&mut yc) {
-            // SAFETY: NEON is part of aarch64; each load and store covers one 16-float chunk.
-            unsafe {
-                let (xv, yv) = (vld1q_f32_x4(x.as_ptr()), vld1q_f32_x4(y.as_ptr()));
-                let sum = float32x4x4_t(
-                    vaddq_f32(yv.0, vmulq_n_f32(xv.0, p)),
-                    vaddq_f32(yv.1, vmulq_n_f32(xv.1, p)),
-                    vaddq_f32(yv.2, vmulq_n_f32(xv.2, p)),
-                    vaddq_f32(yv.3, vmulq_n_f32(xv.3, p)),
-                );
-                vst1q_f32_x4(y.as_mut_ptr(), sum);
-            }
-        }
-        for (y, x) in yc.into_remainder().iter_mut().zip(xc.remainder()) {
-            *y += p * x;
-        }
-    }
-}
+mod neon;
 
 /// In place, with the maximum subtracted first.
 #[inline(always)]
@@ -753,6 +670,31 @@ mod tests {
             row.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
             want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
         );
+    }
+
+    /// armv7's NEON assembly against the portable code it replaces, bit for bit, on lengths
+    /// with and without a tail (values of this size have no subnormal products, which NEON
+    /// would flush to zero).
+    #[cfg(target_arch = "arm")]
+    #[test]
+    fn armv7_neon_gives_the_bits_of_the_portable_dot_and_axpy() {
+        assert!(crate::platform::arm_has_neon(), "the armv7 builds assume NEON");
+        for (n, seed) in [(64, 1), (16, 2), (37, 3), (5, 4), (0, 5), (128, 6)] {
+            let mut a = plain(&random(seed, &[n])).unwrap().to_vec();
+            let b = plain(&random(seed + 10, &[n])).unwrap().to_vec();
+            if n > 3 {
+                a[3] = -0.0;
+            }
+            assert_eq!(armv7::dot(&a, &b).to_bits(), portable_dot(&a, &b).to_bits(), "dot of {n}");
+            let (mut got, mut want) = (b.clone(), b.clone());
+            armv7::axpy(0.37, &a, &mut got);
+            portable_axpy(0.37, &a, &mut want);
+            assert_eq!(
+                got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                "axpy of {n}"
+            );
+        }
     }
 
     /// CLIP's encoder: q, k, v [B, S, H, D] straight from the projections, no bias, a batch of
