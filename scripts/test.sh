@@ -9,10 +9,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# mosquitto + socat: the service tests' real broker and pseudo-terminal pairs. Cross gcc,
+# mosquitto + socat: the service tests' real broker and pseudo-terminal pairs; curl and a Python
+# virtual environment with the official openai package: the HTTP API's real clients. Cross gcc,
 # their C libraries and qemu-user: the ARM builds and their emulated runs. libclang: the camera
 # backend's V4L2 bindings (bindgen), built into the device binaries.
-packages=(mosquitto socat gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross
+packages=(mosquitto socat curl python3-venv gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross
     libc6-dev-armhf-cross qemu-user dpkg libclang-dev)
 missing=()
 for p in "${packages[@]}"; do
@@ -24,6 +25,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # Debian starts a system mosquitto on 1883; the tests start their own on free ports.
 rustup target add aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
+if ! target/test-venv/bin/python -c "import openai" 2>/dev/null; then
+    python3 -m venv target/test-venv
+    target/test-venv/bin/pip install --quiet "openai==3.63.0"
+fi
+export EDGECAP_TEST_PYTHON=$PWD/target/test-venv/bin/python
 
 # Each step prints how long it took, so a slow CI run shows where its time went.
 step() { echo "test.sh: $1 done after $((SECONDS / 60)) min $((SECONDS % 60)) s (total)"; }

@@ -4,15 +4,12 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
 use clap::Args;
-use edgecap_engine::generate::GenerationOptions;
 use edgecap_engine::image_load::load_rgb;
-use edgecap_engine::model::CaptionModel;
 use edgecap_engine::pipeline::Caption;
-use edgecap_engine::platform;
 
 use crate::exit;
+use crate::model::{self, Decoding, Loaded};
 
 #[derive(Args, Debug)]
 pub struct CaptionArgs {
@@ -29,22 +26,8 @@ pub struct CaptionArgs {
     images: Vec<PathBuf>,
 }
 
-/// How to run the model, from the command line or the service's configuration.
-#[derive(Args, Debug, Default, Clone)]
-pub struct Decoding {
-    /// Most tokens per caption (default: the bundle's).
-    #[arg(long)]
-    pub max_tokens: Option<usize>,
-    /// Beam width; 1 = greedy (default: the bundle's).
-    #[arg(long)]
-    pub beam: Option<usize>,
-    /// Threads for the matrix products (default: every core).
-    #[arg(long)]
-    pub threads: Option<usize>,
-}
-
 pub fn run(args: &CaptionArgs) -> u8 {
-    let (model, opts) = match load_model(args.bundle.as_ref(), &args.decoding) {
+    let Loaded { model, opts, .. } = match model::load(args.bundle.as_deref(), &args.decoding) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("error: {}", edgecap_engine::error::one_line(e.as_ref()));
@@ -83,49 +66,6 @@ pub fn run(args: &CaptionArgs) -> u8 {
         exit::SOME_FAILED
     } else {
         exit::OK
-    }
-}
-
-/// Loads the bundle (the default one when `bundle` is `None`) with the decoding options the
-/// command line / configuration override, and sets the thread count. Shared by `caption` and
-/// the service.
-pub fn load_model(bundle: Option<&PathBuf>, decoding: &Decoding) -> Result<(CaptionModel, GenerationOptions)> {
-    let threads = platform::thread_count(decoding.threads).map_err(|e| anyhow::anyhow!("invalid option: {e}"))?;
-    platform::set_threads(threads);
-    log::info!("{threads} threads for the matrix products");
-    let bundle = match bundle {
-        Some(b) => b.clone(),
-        None => default_bundle()?,
-    };
-    let model = CaptionModel::load(&bundle).with_context(|| format!("cannot load bundle {}", bundle.display()))?;
-    let mut opts = model.default_options();
-    if let Some(n) = decoding.max_tokens {
-        opts.max_tokens = n;
-    }
-    if let Some(b) = decoding.beam {
-        opts.beam_width = b;
-    }
-    model.check_options(&opts)?;
-    Ok((model, opts))
-}
-
-/// The model used when no `--bundle` is given: `$EDGECAP_BUNDLE`, else next to the installed
-/// binary (`<prefix>/share/edgecap/default`), in the source tree the binary was built in
-/// (`target/<profile>/edgecap` → `models/default`), else the default model built into the
-/// binary. Never from the working directory: a folder one happens to run in must not choose the
-/// model.
-pub fn default_bundle() -> Result<PathBuf> {
-    if let Some(env) = std::env::var_os("EDGECAP_BUNDLE") {
-        return Ok(PathBuf::from(env));
-    }
-    let mut candidates = Vec::new();
-    if let Some(bin_dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(PathBuf::from)) {
-        candidates.push(bin_dir.join("../share/edgecap/default"));
-        candidates.push(bin_dir.join("../../models/default"));
-    }
-    match candidates.into_iter().find(|c| c.join("bundle.toml").is_file()) {
-        Some(dir) => Ok(dir),
-        None => crate::builtin::bundle_dir(),
     }
 }
 

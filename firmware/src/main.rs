@@ -3,6 +3,8 @@
 
 mod builtin;
 mod caption;
+mod http;
+mod model;
 mod service;
 
 use std::process::ExitCode;
@@ -35,6 +37,9 @@ enum Command {
     Caption(caption::CaptionArgs),
     /// The service: caption frames from a source, send captions to stdout, serial, MQTT.
     Run(service::config::RunArgs),
+    /// The HTTP API only: captions for POST /v1/caption and OpenAI-compatible
+    /// /v1/chat/completions (docs/http.md).
+    Serve(http::ServeArgs),
     /// Check the configuration and the bundle, print the resolved configuration, do not run.
     CheckConfig(service::config::RunArgs),
     /// Print the version and the CPU features the inference kernels use on this board.
@@ -46,6 +51,7 @@ fn main() -> ExitCode {
     let code = match Cli::parse().command {
         Command::Caption(args) => caption::run(&args),
         Command::Run(args) => service::run(&args),
+        Command::Serve(args) => http::serve(&args),
         Command::CheckConfig(args) => service::check(&args),
         Command::Info => info(),
     };

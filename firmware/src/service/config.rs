@@ -9,7 +9,7 @@ use edgecap_engine::error::excerpt;
 use serde::{Deserialize, Serialize};
 
 use super::source::SourceSpec;
-use crate::caption::Decoding;
+use crate::model::Decoding;
 
 /// Used when `--config` is not given and this file exists.
 pub const DEFAULT_CONFIG: &str = "/etc/edgecap/edgecap.toml";

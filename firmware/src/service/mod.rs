@@ -24,6 +24,7 @@ use edgecap_engine::generate::GenerationOptions;
 use edgecap_engine::model::CaptionModel;
 
 use crate::exit;
+use crate::model::Loaded;
 use config::{Config, RunArgs};
 use output::Sink;
 use slot::Slot;
@@ -52,8 +53,7 @@ pub fn run(args: &RunArgs) -> u8 {
 /// `edgecap check-config`: everything `run` checks before it starts, without starting.
 pub fn check(args: &RunArgs) -> u8 {
     let result = args.resolve().and_then(|config| {
-        let (model, _) = load_model(&config)?;
-        drop(model);
+        drop(load_model(&config)?);
         Ok(config)
     });
     match result {
@@ -90,8 +90,8 @@ struct Service {
 impl Service {
     fn start(args: &RunArgs, stop: Arc<AtomicBool>) -> Result<Service> {
         let config = args.resolve()?;
-        let (model, opts) = load_model(&config)?;
-        let model_name = model_name(&config);
+        let Loaded { model, opts, bundle } = load_model(&config)?;
+        let model_name = Loaded::name_of(&bundle);
         let stats = Arc::new(Stats::default());
         let spec = SourceSpec::parse(&config.source)?;
         let sinks = start_sinks(&config, &stats)?;
@@ -134,15 +134,8 @@ impl Service {
     }
 }
 
-fn load_model(config: &Config) -> Result<(CaptionModel, GenerationOptions)> {
-    crate::caption::load_model(config.bundle.as_ref(), &config.decoding())
-}
-
-/// The `model` field of records: the bundle's directory name.
-fn model_name(config: &Config) -> String {
-    let dir = config.bundle.clone().or_else(|| crate::caption::default_bundle().ok()).unwrap_or_default();
-    let dir = dir.canonicalize().unwrap_or(dir);
-    dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "default".into())
+fn load_model(config: &Config) -> Result<Loaded> {
+    crate::model::load(config.bundle.as_deref(), &config.decoding())
 }
 
 fn start_sinks(config: &Config, stats: &Arc<Stats>) -> Result<Vec<Box<dyn Sink>>> {
