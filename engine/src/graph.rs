@@ -92,12 +92,13 @@ fn parse(path: &Path) -> Result<InferenceModel, EngineError> {
 
 /// Refuses a float initializer holding a NaN or an infinity: a damaged or forged file whose
 /// hashes match (a stamp) would otherwise caption garbage without an error. One pass over the
-/// float bytes ([`any_non_finite`]); an int8 bundle has few float tensors.
+/// floats, as `raw_data` bytes or as `float_data`.
 fn check_finite(proto: &tract_onnx::pb::ModelProto, shown: &str) -> Result<(), EngineError> {
     const FLOAT: i32 = 1;
     let initializers = proto.graph.iter().flat_map(|g| &g.initializer);
     for t in initializers.filter(|t| t.data_type == FLOAT) {
-        if any_non_finite(&t.raw_data) || t.float_data.iter().any(|v| !v.is_finite()) {
+        let raw = t.raw_data.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        if any_non_finite(raw) || any_non_finite(t.float_data.iter().map(|v| v.to_bits())) {
             return Err(EngineError::Graph {
                 path: shown.to_string(),
                 message: format!("initializer {} holds a non-finite value (NaN or infinity)", t.name),
@@ -107,23 +108,14 @@ fn check_finite(proto: &tract_onnx::pb::ModelProto, shown: &str) -> Result<(), E
     Ok(())
 }
 
-/// Whether a little-endian f32 of `raw` is NaN or infinite, i.e. has an exponent of all ones:
+/// Whether one of these f32 bit patterns is NaN or infinite, i.e. has an exponent of all ones:
 /// `(bits & exponent) + one exponent step` carries into bit 31 exactly then. Integer operations
-/// over fixed 64-byte blocks, which vectorise on every target, 32-bit ARM included (a
-/// float-by-float test there cost 1.36 G instructions, six a float, of the full-size fp32
-/// bundle's load on a Cortex-A7: emulated counts). Trailing bytes short of a float are ignored.
-fn any_non_finite(raw: &[u8]) -> bool {
-    #[inline(always)]
-    fn carry(b: &[u8]) -> u32 {
-        (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000) + 0x0080_0000
-    }
-    let blocks = raw.chunks_exact(64);
-    let mut acc = blocks.remainder().chunks_exact(4).fold(0, |a, b| a | carry(b));
-    for block in blocks {
-        let lanes: [u32; 16] = std::array::from_fn(|i| carry(&block[4 * i..4 * i + 4]));
-        acc |= lanes.iter().fold(0, |a, &l| a | l);
-    }
-    acc & 0x8000_0000 != 0
+/// OR-ed together without an early exit, a loop that vectorises on every target, 32-bit ARM
+/// included: `any(|v| !v.is_finite())` stayed scalar, 1.26 G instructions (aarch64) and 1.46 G
+/// (armv7) of the full-size fp32 bundle's load, five or six a float (emulated counts).
+#[inline(always)]
+fn any_non_finite(bits: impl Iterator<Item = u32>) -> bool {
+    bits.fold(0, |acc, b| acc | ((b & 0x7f80_0000) + 0x0080_0000)) & 0x8000_0000 != 0
 }
 
 /// Loads an ONNX graph held in memory (`label` names it in errors).
@@ -236,21 +228,17 @@ mod tests {
 
     #[test]
     fn non_finite_floats_are_found_anywhere_and_only_they() {
-        let floats = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let floats = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
         let finite = [0.0, -0.0, 1.5, -3.0e38, f32::MAX, f32::MIN, f32::MIN_POSITIVE, 1.0e-45];
         let mut values: Vec<f32> = (0..37).map(|i| finite[i % finite.len()]).collect();
-        assert!(!any_non_finite(&floats(&values)));
-        // In a 64-byte block and in the tail; a trailing partial float is not read.
+        assert!(!any_non_finite(floats(&values).into_iter()));
         for at in [0, 5, 15, 16, 31, 32, 36] {
             for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::from_bits(0xffc0_0001)] {
                 let saved = values[at];
                 values[at] = bad;
-                assert!(any_non_finite(&floats(&values)), "{bad} at {at}");
+                assert!(any_non_finite(floats(&values).into_iter()), "{bad} at {at}");
                 values[at] = saved;
             }
         }
-        let mut partial = floats(&values);
-        partial.extend([0xff, 0xff, 0xff]);
-        assert!(!any_non_finite(&partial));
     }
 }
