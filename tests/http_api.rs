@@ -461,3 +461,107 @@ fn sigterm_stops_the_server_cleanly() {
     assert_eq!(status.code(), Some(0), "{:?}", server.stderr.lock().unwrap());
     assert!(TcpStream::connect(&server.addr).is_err(), "still listening after exit");
 }
+
+#[test]
+fn run_serves_the_api_beside_the_camera_service() {
+    let mut child = Command::new(binary("edgecap"))
+        .args(["run", "--bundle"])
+        .arg(bundle())
+        .args(["--source", "test-pattern", "--fps", "5", "--interval", "0.2", "--scene-threshold", "0", "--no-stdout"])
+        .args(["--http", "127.0.0.1:0", "--http-token", "t0ken"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let (sink, pipe) = (Arc::clone(&stderr), child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let server = {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let said = stderr.lock().unwrap().iter().find_map(|l| l.split("on http://").nth(1).map(str::to_string));
+            if let Some(addr) = said {
+                break Server { child, addr, stderr: Arc::clone(&stderr) };
+            }
+            assert!(Instant::now() < deadline, "no API: {:?}", stderr.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let photo = image("chelsea.png");
+    let (caption, _) = cli_caption(&photo, &[]);
+    let data = format!("@{}", photo.display());
+    let auth = ["-H", "Authorization: Bearer t0ken", "-H", "Content-Type: image/png", "--data-binary", &data];
+    let reply = curl(&auth, &server.url("/v1/caption"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["caption"], caption);
+    // The service keeps captioning its own frames meanwhile; /metrics shows both.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = curl(&[], &server.url("/metrics")).body;
+        let captioned = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("edgecap_service_total{counter=\"captioned\"} "))
+            .map(|n| n.parse::<u64>().unwrap());
+        if captioned.is_some_and(|n| n >= 2) {
+            assert!(metrics.contains("edgecap_http_captions_total 1\n"), "{metrics}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the service did not caption: {metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut server = server;
+    let ok = Command::new("kill").args(["-s", "TERM", &server.child.id().to_string()]).status().unwrap().success();
+    assert!(ok);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "{:?}", server.stderr.lock().unwrap());
+}
+
+#[test]
+fn check_config_shows_the_http_section_without_its_token() {
+    let out = Command::new(binary("edgecap"))
+        .args(["check-config", "--bundle"])
+        .arg(bundle())
+        .args([
+            "--source",
+            "test-pattern",
+            "--http",
+            "0.0.0.0:8080",
+            "--http-token",
+            "secret-token",
+            "--http-queue",
+            "7",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config: toml::Value = toml::from_str(&stdout).unwrap();
+    assert_eq!(config["http"]["listen"].as_str(), Some("0.0.0.0:8080"));
+    assert_eq!(config["http"]["queue"].as_integer(), Some(7));
+    assert_eq!(config["http"]["token"].as_str(), Some("***"));
+    assert!(!stdout.contains("secret-token"));
+    // An HTTP option without an address, and a bad [http] value in the file: exit 2, one line.
+    let out = Command::new(binary("edgecap")).args(["check-config", "--http-queue", "3"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--http-queue needs --http"), "{stderr}");
+    let file = std::env::temp_dir().join(format!("edgecap-http-{}.toml", std::process::id()));
+    std::fs::write(&file, "source = \"test-pattern\"\n[http]\nlisten = \"0.0.0.0:8080\"\ntimeout = -1\n").unwrap();
+    let out = Command::new(binary("edgecap")).arg("check-config").arg("--config").arg(&file).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("http timeout must be more than 0"), "{stderr}");
+    let _ = std::fs::remove_file(file);
+}

@@ -52,9 +52,9 @@ impl Metrics {
         *self.requests.lock().unwrap_or_else(|p| p.into_inner()).entry((route, status)).or_default() += 1;
     }
 
-    /// The text of `GET /metrics`; `queue_depth` and `deliveries` (output → delivered count, from
-    /// the service when the API runs beside it) are read by the caller at that moment.
-    pub fn render(&self, queue_depth: usize, deliveries: &[(String, u64)]) -> String {
+    /// The text of `GET /metrics`; `queue_depth` and `service` (the camera service's counters
+    /// when the API runs beside it) are read by the caller at that moment.
+    pub fn render(&self, queue_depth: usize, service: &[(&str, u64)]) -> String {
         let mut out = String::new();
         let captions = self.captions.load(Ordering::Relaxed);
         metric(&mut out, "edgecap_http_captions_total", "counter", "Captions made for API requests.");
@@ -79,10 +79,11 @@ impl Metrics {
         metric(&mut out, "edgecap_http_queue_depth", "gauge", "Captions waiting for the engine.");
         let _ = writeln!(out, "edgecap_http_queue_depth {queue_depth}");
         self.render_latency(&mut out);
-        if !deliveries.is_empty() {
-            metric(&mut out, "edgecap_delivered_total", "counter", "Service captions delivered, by output.");
-            for (output, n) in deliveries {
-                let _ = writeln!(out, "edgecap_delivered_total{{output=\"{output}\"}} {n}");
+        if !service.is_empty() {
+            let help = "The camera service's counts: frames, captions, frames skipped, captions an output dropped.";
+            metric(&mut out, "edgecap_service_total", "counter", help);
+            for (counter, n) in service {
+                let _ = writeln!(out, "edgecap_service_total{{counter=\"{counter}\"}} {n}");
             }
         }
         out
@@ -121,7 +122,7 @@ mod tests {
         m.count_error("queue_full");
         m.count_error("timeout");
         m.count_error("timeout");
-        let text = m.render(3, &[("mqtt".into(), 7)]);
+        let text = m.render(3, &[("mqtt_dropped", 7)]);
         assert!(text.contains("edgecap_http_caption_seconds_bucket{le=\"0.05\"} 1\n"), "{text}");
         assert!(text.contains("edgecap_http_caption_seconds_bucket{le=\"0.1\"} 3\n"), "{text}");
         assert!(text.contains("edgecap_http_caption_seconds_bucket{le=\"0.5\"} 4\n"), "{text}");
@@ -131,6 +132,6 @@ mod tests {
         assert!(text.contains("edgecap_http_captions_total 5\n"), "{text}");
         assert!(text.contains("edgecap_http_dropped_total 3\n"), "{text}");
         assert!(text.contains("edgecap_http_queue_depth 3\n"), "{text}");
-        assert!(text.contains("edgecap_delivered_total{output=\"mqtt\"} 7\n"), "{text}");
+        assert!(text.contains("edgecap_service_total{counter=\"mqtt_dropped\"} 7\n"), "{text}");
     }
 }

@@ -76,6 +76,17 @@ mod defaults {
 }
 
 impl HttpOptions {
+    /// Listening on `listen`, every other setting its default.
+    pub fn new(listen: &str) -> HttpOptions {
+        HttpOptions {
+            listen: listen.into(),
+            token: None,
+            max_body: defaults::MAX_BODY,
+            queue: defaults::QUEUE,
+            timeout: defaults::TIMEOUT_S,
+        }
+    }
+
     /// The listening address and the limits checked; the token from the environment if none was
     /// given.
     pub fn resolve(mut self) -> Result<HttpOptions> {
@@ -103,8 +114,8 @@ impl HttpOptions {
     }
 }
 
-/// Reads the service's delivered captions per output, for `/metrics`.
-pub type Deliveries = Box<dyn Fn() -> Vec<(String, u64)> + Send + Sync>;
+/// Reads the camera service's counters (frames, captions, drops per output) for `/metrics`.
+pub type ServiceCounters = Box<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>;
 
 /// The running server: its address, and the thread that serves until stopped.
 pub struct Server {
@@ -119,7 +130,7 @@ pub struct Shared {
     pub model_name: String,
     /// Held while captioning: one caption at a time between the API and the service.
     pub engine: Arc<Mutex<()>>,
-    pub deliveries: Option<Deliveries>,
+    pub service: Option<ServiceCounters>,
 }
 
 impl Server {
@@ -140,7 +151,7 @@ impl Server {
             model_name: shared.model_name,
             token: options.token.clone(),
             timeout: Duration::from_secs_f64(options.timeout),
-            deliveries: shared.deliveries,
+            service: shared.service,
             next_id: AtomicU64::new(1),
         });
         let app = routes::router(api, options.max_body);
@@ -216,8 +227,7 @@ fn start_serving(args: &ServeArgs, stop: Arc<AtomicBool>) -> Result<Server> {
     let loaded = crate::model::load(args.bundle.as_deref(), &args.decoding)?;
     let model_name = loaded.name();
     let Loaded { model, opts, .. } = loaded;
-    let shared =
-        Shared { model: Arc::new(model), opts, model_name, engine: Arc::new(Mutex::new(())), deliveries: None };
+    let shared = Shared { model: Arc::new(model), opts, model_name, engine: Arc::new(Mutex::new(())), service: None };
     let server = Server::start(&options, shared, stop)?;
     // On stderr whatever the log level: with port 0 this is how a caller learns the port.
     eprintln!("edgecap: serving the HTTP API on http://{}", server.addr);

@@ -39,8 +39,8 @@ pub struct Api {
     pub token: Option<String>,
     /// A request's whole time: reading the body, waiting in the queue, captioning.
     pub timeout: Duration,
-    /// The service's delivered captions per output, when the API runs beside it.
-    pub deliveries: Option<super::Deliveries>,
+    /// The camera service's counters, when the API runs beside it (`run --http`).
+    pub service: Option<super::ServiceCounters>,
     pub next_id: AtomicU64,
 }
 
@@ -319,8 +319,8 @@ async fn health(State(api): Shared) -> Response {
 
 /// `GET /metrics`: Prometheus text.
 async fn metrics(State(api): Shared) -> Response {
-    let deliveries = api.deliveries.as_ref().map(|f| f()).unwrap_or_default();
-    let text = api.metrics.render(api.queue.depth(), &deliveries);
+    let service = api.service.as_ref().map(|f| f()).unwrap_or_default();
+    let text = api.metrics.render(api.queue.depth(), &service);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 

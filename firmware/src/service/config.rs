@@ -9,6 +9,7 @@ use edgecap_engine::error::excerpt;
 use serde::{Deserialize, Serialize};
 
 use super::source::SourceSpec;
+use crate::http::HttpOptions;
 use crate::model::Decoding;
 
 /// Used when `--config` is not given and this file exists.
@@ -47,6 +48,8 @@ pub struct Config {
     pub flush_timeout: f64,
     pub serial: Option<SerialConfig>,
     pub mqtt: Option<MqttConfig>,
+    /// The HTTP API beside the service, on the same model (docs/http.md).
+    pub http: Option<HttpOptions>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,6 +126,7 @@ impl Default for Config {
             flush_timeout: 10.0,
             serial: None,
             mqtt: None,
+            http: None,
         }
     }
 }
@@ -191,6 +195,21 @@ pub struct RunArgs {
     /// Captions buffered while the broker is away.
     #[arg(long)]
     pub mqtt_buffer: Option<usize>,
+    /// Also serve the HTTP API on ADDR:PORT, sharing the model (docs/http.md).
+    #[arg(long = "http", value_name = "ADDR:PORT")]
+    pub http: Option<String>,
+    /// Bearer token the HTTP API requires (default: $EDGECAP_HTTP_TOKEN; none).
+    #[arg(long, value_name = "TOKEN")]
+    pub http_token: Option<String>,
+    /// Largest HTTP request body, in bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub http_max_body: Option<usize>,
+    /// HTTP captions that may wait for the engine.
+    #[arg(long, value_name = "N")]
+    pub http_queue: Option<usize>,
+    /// Seconds an HTTP request may take in all.
+    #[arg(long, value_name = "SECONDS")]
+    pub http_timeout: Option<f64>,
 }
 
 impl RunArgs {
@@ -244,6 +263,7 @@ impl RunArgs {
         if let Some(n) = self.mqtt_buffer {
             c.mqtt.as_mut().context("--mqtt-buffer needs --mqtt (or [mqtt] in the config)")?.buffer = n;
         }
+        self.apply_http(c)?;
         for (flag, value, slot) in [
             (
                 "--mqtt-ca",
@@ -257,6 +277,31 @@ impl RunArgs {
                 let m = c.mqtt.as_mut().with_context(|| format!("{flag} needs --mqtt (or [mqtt] in the config)"))?;
                 *slot(m) = Some(path.clone());
             }
+        }
+        Ok(())
+    }
+}
+
+impl RunArgs {
+    fn apply_http(&self, c: &mut Config) -> Result<()> {
+        if let Some(listen) = &self.http {
+            match &mut c.http {
+                Some(h) => h.listen = listen.clone(),
+                None => c.http = Some(HttpOptions::new(listen)),
+            }
+        }
+        let needs = |flag: &str| format!("{flag} needs --http (or [http] in the config)");
+        if let Some(t) = &self.http_token {
+            c.http.as_mut().with_context(|| needs("--http-token"))?.token = Some(t.clone());
+        }
+        if let Some(n) = self.http_max_body {
+            c.http.as_mut().with_context(|| needs("--http-max-body"))?.max_body = n;
+        }
+        if let Some(n) = self.http_queue {
+            c.http.as_mut().with_context(|| needs("--http-queue"))?.queue = n;
+        }
+        if let Some(s) = self.http_timeout {
+            c.http.as_mut().with_context(|| needs("--http-timeout"))?.timeout = s;
         }
         Ok(())
     }
@@ -307,6 +352,9 @@ impl Config {
     /// `check-config` both call it, so a configuration `check-config` passes starts.
     pub fn validate(&self) -> Result<()> {
         SourceSpec::parse(&self.source)?;
+        if let Some(h) = &self.http {
+            h.clone().resolve()?;
+        }
         if self.threads == Some(0) {
             bail!("threads must be at least 1");
         }

@@ -16,7 +16,7 @@ mod stats;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -61,6 +61,9 @@ pub fn check(args: &RunArgs) -> u8 {
             if let Some(m) = &mut config.mqtt {
                 m.url = output::mqtt::redact_password(&m.url);
             }
+            if let Some(t) = config.http.as_mut().and_then(|h| h.token.as_mut()) {
+                *t = "***".into();
+            }
             match toml::to_string(&config) {
                 Ok(text) => print!("{text}"),
                 Err(e) => log::warn!("cannot print the configuration: {e}"),
@@ -77,7 +80,10 @@ pub fn check(args: &RunArgs) -> u8 {
 
 struct Service {
     config: Config,
-    model: CaptionModel,
+    model: Arc<CaptionModel>,
+    /// One caption at a time between the service and its HTTP API.
+    engine: Arc<Mutex<()>>,
+    http: Option<crate::http::Server>,
     opts: GenerationOptions,
     model_name: String,
     slot: Arc<Slot>,
@@ -102,14 +108,31 @@ impl Service {
             stop: Arc::clone(&stop),
             once: config.once,
         };
+        let (model, engine) = (Arc::new(model), Arc::new(Mutex::new(())));
+        let http = match &config.http {
+            Some(options) => {
+                let shared = crate::http::Shared {
+                    model: Arc::clone(&model),
+                    opts: opts.clone(),
+                    model_name: model_name.clone(),
+                    engine: Arc::clone(&engine),
+                    service: Some(service_counters(Arc::clone(&stats))),
+                };
+                let server = crate::http::Server::start(&options.clone().resolve()?, shared, Arc::clone(&stop))?;
+                eprintln!("edgecap: serving the HTTP API on http://{}", server.addr);
+                Some(server)
+            }
+            None => None,
+        };
         let source = source::spawn(&spec, &config, ctx)?;
         log::info!("running: source {}, interval {}s, model {model_name}", config.source, config.interval);
         log::info!("cpu {}", edgecap_engine::platform::CpuFeatures::detect());
-        Ok(Service { config, model, opts, model_name, slot, stats, stop, sinks, source })
+        Ok(Service { config, model, engine, http, opts, model_name, slot, stats, stop, sinks, source })
     }
 
     fn run(mut self) -> u8 {
-        let mut scheduler = scheduler::Scheduler::new(&self.config, &self.model, &self.opts, &self.model_name);
+        let mut scheduler =
+            scheduler::Scheduler::new(&self.config, &self.model, &self.engine, &self.opts, &self.model_name);
         let outcome = scheduler.run(&self.slot, &self.stats, &self.stop, &mut self.sinks);
         // Unblock a source waiting on the slot; a source blocked reading stdin ends with the process.
         self.slot.close();
@@ -119,6 +142,9 @@ impl Service {
         self.stop.store(true, Ordering::Relaxed);
         let deadline = Instant::now() + Duration::from_secs_f64(self.config.flush_timeout);
         let undelivered: u64 = self.sinks.into_iter().map(|s| s.finish(deadline)).sum();
+        if let Some(server) = self.http {
+            server.finish(deadline);
+        }
         if self.source.is_finished() {
             let _ = self.source.join();
         }
@@ -136,6 +162,23 @@ impl Service {
 
 fn load_model(config: &Config) -> Result<Loaded> {
     crate::model::load(config.bundle.as_deref(), &config.decoding())
+}
+
+/// The service's counters as `/metrics` shows them beside the API's.
+fn service_counters(stats: Arc<Stats>) -> crate::http::ServiceCounters {
+    Box::new(move || {
+        [
+            ("frames", &stats.frames),
+            ("captioned", &stats.captioned),
+            ("unchanged", &stats.unchanged),
+            ("corrupt", &stats.corrupt),
+            ("serial_dropped", &stats.serial_dropped),
+            ("mqtt_dropped", &stats.mqtt_dropped),
+        ]
+        .into_iter()
+        .map(|(name, c)| (name, c.get()))
+        .collect()
+    })
 }
 
 fn start_sinks(config: &Config, stats: &Arc<Stats>) -> Result<Vec<Box<dyn Sink>>> {

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -25,6 +26,8 @@ const TICK: Duration = Duration::from_millis(100);
 
 pub struct Scheduler<'a> {
     model: &'a CaptionModel,
+    /// Held while captioning: the HTTP API beside the service (`run --http`) shares the model.
+    engine: &'a Mutex<()>,
     opts: &'a GenerationOptions,
     model_name: &'a str,
     camera: String,
@@ -38,9 +41,16 @@ pub struct Scheduler<'a> {
 }
 
 impl<'a> Scheduler<'a> {
-    pub fn new(config: &Config, model: &'a CaptionModel, opts: &'a GenerationOptions, model_name: &'a str) -> Self {
+    pub fn new(
+        config: &Config,
+        model: &'a CaptionModel,
+        engine: &'a Mutex<()>,
+        opts: &'a GenerationOptions,
+        model_name: &'a str,
+    ) -> Self {
         Scheduler {
             model,
+            engine,
             opts,
             model_name,
             camera: config.camera.clone(),
@@ -114,7 +124,10 @@ impl<'a> Scheduler<'a> {
             return Ok(None);
         };
         self.last_start = Some(started);
-        let caption = match self.model.caption(&image, self.opts) {
+        let engine = self.engine.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let caption = self.model.caption(&image, self.opts);
+        drop(engine);
+        let caption = match caption {
             Ok(c) => c,
             Err(e) if e.is_per_input() => {
                 stats.corrupt.inc();
