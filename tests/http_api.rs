@@ -481,16 +481,16 @@ fn run_serves_the_api_beside_the_camera_service() {
             sink.lock().unwrap().push(line);
         }
     });
-    let server = {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let said = stderr.lock().unwrap().iter().find_map(|l| l.split("on http://").nth(1).map(str::to_string));
-            if let Some(addr) = said {
-                break Server { child, addr, stderr: Arc::clone(&stderr) };
-            }
-            assert!(Instant::now() < deadline, "no API: {:?}", stderr.lock().unwrap());
-            std::thread::sleep(Duration::from_millis(50));
+    // Killed on drop whatever happens below.
+    let mut server = Server { child, addr: String::new(), stderr: Arc::clone(&stderr) };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    server.addr = loop {
+        let said = stderr.lock().unwrap().iter().find_map(|l| l.split("on http://").nth(1).map(str::to_string));
+        if let Some(addr) = said {
+            break addr;
         }
+        assert!(Instant::now() < deadline, "no API: {:?}", stderr.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
     };
     let photo = image("chelsea.png");
     let (caption, _) = cli_caption(&photo, &[]);
@@ -514,7 +514,6 @@ fn run_serves_the_api_beside_the_camera_service() {
         assert!(Instant::now() < deadline, "the service did not caption: {metrics}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mut server = server;
     let ok = Command::new("kill").args(["-s", "TERM", &server.child.id().to_string()]).status().unwrap().success();
     assert!(ok);
     let deadline = Instant::now() + Duration::from_secs(60);
