@@ -277,6 +277,17 @@ fn check_record(record: &Value, camera: &str) {
     assert!(record["frame_time"].as_str().unwrap().ends_with('Z'), "{record}");
 }
 
+/// The node id and payload of the newest discovery config whose node ends with `_<camera>`.
+/// A node id is what Home Assistant accepts in a discovery topic: `[a-zA-Z0-9_-]+`.
+fn discovery(sub: &Subscriber, camera: &str) -> Option<(String, Value)> {
+    let messages = sub.messages.lock().unwrap().clone();
+    messages.iter().rev().find_map(|m| {
+        let node = m.topic.strip_prefix("homeassistant/sensor/")?.strip_suffix("/caption/config")?;
+        assert!(node.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'), "{node}");
+        node.ends_with(&format!("_{camera}")).then(|| (node.to_string(), serde_json::from_str(&m.payload).unwrap()))
+    })
+}
+
 #[test]
 fn once_over_a_folder_publishes_one_caption_per_image_to_mqtt_and_serial() {
     let dir = tempfile::tempdir().unwrap();
@@ -314,23 +325,28 @@ fn once_over_a_folder_publishes_one_caption_per_image_to_mqtt_and_serial() {
     let captions: Vec<String> =
         by_id.values().map(|r| r["caption"].as_str().unwrap().chars().take(255).collect()).collect();
     assert_eq!(states, captions);
-    // Availability: online then offline on a clean stop, both retained for late subscribers.
-    let available: Vec<String> = sub.on("P/available").into_iter().map(|m| m.payload).collect();
+    // Availability: online then offline on a clean stop, both retained for late subscribers; the
+    // last state and record retained too (Home Assistant subscribes after discovery arrives).
+    let available: Vec<String> = sub.on("P/door/available").into_iter().map(|m| m.payload).collect();
     assert_eq!(available.first().map(String::as_str), Some("online"), "{available:?}");
     assert_eq!(available.last().map(String::as_str), Some("offline"), "{available:?}");
-    let late = Subscriber::connect(&broker, &["P/available"]);
-    wait_until("retained availability", Duration::from_secs(5), || !late.on("P/available").is_empty());
-    let retained = late.on("P/available");
+    let late = Subscriber::connect(&broker, &["P/door/available", "P/door/state", "P/door/caption"]);
+    wait_until("retained messages", Duration::from_secs(5), || late.messages.lock().unwrap().len() == 3);
+    let retained = late.on("P/door/available");
     assert!(retained[0].retain && retained[0].payload == "offline", "{retained:?}");
-    // Home Assistant discovery.
-    let config = sub.on("homeassistant/sensor/edgecap_door/caption/config");
-    assert!(!config.is_empty(), "discovery config published");
-    let config: Value = serde_json::from_str(&config[0].payload).unwrap();
-    assert_eq!(config["unique_id"], "edgecap_door_caption");
+    let state = late.on("P/door/state");
+    assert!(state[0].retain && Some(&state[0].payload) == captions.last(), "{state:?}");
+    let record = late.on("P/door/caption");
+    assert!(record[0].retain && record[0].payload.contains(&format!("\"id\":{}", PHOTOS.len())), "{record:?}");
+    // Home Assistant discovery, under a node id of this board and camera.
+    let (node, config) = discovery(&sub, "door").expect("discovery config published");
+    assert!(node.starts_with("edgecap_") && node.len() > "edgecap__door".len(), "{node}");
+    assert_eq!(config["unique_id"], format!("{node}_caption"));
     assert_eq!(config["state_topic"], "P/door/state");
     assert_eq!(config["json_attributes_topic"], "P/door/caption");
-    assert_eq!(config["availability_topic"], "P/available");
-    assert!(config["device"]["identifiers"].as_array().is_some_and(|ids| ids[0] == "edgecap_door"), "{config}");
+    assert_eq!(config["availability_topic"], "P/door/available");
+    assert_eq!(config["qos"], 1);
+    assert!(config["device"]["identifiers"].as_array().is_some_and(|ids| ids[0] == node.as_str()), "{config}");
 
     // Serial: the same records, one intact JSON line each.
     wait_until("serial lines", Duration::from_secs(5), || serial_lines.lock().unwrap().len() >= PHOTOS.len());
@@ -347,20 +363,59 @@ fn last_will_on_kill_and_discovery_again_when_home_assistant_restarts() {
     let mqtt = broker.url();
     let args = ["--source", "test-pattern", "--fps", "2", "--interval", "0", "--mqtt", &mqtt, "--mqtt-prefix", "Q"];
     let mut child = edgecap(&args).spawn().unwrap();
-    let discovery = "homeassistant/sensor/edgecap_camera/caption/config";
     wait_until("online and a caption", Duration::from_secs(20), || {
-        !sub.on("Q/camera/caption").is_empty() && !sub.on(discovery).is_empty()
+        !sub.on("Q/camera/caption").is_empty() && discovery(&sub, "camera").is_some()
     });
-    assert_eq!(sub.on("Q/available")[0].payload, "online");
+    let (node, _) = discovery(&sub, "camera").unwrap();
+    let topic = format!("homeassistant/sensor/{node}/caption/config");
+    assert_eq!(sub.on("Q/camera/available")[0].payload, "online");
 
+    // Home Assistant restarted: discovery again, and `online` with it.
     sub.client.publish("homeassistant/status", QoS::AtLeastOnce, false, "online").unwrap();
-    wait_until("discovery re-announced", Duration::from_secs(10), || sub.on(discovery).len() >= 2);
+    wait_until("discovery re-announced", Duration::from_secs(10), || {
+        sub.on(&topic).len() >= 2 && sub.on("Q/camera/available").len() >= 2
+    });
+    assert!(sub.on("Q/camera/available").iter().all(|m| m.payload == "online"));
 
     child.kill().unwrap(); // SIGKILL: no chance to say goodbye
     child.wait().unwrap();
     wait_until("the last will", Duration::from_secs(10), || {
-        sub.on("Q/available").last().is_some_and(|m| m.payload == "offline")
+        sub.on("Q/camera/available").last().is_some_and(|m| m.payload == "offline")
     });
+}
+
+/// Two cameras under one prefix (a process each): one stopping leaves the other available, and
+/// a camera name Home Assistant's ids do not allow still gets a sensor, under the name shown.
+#[test]
+fn each_camera_has_its_own_availability_and_any_name_gets_a_sensor() {
+    let broker = Broker::start();
+    let sub = Subscriber::connect(&broker, &["S/#", "homeassistant/#"]);
+    let mqtt = broker.url();
+    let common = ["--source", "test-pattern", "--fps", "2", "--interval", "0", "--mqtt", &mqtt, "--mqtt-prefix", "S"];
+    let mut porch = edgecap(&[&common[..], &["--camera", "Küche front.1"]].concat()).spawn().unwrap();
+    let garage = edgecap(&[&common[..], &["--camera", "garage", "--max-captions", "1"]].concat()).spawn().unwrap();
+    let (code, _, stderr) = finish(garage);
+    assert_eq!(code, Some(0), "{stderr}");
+    wait_until("both announced", Duration::from_secs(20), || {
+        discovery(&sub, "K_che_front_1").is_some()
+            && sub.on("S/garage/available").last().is_some_and(|m| m.payload == "offline")
+            && !sub.on("S/Küche front.1/state").is_empty()
+    });
+    let (node, config) = discovery(&sub, "K_che_front_1").unwrap();
+    assert_eq!(config["device"]["name"], "edgecap Küche front.1", "{config}");
+    assert_eq!(config["state_topic"], "S/Küche front.1/state");
+    let (garage_node, _) = discovery(&sub, "garage").unwrap();
+    assert_ne!(node, garage_node);
+    // The garage stopped; the kitchen goes on, still online.
+    let kitchen = "S/Küche front.1/available";
+    assert_eq!(sub.on(kitchen).last().map(|m| m.payload.as_str()), Some("online"));
+    let before = sub.on("S/Küche front.1/caption").len();
+    wait_until("the kitchen still captioning", Duration::from_secs(20), || {
+        sub.on("S/Küche front.1/caption").len() > before
+    });
+    assert_eq!(sub.on(kitchen).last().map(|m| m.payload.as_str()), Some("online"));
+    signal(&porch, "TERM");
+    assert_eq!(porch.wait().unwrap().code(), Some(0));
 }
 
 #[test]
@@ -394,7 +449,7 @@ fn captions_made_while_the_broker_is_down_arrive_after_it_returns() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "a clean stop with everything delivered");
     wait_until("offline", Duration::from_secs(5), || {
-        sub.on("R/available").last().is_some_and(|m| m.payload == "offline")
+        sub.on("R/camera/available").last().is_some_and(|m| m.payload == "offline")
     });
 }
 

@@ -1,10 +1,14 @@
 //! `--mqtt mqtt://[user:pass@]host[:port]`: captions to an MQTT broker, Home Assistant style.
 //!
-//! * `P/<camera>/caption`: the full JSON record, QoS 1 (the sensor's attributes);
-//!   `P/<camera>/state`: the caption cut to 255 characters, QoS 1 (the sensor's state).
-//! * `P/available`: `online` / `offline`, retained; `offline` is also the last will.
-//! * `homeassistant/sensor/<node>/caption/config`: discovery, retained, sent on every connect and
-//!   again whenever `homeassistant/status` says `online` (Home Assistant restarted).
+//! * `P/<camera>/caption`: the full JSON record, QoS 1, retained (the sensor's attributes);
+//!   `P/<camera>/state`: the caption cut to 255 characters, QoS 1, retained (the sensor's
+//!   state). Retained: Home Assistant subscribes about a second after discovery arrives, and
+//!   after it restarts the sensor shows the last caption instead of `unknown`.
+//! * `P/<camera>/available`: `online` / `offline`, retained; `offline` is also the last will. Per
+//!   camera: edgecap is one process per camera, and one stopping must not mark the others away.
+//! * `homeassistant/sensor/<node>/caption/config`: discovery, retained, sent with `online` on
+//!   every connect and again whenever `homeassistant/status` says `online` (Home Assistant
+//!   restarted). `<node>` is the client id in the characters Home Assistant allows.
 //!
 //! Delivery: every caption goes into our own bounded drop-oldest buffer and leaves it only when
 //! the broker acknowledges it (PUBACK). rumqttc forgets its pending queue on a clean-session
@@ -158,9 +162,32 @@ fn transport(config: &MqttConfig) -> Result<Transport> {
     Ok(Transport::tls_with_config(TlsConfiguration::Rustls(tls)))
 }
 
-/// The client id, also Home Assistant's node id.
-fn node_id(config: &MqttConfig, camera: &str) -> String {
-    config.client_id.clone().unwrap_or_else(|| format!("edgecap_{camera}"))
+/// The MQTT client id: `client_id`, else `edgecap_<device>_<camera>`, unique per board (two
+/// boards left at the default camera name must not take each other's connection over).
+fn client_id(config: &MqttConfig, camera: &str) -> String {
+    config.client_id.clone().unwrap_or_else(|| format!("edgecap_{}_{}", device_id(), ha_id(camera)))
+}
+
+/// This board: the first 12 characters of `/etc/machine-id` (systemd's per-installation id),
+/// else the host name, in [`ha_id`]'s characters.
+fn device_id() -> String {
+    let machine = std::fs::read_to_string("/etc/machine-id").ok().map(|s| s.trim().chars().take(12).collect());
+    let id: String = machine
+        .filter(|s: &String| !s.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string()))
+        .unwrap_or_default();
+    if id.is_empty() {
+        "device".into()
+    } else {
+        ha_id(&id)
+    }
+}
+
+/// `name` in the characters Home Assistant allows in node and object ids, `[a-zA-Z0-9_-]`:
+/// every other character becomes `_` (`front door` → `front_door`, `Küche` → `K_che`). Its
+/// discovery otherwise logs "illegal discovery topic" and creates nothing.
+pub fn ha_id(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect()
 }
 
 /// Topic names, fixed for a run.
@@ -176,17 +203,18 @@ struct Topics {
 }
 
 impl Topics {
-    fn new(config: &MqttConfig, camera: &str, node: &str) -> Topics {
+    fn new(config: &MqttConfig, camera: &str, client_id: &str) -> Topics {
         let p = &config.prefix;
         let dp = &config.discovery_prefix;
         let ha = !dp.is_empty();
+        let node = ha_id(client_id);
         Topics {
             caption: format!("{p}/{camera}/caption"),
             state: format!("{p}/{camera}/state"),
-            available: format!("{p}/available"),
+            available: format!("{p}/{camera}/available"),
             discovery: ha.then(|| format!("{dp}/sensor/{node}/caption/config")),
             ha_status: ha.then(|| format!("{dp}/status")),
-            node: node.to_string(),
+            node,
             camera: camera.to_string(),
         }
     }
@@ -202,6 +230,7 @@ impl Topics {
             "availability_topic": self.available,
             "payload_available": "online",
             "payload_not_available": "offline",
+            "qos": 1,
             "icon": "mdi:image-text",
             "device": {
                 "identifiers": [self.node],
@@ -215,9 +244,11 @@ impl Topics {
     }
 }
 
-/// The caption cut to Home Assistant's state limit, on a character boundary.
-pub fn state_text(caption: &str) -> String {
-    caption.chars().take(MAX_STATE_CHARS).collect()
+/// The caption cut to Home Assistant's state limit, on a character boundary; none for an empty
+/// caption, which would blank the sensor (the record still goes to the attributes topic).
+pub fn state_text(caption: &str) -> Option<String> {
+    let state: String = caption.trim().chars().take(MAX_STATE_CHARS).collect();
+    (!state.is_empty()).then_some(state)
 }
 
 struct Shared {
@@ -243,7 +274,7 @@ pub struct Mqtt {
 impl Mqtt {
     pub fn start(config: &MqttConfig, camera: &str, stats: Arc<Stats>) -> Result<Mqtt> {
         let url = BrokerUrl::parse(&config.url)?;
-        let node = node_id(config, camera);
+        let node = client_id(config, camera);
         let topics = Topics::new(config, camera, &node);
         let shared = Arc::new(Shared {
             buffer: Mutex::new(Buffer { records: DropOldest::new(config.buffer), closing: None, abandon: false }),
@@ -553,7 +584,8 @@ impl Link {
         Ok(())
     }
 
-    /// After connecting: availability, discovery, and the Home Assistant status subscription.
+    /// After connecting, and when Home Assistant restarts: availability and discovery; after
+    /// connecting also the Home Assistant status subscription.
     fn announce(&mut self, first: bool) -> Result<(), String> {
         let topics = self.topics.clone();
         let conn = self.conn.as_mut().expect("connected");
@@ -562,9 +594,7 @@ impl Link {
             conn.inflight.push_back(0);
             Ok(())
         };
-        if first {
-            publish(conn, &topics.available, "online".into())?;
-        }
+        publish(conn, &topics.available, "online".into())?;
         if let Some(discovery) = &topics.discovery {
             publish(conn, discovery, topics.discovery_payload())?;
         }
@@ -591,12 +621,14 @@ impl Link {
         };
         for record in next {
             // The state first: its acknowledgement carries no record, the caption's removes it.
+            if let Some(state) = state_text(&record.caption) {
+                conn.client
+                    .try_publish(&self.topics.state, QoS::AtLeastOnce, true, state)
+                    .map_err(|e| e.to_string())?;
+                conn.inflight.push_back(0);
+            }
             conn.client
-                .try_publish(&self.topics.state, QoS::AtLeastOnce, false, state_text(&record.caption))
-                .map_err(|e| e.to_string())?;
-            conn.inflight.push_back(0);
-            conn.client
-                .try_publish(&self.topics.caption, QoS::AtLeastOnce, false, record.json())
+                .try_publish(&self.topics.caption, QoS::AtLeastOnce, true, record.json())
                 .map_err(|e| e.to_string())?;
             conn.inflight.push_back(record.id);
             conn.last_sent = record.id;
@@ -635,7 +667,7 @@ impl Link {
 
 #[cfg(test)]
 mod tests {
-    use super::{redact_password, state_text, BrokerUrl};
+    use super::{ha_id, redact_password, state_text, BrokerUrl};
 
     #[test]
     fn parses_broker_urls() {
@@ -664,7 +696,17 @@ mod tests {
     #[test]
     fn state_is_cut_to_255_characters_on_a_character_boundary() {
         let long = "é".repeat(300);
-        assert_eq!(state_text(&long).chars().count(), 255);
-        assert_eq!(state_text("a dog."), "a dog.");
+        assert_eq!(state_text(&long).unwrap().chars().count(), 255);
+        assert_eq!(state_text("a dog.").as_deref(), Some("a dog."));
+        assert_eq!(state_text(""), None);
+        assert_eq!(state_text("  "), None);
+    }
+
+    #[test]
+    fn home_assistant_ids_keep_only_the_characters_it_allows() {
+        assert_eq!(ha_id("front door"), "front_door");
+        assert_eq!(ha_id("garage.1"), "garage_1");
+        assert_eq!(ha_id("Küche"), "K_che");
+        assert_eq!(ha_id("cam-2_b"), "cam-2_b");
     }
 }
