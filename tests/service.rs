@@ -165,6 +165,7 @@ impl Drop for Broker {
 struct Message {
     topic: String,
     payload: String,
+    bytes: Vec<u8>,
     retain: bool,
 }
 
@@ -179,7 +180,8 @@ impl Subscriber {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut options = MqttOptions::new(format!("test-sub-{}-{n}", broker.port), "127.0.0.1", broker.port);
-        options.set_clean_session(false).set_keep_alive(Duration::from_secs(5));
+        // Room for the captioned frames (rumqttc's default refuses packets over 10 KiB).
+        options.set_clean_session(false).set_keep_alive(Duration::from_secs(5)).set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut connection) = Client::new(options, 16);
         for f in filters {
             client.subscribe(*f, QoS::AtLeastOnce).unwrap();
@@ -193,6 +195,7 @@ impl Subscriber {
                 Ok(Ok(Event::Incoming(Packet::Publish(p)))) => sink.lock().unwrap().push(Message {
                     topic: p.topic.clone(),
                     payload: String::from_utf8_lossy(&p.payload).into_owned(),
+                    bytes: p.payload.to_vec(),
                     retain: p.retain,
                 }),
                 Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => *acks.lock().unwrap() += 1,
@@ -330,8 +333,8 @@ fn once_over_a_folder_publishes_one_caption_per_image_to_mqtt_and_serial() {
     let available: Vec<String> = sub.on("P/door/available").into_iter().map(|m| m.payload).collect();
     assert_eq!(available.first().map(String::as_str), Some("online"), "{available:?}");
     assert_eq!(available.last().map(String::as_str), Some("offline"), "{available:?}");
-    let late = Subscriber::connect(&broker, &["P/door/available", "P/door/state", "P/door/caption"]);
-    wait_until("retained messages", Duration::from_secs(5), || late.messages.lock().unwrap().len() == 3);
+    let late = Subscriber::connect(&broker, &["P/door/available", "P/door/state", "P/door/caption", "P/door/image"]);
+    wait_until("retained messages", Duration::from_secs(5), || late.messages.lock().unwrap().len() >= 4);
     let retained = late.on("P/door/available");
     assert!(retained[0].retain && retained[0].payload == "offline", "{retained:?}");
     let state = late.on("P/door/state");
@@ -347,6 +350,22 @@ fn once_over_a_folder_publishes_one_caption_per_image_to_mqtt_and_serial() {
     assert_eq!(config["availability_topic"], "P/door/available");
     assert_eq!(config["qos"], 1);
     assert!(config["device"]["identifiers"].as_array().is_some_and(|ids| ids[0] == node.as_str()), "{config}");
+    // The captioned frames, as JPEGs for Home Assistant's image entity on the same device.
+    // Only the newest caption's frame waits to be sent, so captions made faster than they go out
+    // may share one; the last always goes.
+    let pictures = sub.on("P/door/image");
+    assert!((1..=PHOTOS.len()).contains(&pictures.len()), "{} pictures", pictures.len());
+    for p in &pictures {
+        let jpeg = image::load_from_memory_with_format(&p.bytes, image::ImageFormat::Jpeg).unwrap();
+        assert!(jpeg.width().max(jpeg.height()) <= 640 && jpeg.width() > 16, "{}x{}", jpeg.width(), jpeg.height());
+    }
+    let retained = late.on("P/door/image");
+    assert!(retained[0].retain && Some(&retained[0].bytes) == pictures.last().map(|p| &p.bytes));
+    let frame = sub.on(&format!("homeassistant/image/{node}/frame/config"));
+    let frame: Value = serde_json::from_str(&frame.last().expect("image discovery").payload).unwrap();
+    assert_eq!(frame["image_topic"], "P/door/image");
+    assert_eq!(frame["content_type"], "image/jpeg");
+    assert_eq!(frame["device"], config["device"]);
 
     // Serial: the same records, one intact JSON line each.
     wait_until("serial lines", Duration::from_secs(5), || serial_lines.lock().unwrap().len() >= PHOTOS.len());
@@ -359,16 +378,20 @@ fn once_over_a_folder_publishes_one_caption_per_image_to_mqtt_and_serial() {
 #[test]
 fn last_will_on_kill_and_discovery_again_when_home_assistant_restarts() {
     let broker = Broker::start();
-    let sub = Subscriber::connect(&broker, &["Q/#", "homeassistant/sensor/#"]);
+    let sub = Subscriber::connect(&broker, &["Q/#", "homeassistant/sensor/#", "homeassistant/image/#"]);
     let mqtt = broker.url();
     let args = ["--source", "test-pattern", "--fps", "2", "--interval", "0", "--mqtt", &mqtt, "--mqtt-prefix", "Q"];
-    let mut child = edgecap(&args).spawn().unwrap();
+    let mut child = edgecap(&[&args[..], &["--mqtt-no-image"]].concat()).spawn().unwrap();
     wait_until("online and a caption", Duration::from_secs(20), || {
         !sub.on("Q/camera/caption").is_empty() && discovery(&sub, "camera").is_some()
     });
     let (node, _) = discovery(&sub, "camera").unwrap();
     let topic = format!("homeassistant/sensor/{node}/caption/config");
     assert_eq!(sub.on("Q/camera/available")[0].payload, "online");
+    // --mqtt-no-image: no frames, and the image entity's discovery emptied (removed).
+    let frame = sub.on(&format!("homeassistant/image/{node}/frame/config"));
+    assert!(frame.last().is_some_and(|m| m.bytes.is_empty()), "{frame:?}");
+    assert!(sub.on("Q/camera/image").is_empty());
 
     // Home Assistant restarted: discovery again, and `online` with it.
     sub.client.publish("homeassistant/status", QoS::AtLeastOnce, false, "online").unwrap();

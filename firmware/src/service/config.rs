@@ -86,6 +86,14 @@ pub struct MqttConfig {
     pub cert: Option<PathBuf>,
     /// The client certificate's private key (PEM).
     pub key: Option<PathBuf>,
+    /// Publish the captioned frame (JPEG, 640 px) with each caption, and Home Assistant's image
+    /// entity for it; off for bandwidth-limited links.
+    #[serde(default = "default_true")]
+    pub image: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_baud() -> u32 {
@@ -195,6 +203,9 @@ pub struct RunArgs {
     /// Captions buffered while the broker is away.
     #[arg(long)]
     pub mqtt_buffer: Option<usize>,
+    /// No captioned frame on MQTT (P/<camera>/image), no image entity in Home Assistant.
+    #[arg(long)]
+    pub mqtt_no_image: bool,
     /// Also serve the HTTP API on ADDR:PORT, sharing the model (docs/http.md).
     #[arg(long = "http", value_name = "ADDR:PORT")]
     pub http: Option<String>,
@@ -259,6 +270,9 @@ impl RunArgs {
         }
         if let Some(prefix) = &self.mqtt_prefix {
             c.mqtt.as_mut().context("--mqtt-prefix needs --mqtt (or [mqtt] in the config)")?.prefix = prefix.clone();
+        }
+        if self.mqtt_no_image {
+            c.mqtt.as_mut().context("--mqtt-no-image needs --mqtt (or [mqtt] in the config)")?.image = false;
         }
         if let Some(n) = self.mqtt_buffer {
             c.mqtt.as_mut().context("--mqtt-buffer needs --mqtt (or [mqtt] in the config)")?.buffer = n;
@@ -338,6 +352,7 @@ impl MqttConfig {
             ca: None,
             cert: None,
             key: None,
+            image: true,
         }
     }
 }

@@ -1,9 +1,17 @@
 //! The caption record every output sends: `{id, camera, caption, tokens, frame_time, model,
-//! latency_ms}`.
+//! latency_ms}`, and the captioned frame for outputs that show it.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use image::RgbImage;
 use serde::Serialize;
+
+/// The long side of the picture sent with a caption: a dashboard card's size, ~30–60 KB.
+pub const PICTURE_SIDE: u32 = 640;
+/// Pictures stay under this (MQTT's packets are capped at 256 KiB): a frame of noise that
+/// encodes larger is sent at a lower quality.
+pub const MAX_PICTURE_BYTES: usize = 192 * 1024;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CaptionRecord {
@@ -19,6 +27,32 @@ pub struct CaptionRecord {
     pub model: String,
     /// Decoding the frame + captioning it.
     pub latency_ms: f64,
+    /// The captioned frame as a JPEG at most [`PICTURE_SIDE`] on its long side, when an output
+    /// wants it (MQTT's image entity); never in the JSON.
+    #[serde(skip)]
+    pub picture: Option<Arc<Vec<u8>>>,
+}
+
+/// `frame` scaled down to at most [`PICTURE_SIDE`] on its long side (never up), as a JPEG of
+/// quality 80 (lower if that is over [`MAX_PICTURE_BYTES`]); none if encoding fails: the
+/// caption still goes, without its picture.
+pub fn picture(frame: &RgbImage) -> Option<Vec<u8>> {
+    let (w, h) = frame.dimensions();
+    let scale = (PICTURE_SIDE as f64 / w.max(h) as f64).min(1.0);
+    let (tw, th) = (((w as f64 * scale).round() as u32).max(1), ((h as f64 * scale).round() as u32).max(1));
+    let small;
+    let shown = if (tw, th) == (w, h) {
+        frame
+    } else {
+        small = image::imageops::thumbnail(frame, tw, th);
+        &small
+    };
+    [80, 50, 25].into_iter().find_map(|quality| {
+        let mut out = Vec::new();
+        let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
+        shown.write_with_encoder(encoder).ok()?;
+        (out.len() <= MAX_PICTURE_BYTES).then_some(out)
+    })
 }
 
 impl CaptionRecord {
@@ -52,7 +86,29 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
-    use super::rfc3339;
+    use super::{picture, rfc3339, MAX_PICTURE_BYTES, PICTURE_SIDE};
+
+    #[test]
+    fn pictures_are_jpegs_no_larger_than_the_side() {
+        for (w, h) in [(1920, 1080), (480, 2000), (320, 240), (1, 1)] {
+            let frame = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 7]));
+            let jpeg = picture(&frame).unwrap();
+            assert!(jpeg.len() <= MAX_PICTURE_BYTES);
+            let back = image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg).unwrap();
+            let (bw, bh) = (back.width(), back.height());
+            assert!(bw.max(bh) <= PICTURE_SIDE, "{w}x{h} -> {bw}x{bh}");
+            if w.max(h) > PICTURE_SIDE {
+                assert_eq!(bw.max(bh), PICTURE_SIDE, "{w}x{h} -> {bw}x{bh}");
+                // The aspect ratio kept, to a pixel.
+                assert!(
+                    ((bw as f64 / bh as f64) - (w as f64 / h as f64)).abs()
+                        < 0.01 * (w as f64 / h as f64) + 2.0 / bh as f64
+                );
+            } else {
+                assert_eq!((bw, bh), (w, h));
+            }
+        }
+    }
     use std::time::{Duration, UNIX_EPOCH};
 
     #[test]

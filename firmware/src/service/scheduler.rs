@@ -36,6 +36,8 @@ pub struct Scheduler<'a> {
     scene: SceneFilter,
     last_start: Option<Instant>,
     next_id: u64,
+    /// Whether records carry the captioned frame (an output shows it).
+    pictures: bool,
     /// Skipped frames, which a broken camera or stream can make every frame.
     skipped: LogLimit,
 }
@@ -60,6 +62,7 @@ impl<'a> Scheduler<'a> {
             last_start: None,
             next_id: 1,
             skipped: LogLimit::default(),
+            pictures: config.mqtt.as_ref().is_some_and(|m| m.image),
         }
     }
 
@@ -142,7 +145,9 @@ impl<'a> Scheduler<'a> {
         let id = self.next_id;
         self.next_id += 1;
         log::info!("{}: caption {id}: {}", frame.name, caption.text);
+        let picture = if self.pictures { super::record::picture(&image).map(Arc::new) } else { None };
         Ok(Some(CaptionRecord {
+            picture,
             id,
             camera: self.camera.clone(),
             caption: caption.text,

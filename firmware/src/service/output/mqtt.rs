@@ -6,6 +6,10 @@
 //!   after it restarts the sensor shows the last caption instead of `unknown`.
 //! * `P/<camera>/available`: `online` / `offline`, retained; `offline` is also the last will. Per
 //!   camera: edgecap is one process per camera, and one stopping must not mark the others away.
+//! * `P/<camera>/image`: the captioned frame, a JPEG at most 640 px on its long side, QoS 1,
+//!   retained, before its caption (off with `image = false`).
+//! * `homeassistant/image/<node>/frame/config`: the image entity's discovery (emptied, which
+//!   removes the entity, when `image = false`).
 //! * `homeassistant/sensor/<node>/caption/config`: discovery, retained, sent with `online` on
 //!   every connect and again whenever `homeassistant/status` says `online` (Home Assistant
 //!   restarted). `<node>` is the client id in the characters Home Assistant allows.
@@ -195,6 +199,9 @@ pub fn ha_id(name: &str) -> String {
 struct Topics {
     caption: String,
     state: String,
+    /// Where the captioned frame goes, if it is sent.
+    image: Option<String>,
+    image_discovery: Option<String>,
     available: String,
     discovery: Option<String>,
     ha_status: Option<String>,
@@ -211,12 +218,44 @@ impl Topics {
         Topics {
             caption: format!("{p}/{camera}/caption"),
             state: format!("{p}/{camera}/state"),
+            image: config.image.then(|| format!("{p}/{camera}/image")),
+            image_discovery: ha.then(|| format!("{dp}/image/{node}/frame/config")),
             available: format!("{p}/{camera}/available"),
             discovery: ha.then(|| format!("{dp}/sensor/{node}/caption/config")),
             ha_status: ha.then(|| format!("{dp}/status")),
             node,
             camera: camera.to_string(),
         }
+    }
+
+    /// Home Assistant's device block, shared by the sensor and the image entity.
+    fn device(&self) -> serde_json::Value {
+        serde_json::json!({
+            "identifiers": [self.node],
+            "name": format!("edgecap {}", self.camera),
+            "manufacturer": "edgecap",
+            "model": "edgecap",
+            "sw_version": env!("CARGO_PKG_VERSION"),
+        })
+    }
+
+    /// The Home Assistant image entity showing the captioned frame; empty (the entity removed)
+    /// when no frame is sent.
+    fn image_discovery_payload(&self) -> String {
+        let Some(image) = &self.image else { return String::new() };
+        serde_json::json!({
+            "name": "Frame",
+            "unique_id": format!("{}_frame", self.node),
+            "object_id": format!("{}_frame", self.node),
+            "image_topic": image,
+            "content_type": "image/jpeg",
+            "availability_topic": self.available,
+            "payload_available": "online",
+            "payload_not_available": "offline",
+            "qos": 1,
+            "device": self.device(),
+        })
+        .to_string()
     }
 
     /// The Home Assistant sensor: state = caption (≤255 chars), attributes = the full record.
@@ -232,13 +271,7 @@ impl Topics {
             "payload_not_available": "offline",
             "qos": 1,
             "icon": "mdi:image-text",
-            "device": {
-                "identifiers": [self.node],
-                "name": format!("edgecap {}", self.camera),
-                "manufacturer": "edgecap",
-                "model": "edgecap",
-                "sw_version": env!("CARGO_PKG_VERSION"),
-            },
+            "device": self.device(),
         })
         .to_string()
     }
@@ -256,7 +289,11 @@ struct Shared {
 }
 
 struct Buffer {
+    /// Records without their pictures.
     records: DropOldest<Arc<CaptionRecord>>,
+    /// The newest caption's frame, by record id: Home Assistant shows only the latest, so a
+    /// buffer of hundreds of captions across an outage holds one picture, not hundreds.
+    picture: Option<(u64, Arc<Vec<u8>>)>,
     /// Set by `finish`, with the time by which everything must be done.
     closing: Option<Instant>,
     /// Set by `finish` at its deadline.
@@ -277,7 +314,12 @@ impl Mqtt {
         let node = client_id(config, camera);
         let topics = Topics::new(config, camera, &node);
         let shared = Arc::new(Shared {
-            buffer: Mutex::new(Buffer { records: DropOldest::new(config.buffer), closing: None, abandon: false }),
+            buffer: Mutex::new(Buffer {
+                records: DropOldest::new(config.buffer),
+                picture: None,
+                closing: None,
+                abandon: false,
+            }),
         });
         let mut options = MqttOptions::new(node.clone(), url.host.clone(), url.port);
         options.set_keep_alive(Duration::from_secs(config.keep_alive));
@@ -343,7 +385,15 @@ impl Mqtt {
 
 impl Sink for Mqtt {
     fn send(&mut self, record: &Arc<CaptionRecord>) {
-        let dropped = self.lock().records.push(Arc::clone(record));
+        let mut buffer = self.lock();
+        let dropped = match &record.picture {
+            Some(picture) => {
+                buffer.picture = Some((record.id, Arc::clone(picture)));
+                buffer.records.push(Arc::new(CaptionRecord { picture: None, ..(**record).clone() }))
+            }
+            None => buffer.records.push(Arc::clone(record)),
+        };
+        drop(buffer);
         if let Some(dropped) = dropped {
             self.stats.mqtt_dropped.inc();
             if let Some(note) = self.drops.check() {
@@ -589,14 +639,17 @@ impl Link {
     fn announce(&mut self, first: bool) -> Result<(), String> {
         let topics = self.topics.clone();
         let conn = self.conn.as_mut().expect("connected");
-        let publish = |conn: &mut Conn, topic: &str, payload: String| -> Result<(), String> {
+        let publish = |conn: &mut Conn, topic: &str, payload: Vec<u8>| -> Result<(), String> {
             conn.client.try_publish(topic, QoS::AtLeastOnce, true, payload).map_err(|e| e.to_string())?;
             conn.inflight.push_back(0);
             Ok(())
         };
         publish(conn, &topics.available, "online".into())?;
         if let Some(discovery) = &topics.discovery {
-            publish(conn, discovery, topics.discovery_payload())?;
+            publish(conn, discovery, topics.discovery_payload().into())?;
+        }
+        if let Some(discovery) = &topics.image_discovery {
+            publish(conn, discovery, topics.image_discovery_payload().into())?;
         }
         if first {
             if let Some(status) = &topics.ha_status {
@@ -609,18 +662,25 @@ impl Link {
     /// Hands buffered captions not yet sent on this connection to the client.
     fn send_buffered(&mut self) -> Result<(), String> {
         let Some(conn) = self.conn.as_mut().filter(|c| c.connected) else { return Ok(()) };
-        let next: Vec<Arc<CaptionRecord>> = {
+        let (next, picture): (Vec<Arc<CaptionRecord>>, _) = {
             let b = self.shared.buffer.lock().unwrap_or_else(|e| e.into_inner());
             let room = MAX_INFLIGHT.saturating_sub(conn.inflight.len());
-            (0..b.records.len())
+            let next = (0..b.records.len())
                 .filter_map(|i| b.records.get(i))
                 .filter(|r| r.id > conn.last_sent)
                 .take(room)
                 .cloned()
-                .collect()
+                .collect();
+            (next, b.picture.clone())
         };
         for record in next {
-            // The state first: its acknowledgement carries no record, the caption's removes it.
+            // The picture and state first: their acknowledgements carry no record, the
+            // caption's removes it.
+            let frame = picture.as_ref().filter(|(id, _)| *id == record.id);
+            if let (Some(topic), Some((_, frame))) = (&self.topics.image, frame) {
+                conn.client.try_publish(topic, QoS::AtLeastOnce, true, frame.as_slice()).map_err(|e| e.to_string())?;
+                conn.inflight.push_back(0);
+            }
             if let Some(state) = state_text(&record.caption) {
                 conn.client
                     .try_publish(&self.topics.state, QoS::AtLeastOnce, true, state)
