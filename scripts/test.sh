@@ -10,10 +10,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # mosquitto + socat: the service tests' real broker and pseudo-terminal pairs; curl and a Python
-# virtual environment with the official openai package: the HTTP API's real clients. Cross gcc,
+# virtual environment with the official openai package: the HTTP API's real clients. ffmpeg and
+# GStreamer's RTSP server (python3-gi; x264 from plugins-ugly): the RTSP source and the real
+# server its tests stream a photograph from. Cross gcc,
 # their C libraries and qemu-user: the ARM builds and their emulated runs. libclang: the camera
 # backend's V4L2 bindings (bindgen), built into the device binaries.
-packages=(mosquitto socat curl python3-venv gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross
+packages=(mosquitto socat curl python3-venv ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
+    gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross
     libc6-dev-armhf-cross qemu-user dpkg libclang-dev)
 missing=()
 for p in "${packages[@]}"; do

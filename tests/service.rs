@@ -977,3 +977,100 @@ fn soak_resident_memory_stays_flat_over_thousands_of_frames() {
     eprintln!("soak: {} samples, early max {early} KiB, late max {late} KiB", samples.len());
     assert!(late <= early + early / 10 + 4096, "resident memory grew from {early} KiB to {late} KiB");
 }
+
+/// A real RTSP server on loopback (GStreamer's gst-rtsp-server, `tests/rtsp/server.py`)
+/// streaming a photograph as H.264 at `/h264` and MJPEG at `/mjpeg`; killed on drop.
+struct RtspServer {
+    child: Child,
+    port: u16,
+}
+
+impl RtspServer {
+    fn start(port: u16) -> RtspServer {
+        // python3-gi is Debian's, for Debian's python3 (not a virtual environment's).
+        let python = std::env::var("EDGECAP_TEST_GI_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into());
+        let script = fixtures().join("../rtsp/server.py");
+        let mut child = Command::new(python)
+            .arg(script)
+            .arg(port.to_string())
+            .arg(image("astronaut.jpg"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 for the RTSP server (apt install python3-gi gir1.2-gst-rtsp-server-1.0)");
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+        assert_eq!(ready.trim(), "ready", "the RTSP server did not start");
+        RtspServer { child, port }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("rtsp://127.0.0.1:{}/{path}", self.port)
+    }
+}
+
+impl Drop for RtspServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn rtsp_captions_arrive_and_resume_after_the_server_restarts() {
+    let port = free_port();
+    let server = RtspServer::start(port);
+    let args = ["--source", &server.url("h264"), "--interval", "0.3", "--scene-threshold", "0"];
+    let mut child = edgecap(&args).env("RUST_LOG", "warn").spawn().unwrap();
+    let lines = collect_lines(child.stdout.take().unwrap());
+    let count = || lines.lock().unwrap().len();
+    wait_until("captions from the H.264 stream", Duration::from_secs(30), || count() >= 2);
+    // The camera reboots: the stream ends, edgecap retries until it is back.
+    drop(server);
+    std::thread::sleep(Duration::from_secs(2));
+    let before = count();
+    let _server = RtspServer::start(port);
+    wait_until("captions after the server came back", Duration::from_secs(40), || count() >= before + 2);
+    signal(&child, "TERM");
+    let (code, _, stderr) = finish(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("reconnecting in"), "{stderr}");
+    let records: Vec<Value> = lines.lock().unwrap().iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for (i, record) in records.iter().enumerate() {
+        check_record(record, "camera");
+        assert_eq!(record["id"], i as u64 + 1);
+    }
+}
+
+#[test]
+fn rtsp_mjpeg_once_and_refusals_that_stop_start_up() {
+    let server = RtspServer::start(free_port());
+    // MJPEG, one frame with --once; credentials in the URL never reach the logs.
+    let mjpeg = server.url("mjpeg").replace("rtsp://", "rtsp://viewer:s3cret@");
+    let (code, records, stderr) = finish(edgecap(&["--source", &mjpeg, "--once"]).spawn().unwrap());
+    assert_eq!((code, records.len()), (Some(0), 1), "{stderr}");
+    check_record(&records[0], "camera");
+    // H.264 decoding key frames only.
+    let args = ["--source", &server.url("h264"), "--rtsp-keyframes", "--once"];
+    let (code, records, stderr) = finish(edgecap(&args).spawn().unwrap());
+    assert_eq!((code, records.len()), (Some(0), 1), "{stderr}");
+    // No such path: a 404 every retry would meet again stops start-up, exit 2, one line.
+    let missing = server.url("nope").replace("rtsp://", "rtsp://viewer:s3cret@");
+    let (code, records, stderr) = finish(edgecap(&["--source", &missing]).spawn().unwrap());
+    let line = stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
+    assert_eq!((code, records.len()), (Some(2), 0), "{stderr}");
+    assert!(line.contains("viewer:***@") && line.contains("404 Not Found"), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+    // Without ffmpeg, run and check-config refuse the source at once, saying what is missing.
+    for command in ["run", "check-config"] {
+        let out = Command::new(binary("edgecap"))
+            .args([command, "--bundle"])
+            .arg(bundle())
+            .args(["--source", &mjpeg])
+            .env("EDGECAP_FFMPEG", "/nonexistent/ffmpeg")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        assert!(stderr.contains("RTSP sources need ffmpeg") && !stderr.contains("s3cret"), "{command}: {stderr}");
+    }
+}

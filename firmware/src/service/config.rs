@@ -21,7 +21,8 @@ pub const DEFAULT_CONFIG: &str = "/etc/edgecap/edgecap.toml";
 pub struct Config {
     /// Model bundle directory; none = the built-in default model.
     pub bundle: Option<PathBuf>,
-    /// `camera[:INDEX]`, `dir:PATH`, `file:PATH`, `-` (stdin) or `test-pattern`.
+    /// `camera[:INDEX]`, `dir:PATH`, `file:PATH`, `rtsp://[USER:PASS@]HOST[:PORT]/PATH`, `-`
+    /// (stdin) or `test-pattern`.
     pub source: String,
     /// Name of this camera in MQTT topics and records.
     pub camera: String,
@@ -34,6 +35,9 @@ pub struct Config {
     pub fps: u32,
     /// Resolution asked of the camera, `WIDTHxHEIGHT`.
     pub resolution: String,
+    /// RTSP: decode key frames only (a fraction of the CPU; frames at the camera's key-frame
+    /// interval, whatever `interval` asks).
+    pub rtsp_keyframes: bool,
     /// Process what the source has now, then exit.
     pub once: bool,
     /// Stop after this many captions (0 = no limit).
@@ -125,6 +129,7 @@ impl Default for Config {
             scene_threshold: 0.02,
             fps: 5,
             resolution: "640x480".into(),
+            rtsp_keyframes: false,
             once: false,
             max_captions: 0,
             max_tokens: None,
@@ -148,7 +153,8 @@ pub struct RunArgs {
     /// Model bundle directory.
     #[arg(long)]
     pub bundle: Option<PathBuf>,
-    /// Frame source: camera[:INDEX], dir:PATH, file:PATH, - (images on stdin), test-pattern.
+    /// Frame source: camera[:INDEX], dir:PATH, file:PATH, rtsp://[USER:PASS@]HOST[:PORT]/PATH,
+    /// - (images on stdin), test-pattern.
     #[arg(long)]
     pub source: Option<String>,
     /// Camera name used in MQTT topics and records.
@@ -166,6 +172,10 @@ pub struct RunArgs {
     /// Camera resolution, WIDTHxHEIGHT.
     #[arg(long)]
     pub resolution: Option<String>,
+    /// RTSP: decode key frames only (a fraction of the CPU; frames at the camera's key-frame
+    /// interval).
+    #[arg(long)]
+    pub rtsp_keyframes: bool,
     /// Process what the source has now, then exit 0.
     #[arg(long)]
     pub once: bool,
@@ -248,6 +258,7 @@ impl RunArgs {
         set(&mut c.fps, self.fps);
         set(&mut c.resolution, self.resolution.clone());
         c.once |= self.once;
+        c.rtsp_keyframes |= self.rtsp_keyframes;
         set(&mut c.max_captions, self.max_captions);
         set(&mut c.max_tokens, self.decoding.max_tokens.map(Some));
         set(&mut c.beam, self.decoding.beam.map(Some));
@@ -454,4 +465,16 @@ fn count(name: &str, value: usize, max: usize) -> Result<()> {
         bail!("{name} must be from 1 to {max}, got {value}");
     }
     Ok(())
+}
+
+/// `url` with the password in `user:password@` replaced by `***`, for logs and printed
+/// configurations.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    // The user information ends at the authority's last '@'; the path may hold '@' too.
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match authority.rsplit_once('@').and_then(|(userinfo, _)| Some((userinfo.split_once(':')?.0, userinfo.len()))) {
+        Some((user, end)) => format!("{scheme}://{user}:***{}", &rest[end..]),
+        None => url.to_string(),
+    }
 }

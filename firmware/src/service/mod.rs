@@ -53,14 +53,16 @@ pub fn run(args: &RunArgs) -> u8 {
 /// `edgecap check-config`: everything `run` checks before it starts, without starting.
 pub fn check(args: &RunArgs) -> u8 {
     let result = args.resolve().and_then(|config| {
+        SourceSpec::parse(&config.source)?.preflight()?;
         drop(load_model(&config)?);
         Ok(config)
     });
     match result {
         Ok(mut config) => {
             if let Some(m) = &mut config.mqtt {
-                m.url = output::mqtt::redact_password(&m.url);
+                m.url = config::redact_password(&m.url);
             }
+            config.source = config::redact_password(&config.source);
             if let Some(t) = config.http.as_mut().and_then(|h| h.token.as_mut()) {
                 *t = "***".into();
             }
@@ -125,7 +127,8 @@ impl Service {
             None => None,
         };
         let source = source::spawn(&spec, &config, ctx)?;
-        log::info!("running: source {}, interval {}s, model {model_name}", config.source, config.interval);
+        let source_shown = config::redact_password(&config.source);
+        log::info!("running: source {source_shown}, interval {}s, model {model_name}", config.interval);
         log::info!("cpu {}", edgecap_engine::platform::CpuFeatures::detect());
         Ok(Service { config, model, engine, http, opts, model_name, slot, stats, stop, sinks, source })
     }

@@ -70,7 +70,7 @@ impl<'a> Scheduler<'a> {
     /// fails in a way no later frame can avoid (the error).
     pub fn run(&mut self, slot: &Slot, stats: &Stats, stop: &AtomicBool, sinks: &mut [Box<dyn Sink>]) -> Result<()> {
         while !stop.load(Ordering::Relaxed) {
-            if !self.wait_for_turn(stop) {
+            if !self.wait_for_turn(slot, stop) {
                 break;
             }
             let frame = match slot.take(TICK) {
@@ -93,11 +93,12 @@ impl<'a> Scheduler<'a> {
         Ok(())
     }
 
-    /// Sleeps until the interval since the last caption has passed; false if stopped meanwhile.
-    fn wait_for_turn(&self, stop: &AtomicBool) -> bool {
+    /// Sleeps until the interval since the last caption has passed; false if stopped meanwhile
+    /// or the source ended (`--once` need not wait out the interval after its last frame).
+    fn wait_for_turn(&self, slot: &Slot, stop: &AtomicBool) -> bool {
         let Some(last) = self.last_start else { return true };
         loop {
-            if stop.load(Ordering::Relaxed) {
+            if stop.load(Ordering::Relaxed) || slot.drained() {
                 return false;
             }
             let left = self.interval.saturating_sub(last.elapsed());

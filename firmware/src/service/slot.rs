@@ -75,6 +75,12 @@ impl Slot {
         self.changed.notify_all();
     }
 
+    /// Closed with no frame left: nothing more will come.
+    pub fn drained(&self) -> bool {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.closed && inner.frame.is_none()
+    }
+
     /// The newest frame, waiting up to `timeout` for one.
     pub fn take(&self, timeout: Duration) -> Taken {
         let deadline = Instant::now() + timeout;

@@ -35,7 +35,7 @@ use edgecap_engine::error::excerpt;
 
 use super::Sink;
 use crate::service::config::limits::MAX_NAME_BYTES;
-use crate::service::config::MqttConfig;
+use crate::service::config::{redact_password, MqttConfig};
 use crate::service::log_limit::LogLimit;
 use crate::service::queue::DropOldest;
 use crate::service::record::CaptionRecord;
@@ -93,19 +93,6 @@ impl BrokerUrl {
             bail!("mqtt url {url:?}: missing or bad host");
         }
         Ok(BrokerUrl { host: host.to_string(), port, credentials, tls })
-    }
-}
-
-/// `url` with the password in `user:password@` replaced by `***`, for logs and printed
-/// configurations.
-pub fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    match rest.rsplit_once('@') {
-        Some((userinfo, hostport)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{hostport}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
     }
 }
 
@@ -751,6 +738,8 @@ mod tests {
         assert_eq!(redact_password("mqtt://ha:s3cret@host:1883"), "mqtt://ha:***@host:1883");
         assert_eq!(redact_password("mqtt://ha@host"), "mqtt://ha@host");
         assert_eq!(redact_password("mqtt://host:1883"), "mqtt://host:1883");
+        assert_eq!(redact_password("rtsp://a:b@c@cam:554/x@y?z"), "rtsp://a:***@cam:554/x@y?z");
+        assert_eq!(redact_password("rtsp://cam:554/live@1"), "rtsp://cam:554/live@1");
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod pattern;
 // Used by the camera backend only; built (and tested) without it too.
 #[cfg_attr(not(feature = "camera"), allow(dead_code))]
 mod pixels;
+mod rtsp;
 pub mod stream;
 
 use std::path::PathBuf;
@@ -18,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 
-use super::config::Config;
+use super::config::{redact_password, Config};
 use super::log_limit::LogLimit;
 use super::slot::{Frame, FrameData, Slot};
 use super::stats::Stats;
@@ -31,6 +32,8 @@ pub enum SourceSpec {
     File(PathBuf),
     Stdin,
     TestPattern,
+    /// `rtsp://` or `rtsps://`, credentials included.
+    Rtsp(String),
 }
 
 impl SourceSpec {
@@ -45,13 +48,23 @@ impl SourceSpec {
             "-" => SourceSpec::Stdin,
             "test-pattern" => SourceSpec::TestPattern,
             "camera" => SourceSpec::Camera(0),
+            _ if text.starts_with("rtsp://") || text.starts_with("rtsps://") => {
+                if text.split_once("://").is_some_and(|(_, rest)| rest.is_empty() || rest.starts_with('/')) {
+                    bail!("source {:?}: missing host", redact_password(text));
+                }
+                SourceSpec::Rtsp(text.to_string())
+            }
             _ => match text.split_once(':') {
                 Some(("dir", p)) => SourceSpec::Dir(path(p)?),
                 Some(("file", p)) => SourceSpec::File(path(p)?),
                 Some(("camera", i)) => SourceSpec::Camera(
                     i.parse().with_context(|| format!("source {text:?}: camera index must be a number"))?,
                 ),
-                _ => bail!("unknown source {text:?} (expected camera[:INDEX], dir:PATH, file:PATH, - or test-pattern)"),
+                _ => bail!(
+                    "unknown source {:?} (expected camera[:INDEX], dir:PATH, file:PATH, rtsp://HOST/PATH, - or \
+                     test-pattern)",
+                    redact_password(text)
+                ),
             },
         })
     }
@@ -59,6 +72,14 @@ impl SourceSpec {
     /// Whether every frame must reach the captioning loop (producers wait instead of overwriting).
     pub fn lossless(&self, config: &Config) -> bool {
         config.once || (*self == SourceSpec::TestPattern && config.fps == 0)
+    }
+
+    /// What the source needs outside edgecap, checked by `run` and `check-config` alike.
+    pub fn preflight(&self) -> Result<()> {
+        match self {
+            SourceSpec::Rtsp(_) => rtsp::check_ffmpeg(),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -94,7 +115,7 @@ impl SourceContext {
 
 /// Checks that the source can start (folder exists, camera opens) and starts its thread.
 pub fn spawn(spec: &SourceSpec, config: &Config, ctx: SourceContext) -> Result<JoinHandle<()>> {
-    let name = format!("source {}", config.source);
+    let name = format!("source {}", redact_password(&config.source));
     let builder = std::thread::Builder::new().name("source".into());
     let handle = match spec.clone() {
         SourceSpec::Dir(path) => {
@@ -112,6 +133,15 @@ pub fn spawn(spec: &SourceSpec, config: &Config, ctx: SourceContext) -> Result<J
             builder.spawn(move || finish(ctx, |c| pattern::run(w, h, fps, c)))
         }
         SourceSpec::Camera(index) => return camera(index, config, ctx),
+        SourceSpec::Rtsp(url) => {
+            let spec = rtsp::RtspSpec {
+                url,
+                interval: config.interval,
+                fps: config.fps,
+                keyframes_only: config.rtsp_keyframes,
+            };
+            return rtsp::spawn(spec, ctx);
+        }
     };
     handle.with_context(|| format!("{name}: cannot start thread"))
 }
