@@ -10,7 +10,7 @@
 //! per layer. Each keeps its layer's keys and values as per-session state in buffers with room
 //! to grow, appends the new positions in place and attends over them where they lie; `past`
 //! and `present` leave the graph. A graph without the pattern keeps its cache outside, as
-//! before ([`crate::session::DecoderState`] serves both).
+//! before (`session::DecoderState` serves both).
 
 use tract_onnx::tract_core::ops::array::{Gather, TypedConcat};
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
@@ -18,6 +18,7 @@ use tract_onnx::tract_core::plan::LaneId;
 use tract_onnx::tract_hir::internal::*;
 
 use crate::attention::{FusedAttention, Operand};
+use crate::error::EngineError;
 
 /// A [`FusedAttention`] whose keys and values come from its own per-session cache.
 /// Inputs: q, the new positions' keys and values `[2, B, H, S, hd]`, and the bias if any.
@@ -184,7 +185,7 @@ pub fn fuse(model: &mut TypedModel) -> TractResult<bool> {
         let mut inputs = vec![node.inputs[0], layer.new];
         inputs.extend(node.inputs.get(3).copied());
         let name = format!("{}.cached", node.name);
-        crate::graph::splice(model, name, CachedAttention { attention }, &inputs, OutletId::new(layer.attention, 0))?;
+        crate::splice::splice(model, name, CachedAttention { attention }, &inputs, OutletId::new(layer.attention, 0))?;
     }
     model.inputs.retain(|&i| i != found.past);
     model.outputs.retain(|&o| o != found.present);
@@ -288,4 +289,37 @@ fn pick(model: &TypedModel, outlet: OutletId) -> TractResult<Option<(OutletId, i
     let index = model.outlet_fact(node.inputs[1])?.konst.clone();
     let index = index.filter(|t| t.rank() == 0).and_then(|t| t.cast_to_scalar::<i64>().ok());
     Ok(index.map(|i| (node.inputs[0], i)))
+}
+
+/// Where a decoding session's KV cache lives.
+pub(crate) enum Cache {
+    /// In the decoder plan's [`LayerCache`]s, in this session of the plan.
+    Inside { session: TypedSimpleState, batch: usize },
+    /// Fed to the graph as `past` [L,2,B,H,P,hd] and returned grown as `present`.
+    Outside(Tensor),
+}
+
+impl Cache {
+    pub(crate) fn batch(&self) -> usize {
+        match self {
+            Cache::Inside { batch, .. } => *batch,
+            Cache::Outside(past) => past.shape()[2],
+        }
+    }
+
+    /// Sequence `i` continues from old sequence `sources[i]`.
+    pub(crate) fn reorder(&mut self, sources: &[usize]) -> Result<(), EngineError> {
+        let err = |e| EngineError::inference("decoder", e);
+        match self {
+            Cache::Inside { session, batch } => {
+                reorder(session, sources).map_err(err)?;
+                *batch = sources.len();
+            }
+            Cache::Outside(past) => {
+                let view = past.to_plain_array_view::<f32>().map_err(err)?;
+                *past = view.select(tract_ndarray::Axis(2), sources).into_tensor();
+            }
+        }
+        Ok(())
+    }
 }

@@ -1,7 +1,7 @@
 //! `bundle.toml`: the versioned manifest that says what a model bundle holds and how to run it.
 //!
 //! The manifest is the bundle's configuration; the weights live in the files it names and the
-//! runtime state lives in [`crate::session`]. Everything here is plain data with serde, so the
+//! runtime state lives in the `session` module. Everything here is plain data with serde, so the
 //! exporter on the workstation and the device read exactly the same format.
 
 use serde::{Deserialize, Serialize};

@@ -11,7 +11,7 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensors};
 use thiserror::Error;
 
-use crate::generate::top_k;
+use crate::logits::top_k;
 
 pub const MEMORY_FORMAT: &str = "edgecap-memory";
 

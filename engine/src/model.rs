@@ -1,7 +1,7 @@
 //! The loaded captioning model: three optimised tract plans and the token-embedding table.
 //!
 //! A [`CaptionModel`] is immutable once loaded and can be shared between threads; all per-caption
-//! state (the decoder's KV cache) lives in [`crate::session::DecoderState`].
+//! state (the decoder's KV cache) lives in a `session::DecoderState`, which borrows the model.
 
 use std::path::Path;
 
@@ -10,10 +10,10 @@ use tract_onnx::prelude::*;
 use crate::bundle::Bundle;
 use crate::error::EngineError;
 use crate::graph::{self, GraphShapes, Plan};
+use crate::kv_cache::Cache;
 use crate::manifest::{FileRole, Manifest, ModelDims};
 use crate::memory::SupportMemory;
 use crate::npy::{self, f16};
-use crate::session::Cache;
 use crate::tokenizer::TextTokenizer;
 
 pub struct CaptionModel {

@@ -3,9 +3,8 @@
 //! Cheap to create (an empty cache); one per caption, or one per beam group. The model it runs
 //! on stays immutable and shareable.
 
-use tract_onnx::prelude::*;
-
 use crate::error::EngineError;
+use crate::kv_cache::Cache;
 use crate::model::{tensor_from, CaptionModel};
 
 pub struct DecoderState<'m> {
@@ -67,38 +66,5 @@ impl<'m> DecoderState<'m> {
     /// (beam search: reorder survivors, or fan one prefix out to several beams).
     pub fn reorder(&mut self, sources: &[usize]) -> Result<(), EngineError> {
         self.cache.reorder(sources)
-    }
-}
-
-/// Where a decoding session's KV cache lives.
-pub(crate) enum Cache {
-    /// In the decoder plan's [`crate::kv_cache::LayerCache`]s, in this session of the plan.
-    Inside { session: TypedSimpleState, batch: usize },
-    /// Fed to the graph as `past` [L,2,B,H,P,hd] and returned grown as `present`.
-    Outside(Tensor),
-}
-
-impl Cache {
-    pub(crate) fn batch(&self) -> usize {
-        match self {
-            Cache::Inside { batch, .. } => *batch,
-            Cache::Outside(past) => past.shape()[2],
-        }
-    }
-
-    /// Sequence `i` continues from old sequence `sources[i]`.
-    pub(crate) fn reorder(&mut self, sources: &[usize]) -> Result<(), EngineError> {
-        let err = |e| EngineError::inference("decoder", e);
-        match self {
-            Cache::Inside { session, batch } => {
-                crate::kv_cache::reorder(session, sources).map_err(err)?;
-                *batch = sources.len();
-            }
-            Cache::Outside(past) => {
-                let view = past.to_plain_array_view::<f32>().map_err(err)?;
-                *past = view.select(tract_ndarray::Axis(2), sources).into_tensor();
-            }
-        }
-        Ok(())
     }
 }

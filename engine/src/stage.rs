@@ -31,7 +31,7 @@ macro_rules! markers {
 }
 
 markers! {
-    /// The start of [`crate::model::CaptionModel::load`] (manifest read, then the image encoder).
+    /// The start of `CaptionModel::load` (manifest read, then the image encoder).
     edgecap_stage_load = 1;
     /// Image encoder loaded; the decoder's graph comes next.
     edgecap_stage_load_decoder = 2;

@@ -129,7 +129,7 @@ impl<'a> Operand<'a> {
 
 impl FusedAttention {
     /// Whether k and v are [group 0, group 1, position, channel], the layout a
-    /// [`crate::kv_cache`] keeps its keys and values in.
+    /// `kv_cache::LayerCache` keeps its keys and values in.
     pub(crate) fn reads_heads_by_position(&self) -> bool {
         let heads = [Role::Group(0), Role::Group(1), Role::Position, Role::Channel];
         self.groups == 2 && self.k.0[..] == heads && self.v.0[..] == heads
@@ -384,7 +384,7 @@ pub fn fuse(model: &mut TypedModel) -> TractResult<usize> {
     for softmax in model.eval_order()? {
         let Some(found) = Found::at(model, softmax)? else { continue };
         let name = format!("{}.fused", model.node(found.context).name);
-        crate::graph::splice(model, name, found.op, &found.inputs, OutletId::new(found.context, 0))?;
+        crate::splice::splice(model, name, found.op, &found.inputs, OutletId::new(found.context, 0))?;
         fused += 1;
     }
     if fused > 0 {

@@ -8,7 +8,6 @@ use clap::Args;
 use edgecap_engine::error::excerpt;
 use serde::{Deserialize, Serialize};
 
-use super::source::SourceSpec;
 use crate::http::HttpOptions;
 use crate::model::Decoding;
 
@@ -377,7 +376,6 @@ impl Config {
     /// Checks every value that can be checked without opening anything: `run` and
     /// `check-config` both call it, so a configuration `check-config` passes starts.
     pub fn validate(&self) -> Result<()> {
-        SourceSpec::parse(&self.source)?;
         if let Some(h) = &self.http {
             h.clone().resolve()?;
         }
@@ -410,7 +408,6 @@ impl Config {
             count("serial queue", s.queue, limits::MAX_QUEUE)?;
         }
         if let Some(m) = &self.mqtt {
-            super::output::mqtt::check_config(m)?;
             count("mqtt buffer", m.buffer, limits::MAX_QUEUE)?;
         }
         Ok(())

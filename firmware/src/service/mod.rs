@@ -50,10 +50,22 @@ pub fn run(args: &RunArgs) -> u8 {
     service.run()
 }
 
+/// `run`'s configuration from the file and flags, checked, with what the source and the MQTT
+/// output make of it: the source parsed, every MQTT topic one a broker accepts. (Here rather than
+/// in `config`, which the source and outputs build on.)
+fn resolve(args: &RunArgs) -> Result<(Config, SourceSpec)> {
+    let config = args.resolve()?;
+    let source = SourceSpec::parse(&config.source)?;
+    if let Some(mqtt) = &config.mqtt {
+        output::mqtt::check_config(mqtt)?;
+    }
+    Ok((config, source))
+}
+
 /// `edgecap check-config`: everything `run` checks before it starts, without starting.
 pub fn check(args: &RunArgs) -> u8 {
-    let result = args.resolve().and_then(|config| {
-        SourceSpec::parse(&config.source)?.preflight()?;
+    let result = resolve(args).and_then(|(config, source)| {
+        source.preflight()?;
         drop(load_model(&config)?);
         Ok(config)
     });
@@ -97,11 +109,10 @@ struct Service {
 
 impl Service {
     fn start(args: &RunArgs, stop: Arc<AtomicBool>) -> Result<Service> {
-        let config = args.resolve()?;
+        let (config, spec) = resolve(args)?;
         let Loaded { model, opts, bundle } = load_model(&config)?;
         let model_name = Loaded::name_of(&bundle);
         let stats = Arc::new(Stats::default());
-        let spec = SourceSpec::parse(&config.source)?;
         let sinks = start_sinks(&config, &stats)?;
         let slot = Arc::new(Slot::new(spec.lossless(&config)));
         let ctx = SourceContext {
