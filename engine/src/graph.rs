@@ -173,10 +173,10 @@ fn optimise(model: InferenceModel, shapes: &GraphShapes, cache_inside: bool) -> 
     let outputs = model.output_outlets().map_err(tract)?.to_vec();
     check_facts(&model, "output", &outputs, &shapes.outputs)?;
     let mut model = model;
-    crate::int8::op::prepare(&mut model).map_err(tract)?;
+    crate::int8::passes::prepare(&mut model).map_err(tract)?;
     model.declutter().map_err(tract)?;
     // Fusions tract does not make, on the decluttered graph, where the patterns are settled.
-    let scales = crate::int8::op::fuse_scales(&mut model).map_err(tract)?;
+    let scales = crate::int8::passes::fuse_scales(&mut model).map_err(tract)?;
     let attentions = crate::attention::fuse(&mut model).map_err(tract)?;
     let gelus = crate::gelu::fuse(&mut model).map_err(tract)?;
     let cached = cache_inside && crate::kv_cache::fuse(&mut model).map_err(tract)?;

@@ -10,12 +10,13 @@
 pub mod kernel;
 pub mod op;
 pub mod parse;
+pub mod passes;
 pub mod pool;
 pub mod quantize;
 
 /// tract's ONNX loader with the integer products of this module in place of tract's.
 pub fn onnx() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
-    op::register(&mut onnx.op_register);
+    parse::register(&mut onnx.op_register);
     onnx
 }

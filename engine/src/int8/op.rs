@@ -1,5 +1,6 @@
 //! The tract operator that runs an ONNX `QLinearMatMul` or `MatMulInteger` by a constant int8
-//! weight on [`Kernel`], and the parsers that put it in place of tract's own.
+//! weight on [`Kernel`]. The ONNX parsers that put it in place of tract's own are in
+//! the `parse` module; the graph passes that merge and pack it in `passes`.
 //!
 //! Semantics are ONNX's: `MatMulInteger` gives the i32 sums Σ_k (a − a_zero)·w;
 //! `QLinearMatMul` requantizes them, `saturate(round_half_even(sum · m) + y_zero)` with
@@ -8,12 +9,8 @@
 //! any other form is left to tract.
 
 use std::borrow::Cow;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use tract_onnx::data_resolver::ModelDataResolver;
-use tract_onnx::model::{OnnxOpRegister, ParsingContext};
-use tract_onnx::pb::tensor_proto::DataType as TensorProtoDataType;
-use tract_onnx::pb::{GraphProto, NodeProto, TensorProto};
 use tract_onnx::tract_hir::internal::*;
 
 use super::kernel::{Activations, Kernel, Layout, PackedWeights, PANEL};
@@ -26,19 +23,19 @@ const THREADED_MACS: usize = 1 << 18;
 
 /// What the product hands on.
 #[derive(Debug, Clone, PartialEq)]
-enum Output {
+pub(super) enum Output {
     /// `MatMulInteger`: the i32 sums.
     Sums,
     /// `QLinearMatMul`: the sums requantized with one multiplier per column.
     Requantized { multipliers: Arc<[f32]>, zero: i32, datum: DatumType },
     /// `MatMulInteger` then `Cast` to f32 and `Mul` by a constant per column (the quantizer's
-    /// LM head), fused by [`fuse_scales`]: f32 `sum · scale_j`.
+    /// LM head), fused by `passes::fuse_scales`: f32 `sum · scale_j`.
     Scaled { scales: Arc<[f32]> },
 }
 
 /// A constant int8 weight `[k, n]`.
 #[derive(Debug)]
-enum Weights {
+pub(super) enum Weights {
     /// Parsed, not yet wired: the initializer feeding the node's input `input`. The tensor is
     /// taken from tract's own constant when the node is wired, rather than decoded a second time.
     Input {
@@ -47,37 +44,37 @@ enum Weights {
         n: usize,
     },
     /// Wired: `[k, n_i]` column blocks side by side (one, unless the quantizer cut it).
-    /// Packing waits for [`prepare`], after the blocks are merged, so each weight is packed once.
+    /// Packing waits for `passes::prepare`, after the blocks are merged: each weight packed once.
     Blocks(Vec<Arc<Block>>),
     Packed(PackedWeights),
 }
 
 /// One column block of a weight, `[k, n]` row-major.
 #[derive(Debug)]
-enum Block {
+pub(super) enum Block {
     /// tract's constant for the initializer, shared with the graph.
     Constant(Arc<Tensor>),
     /// The initializer's bytes, moved out of the ONNX proto before tract parsed it
-    /// ([`super::parse`]): tract made no tensor of them.
+    /// (the `parse` module): tract made no tensor of them.
     Taken { k: usize, n: usize, bytes: Vec<u8> },
 }
 
 impl Block {
-    fn k(&self) -> usize {
+    pub(super) fn k(&self) -> usize {
         match self {
             Block::Constant(t) => t.shape()[0],
             Block::Taken { k, .. } => *k,
         }
     }
 
-    fn n(&self) -> usize {
+    pub(super) fn n(&self) -> usize {
         match self {
             Block::Constant(t) => t.shape()[1],
             Block::Taken { n, .. } => *n,
         }
     }
 
-    fn values(&self) -> TractResult<&[i8]> {
+    pub(super) fn values(&self) -> TractResult<&[i8]> {
         match self {
             Block::Constant(t) => t.try_as_plain_ram()?.as_slice::<i8>(),
             // SAFETY: i8 and u8 have the same size and alignment, and every byte is a valid i8.
@@ -87,7 +84,7 @@ impl Block {
 }
 
 impl Weights {
-    fn k(&self) -> usize {
+    pub(super) fn k(&self) -> usize {
         match self {
             Weights::Input { k, .. } => *k,
             Weights::Blocks(blocks) => blocks[0].k(),
@@ -95,7 +92,7 @@ impl Weights {
         }
     }
 
-    fn n(&self) -> usize {
+    pub(super) fn n(&self) -> usize {
         match self {
             Weights::Input { n, .. } => *n,
             Weights::Blocks(blocks) => blocks.iter().map(|b| b.n()).sum(),
@@ -103,8 +100,8 @@ impl Weights {
         }
     }
 
-    /// In `layout`: packed by [`prepare`] or, in a graph that skipped it, now.
-    fn packed(&self, layout: Layout) -> TractResult<Cow<'_, PackedWeights>> {
+    /// In `layout`: packed by `passes::prepare` or, in a graph that skipped it, now.
+    pub(super) fn packed(&self, layout: Layout) -> TractResult<Cow<'_, PackedWeights>> {
         match self {
             Weights::Packed(p) => Ok(Cow::Borrowed(p)),
             Weights::Input { .. } => bail!("Int8MatMul: weight not wired"),
@@ -120,11 +117,11 @@ impl Weights {
 /// `a · w` for activations `a` of shape `[..., k]` (i8 or u8) and a constant `[k, n]` int8 weight.
 #[derive(Debug, Clone)]
 pub struct Int8MatMul {
-    kernel: Kernel,
-    weights: Arc<Weights>,
+    pub(super) kernel: Kernel,
+    pub(super) weights: Arc<Weights>,
     /// The activations' zero point, in their own type (i8 or u8).
-    a_zero: i32,
-    output: Output,
+    pub(super) a_zero: i32,
+    pub(super) output: Output,
 }
 
 impl PartialEq for Int8MatMul {
@@ -321,212 +318,9 @@ impl TypedOp for Int8MatMul {
     as_op!();
 }
 
-/// An operator parsed by edgecap, as it goes into the typed graph.
-pub(super) trait Wired: TypedOp + Clone {
-    /// The operator for a node whose inputs are wired to `inputs` (initializers are constants
-    /// there); by default itself.
-    fn wired(&self, _model: &TypedModel, _inputs: &[OutletId]) -> TractResult<Self> {
-        Ok(self.clone())
-    }
-}
-
-impl Wired for Int8MatMul {
-    /// Takes the weight from tract's constant: the tensor is shared, not copied.
-    fn wired(&self, model: &TypedModel, inputs: &[OutletId]) -> TractResult<Self> {
-        let Weights::Input { input, k, n } = *self.weights else { return Ok(self.clone()) };
-        let outlet = *inputs.get(input).context("Int8MatMul: weight input not wired")?;
-        let w = model.outlet_fact(outlet)?.konst.clone().context("Int8MatMul: weight is not a constant")?;
-        ensure!(
-            w.datum_type() == DatumType::I8 && w.shape() == [k, n],
-            "Int8MatMul: weight {:?} {:?}, parsed as i8 [{k}, {n}]",
-            w.datum_type(),
-            w.shape()
-        );
-        Ok(Int8MatMul { weights: Arc::new(Weights::Blocks(vec![Arc::new(Block::Constant(w))])), ..self.clone() })
-    }
-}
-
-/// An edgecap operator as tract's ONNX parser holds it: its output follows from its first input
-/// by the operator's own `output_facts`; the node's other inputs are initializers it has read.
-#[derive(Debug, Clone)]
-pub(super) struct Parsed<O> {
-    pub op: O,
-    pub arity: usize,
-}
-
-impl Parsed<Int8MatMul> {
-    /// The node input whose initializer holds the weight and the weight's `[k, n]`, while the
-    /// weight is still to be wired from it.
-    pub(super) fn weight_input(&self) -> Option<(usize, usize, usize)> {
-        match *self.op.weights {
-            Weights::Input { input, k, n } => Some((input, k, n)),
-            Weights::Blocks(_) | Weights::Packed(_) => None,
-        }
-    }
-
-    /// The product with its weight's `[k, n]` bytes in hand, taken from the initializer.
-    pub(super) fn with_taken(self, bytes: Vec<u8>) -> Parsed<Int8MatMul> {
-        let (k, n) = (self.op.weights.k(), self.op.weights.n());
-        debug_assert_eq!(bytes.len(), k * n);
-        let weights = Arc::new(Weights::Blocks(vec![Arc::new(Block::Taken { k, n, bytes })]));
-        Parsed { op: Int8MatMul { weights, ..self.op }, arity: self.arity }
-    }
-}
-
-impl<O: Wired> Expansion for Parsed<O> {
-    fn name(&self) -> StaticName {
-        self.op.name()
-    }
-
-    fn rules<'r, 'p: 'r, 's: 'r>(
-        &'s self,
-        s: &mut Solver<'r>,
-        inputs: &'p [TensorProxy],
-        outputs: &'p [TensorProxy],
-    ) -> InferenceResult {
-        check_input_arity(inputs, self.arity)?;
-        check_output_arity(outputs, 1)?;
-        s.given_2(&inputs[0].datum_type, &inputs[0].shape, move |s, datum, shape| {
-            let fact = self.op.output_facts(&[&datum.fact(shape)])?.remove(0);
-            s.equals(&outputs[0].datum_type, fact.datum_type)?;
-            s.equals(&outputs[0].shape, fact.shape.to_tvec())
-        })
-    }
-
-    fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
-        let op = self.op.wired(model, inputs)?;
-        model.wire_node(prefix, op, &inputs[..1])
-    }
-}
-
-/// Readies a parsed graph's products for the kernel: column blocks merged ([`merge_blocks`]),
-/// then every weight packed, each dropping its parsed blocks as soon as it is packed. Returns the
-/// number of merges.
-pub fn prepare(model: &mut TypedModel) -> TractResult<usize> {
-    let merged = merge_blocks(model)?;
-    for id in 0..model.nodes().len() {
-        let Some(op) = model.node(id).op_as::<Int8MatMul>() else { continue };
-        if let Weights::Blocks(_) = &*op.weights {
-            let packed = Weights::Packed(op.weights.packed(op.kernel.layout())?.into_owned());
-            let op = Int8MatMul { weights: Arc::new(packed), ..op.clone() };
-            model.node_mut(id).op = Box::new(op);
-        }
-    }
-    Ok(merged)
-}
-
-/// Folds `Cast` to f32 then `Mul` by a constant (one value per column, or one for all) into the
-/// product before them, in a decluttered graph; returns how many. On GPT-2's LM head the `Mul`
-/// alone took ~0.16 ms of each int8 decoding step (50257 logits through tract's broadcasting
-/// `Mul`), three times the rescale done inside the product.
-pub fn fuse_scales(model: &mut TypedModel) -> TractResult<usize> {
-    use tract_onnx::tract_core::ops::binary::TypedBinOp;
-    use tract_onnx::tract_core::ops::cast::Cast;
-    let mut fused = 0;
-    for id in model.eval_order()? {
-        let node = model.node(id);
-        let Some(op) = node.op_as::<Int8MatMul>().filter(|op| op.output == Output::Sums) else { continue };
-        let n = op.weights.n();
-        let Some(cast) =
-            model.single_succ(id)?.filter(|c| c.op_as::<Cast>().is_some_and(|c| c.to == f32::datum_type()))
-        else {
-            continue;
-        };
-        let Some(mul) = model.single_succ(cast.id)? else { continue };
-        let is_mul = mul.op_as::<TypedBinOp>().is_some_and(|b| b.0.name() == "Mul" && b.1.is_none());
-        let outputs = model.output_outlets()?;
-        if !is_mul || mul.inputs.len() != 2 || [id, cast.id].iter().any(|&i| outputs.contains(&OutletId::new(i, 0))) {
-            continue;
-        }
-        let other = if mul.inputs[0].node == cast.id { mul.inputs[1] } else { mul.inputs[0] };
-        let Some(konst) = model.outlet_fact(other)?.konst.clone() else { continue };
-        // One scale per output column (any leading axes of size 1), or a single one.
-        let shape = konst.shape();
-        let per_column = shape.last() == Some(&n) && shape.iter().rev().skip(1).all(|&d| d == 1);
-        if konst.datum_type() != f32::datum_type() || !(per_column || konst.len() == 1) {
-            continue;
-        }
-        // A constant of higher rank than the product would add axes: not a rescale.
-        if shape.len() > model.outlet_fact(node.inputs[0])?.rank() {
-            continue;
-        }
-        let values = konst.try_as_plain_ram()?.as_slice::<f32>()?;
-        let scales: Arc<[f32]> = if per_column { values.into() } else { vec![values[0]; n].into() };
-        let fused_op = Int8MatMul { output: Output::Scaled { scales }, ..op.clone() };
-        let (name, input) = (format!("{}.scaled", node.name), node.inputs[0]);
-        crate::splice::splice(model, name, fused_op, &[input], OutletId::new(mul.id, 0))?;
-        fused += 1;
-    }
-    if fused > 0 {
-        model.compact()?;
-    }
-    Ok(fused)
-}
-
-/// Fuses the column blocks of each product back into one [`Int8MatMul`].
-///
-/// `host-tools quantize` cuts weights into blocks of at most 1 MiB for tract's own kernels (its
-/// constant-folding budget); for this kernel they are only overhead: one small product each, too
-/// small to share between threads. A `Concat` along the last axis of products that read the same
-/// activations the same way becomes one product with the blocks' columns side by side.
-pub fn merge_blocks(model: &mut TypedModel) -> TractResult<usize> {
-    // Dead nodes go first (the initializers the products have packed), then after each merge the
-    // blocks it replaced: a weight is never held three times over while the bundle loads.
-    model.compact()?;
-    let mut merged = 0;
-    while let Some((concat, input, op)) = next_merge(model)? {
-        let name = format!("{}.merged", model.node(concat).name);
-        crate::splice::splice(model, name, op, &[input], OutletId::new(concat, 0))?;
-        model.compact()?;
-        merged += 1;
-    }
-    Ok(merged)
-}
-
-/// The first `Concat` of blocks that can merge: its node, the blocks' input, the merged product.
-fn next_merge(model: &TypedModel) -> TractResult<Option<(usize, OutletId, Int8MatMul)>> {
-    for id in model.eval_order()? {
-        let node = model.node(id);
-        let Some(concat) = node.op_as::<tract_onnx::tract_core::ops::array::TypedConcat>() else { continue };
-        let rank = model.outlet_fact(node.inputs[0])?.rank();
-        if concat.axis + 1 != rank || node.inputs.len() < 2 {
-            continue;
-        }
-        let blocks: Vec<(&Int8MatMul, OutletId)> = node
-            .inputs
-            .iter()
-            .filter_map(|o| {
-                let producer = model.node(o.node);
-                producer.op_as::<Int8MatMul>().map(|op| (op, producer.inputs[0]))
-            })
-            .collect();
-        let (first, input) = match blocks.first() {
-            Some(b) if blocks.len() == node.inputs.len() => *b,
-            _ => continue,
-        };
-        let same = |op: &Int8MatMul| op.kernel == first.kernel && op.a_zero == first.a_zero;
-        if !blocks.iter().all(|(op, i)| *i == input && same(op) && op.output.joins(&first.output)) {
-            continue;
-        }
-        // Only wired, unpacked blocks merge (packing comes after merging).
-        let weights: Option<Vec<Vec<Arc<Block>>>> = blocks
-            .iter()
-            .map(|(op, _)| match &*op.weights {
-                Weights::Blocks(b) => Some(b.clone()),
-                Weights::Input { .. } | Weights::Packed(_) => None,
-            })
-            .collect();
-        let Some(weights) = weights.map(|w| w.concat()) else { continue };
-        let output = Output::join(&first.output, blocks.iter().map(|(op, _)| &op.output));
-        let weights = Arc::new(Weights::Blocks(weights));
-        return Ok(Some((id, input, Int8MatMul { kernel: first.kernel, weights, a_zero: first.a_zero, output })));
-    }
-    Ok(None)
-}
-
 impl Output {
     /// Whether products with these outputs can be computed as one.
-    fn joins(&self, other: &Output) -> bool {
+    pub(super) fn joins(&self, other: &Output) -> bool {
         match (self, other) {
             (Output::Sums, Output::Sums) => true,
             (Output::Scaled { .. }, _) | (_, Output::Scaled { .. }) => false,
@@ -538,7 +332,7 @@ impl Output {
     }
 
     /// The output of blocks side by side: their multipliers one after the other.
-    fn join<'a>(first: &Output, blocks: impl Iterator<Item = &'a Output>) -> Output {
+    pub(super) fn join<'a>(first: &Output, blocks: impl Iterator<Item = &'a Output>) -> Output {
         match first {
             Output::Sums => Output::Sums,
             Output::Scaled { scales } => Output::Scaled { scales: scales.clone() },
@@ -555,176 +349,6 @@ impl Output {
     }
 }
 
-type Builder = fn(&ParsingContext, &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
-
-/// tract's parser for `op`, for the nodes the fast path does not take.
-pub(super) fn tract_builder(op: &str) -> TractResult<Builder> {
-    static TRACT: OnceLock<OnnxOpRegister> = OnceLock::new();
-    let register = TRACT.get_or_init(|| tract_onnx::onnx().op_register);
-    register.0.get(op).copied().with_context(|| format!("tract has no parser for {op}"))
-}
-
-/// Puts the fast path in place of tract's parsers for the two ONNX integer products and the
-/// quantization of their activations, on CPUs with a kernel.
-pub fn register(register: &mut OnnxOpRegister) {
-    if Kernel::detect().is_some() {
-        register.insert("QLinearMatMul", product);
-        register.insert("MatMulInteger", product);
-        register.insert("QuantizeLinear", super::quantize::parse);
-    }
-}
-
-/// The parser of both products: the operator parsed ahead with its weight taken, the fast path,
-/// or tract's own.
-fn product(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let parsed = match super::parse::taken(node) {
-        Some(parsed) => Some(parsed),
-        None => match Constants::new(ctx, node) {
-            Some(c) => fast_op(&c)?,
-            None => None,
-        },
-    };
-    match parsed {
-        Some(parsed) => Ok((expand(parsed), vec![])),
-        None => tract_builder(&node.op_type)?(ctx, node),
-    }
-}
-
-/// The [`Int8MatMul`] for a `QLinearMatMul` or `MatMulInteger` node, if it takes the fast path:
-/// a kernel for this CPU, and the constants in the forms `host-tools quantize` writes.
-pub(super) fn fast_op(c: &Constants) -> TractResult<Option<Parsed<Int8MatMul>>> {
-    let Some(kernel) = Kernel::detect() else { return Ok(None) };
-    let node = c.node;
-    // Optional zero points may be given as empty names; only the plain forms take the fast path.
-    let arity = node.input.iter().filter(|i| !i.is_empty()).count();
-    let op = match node.op_type.as_str() {
-        "QLinearMatMul" if node.input.len() == 8 && arity == 8 => qlinear_op(kernel, c)?,
-        "MatMulInteger" if node.input.len() == arity => integer_op(kernel, c, arity)?,
-        _ => None,
-    };
-    Ok(op.map(|op| Parsed { op, arity }))
-}
-
-/// Inputs: a, a_scale, a_zero, w, w_scale, w_zero, y_scale, y_zero.
-fn qlinear_op(kernel: Kernel, c: &Constants) -> TractResult<Option<Int8MatMul>> {
-    let (Some(a_scale), Some(a_zero), Some(w_scale), Some(w_zero), Some(y_scale), Some(y_zero)) =
-        (c.get(1)?, c.get(2)?, c.get(4)?, c.get(5)?, c.get(6)?, c.get(7)?)
-    else {
-        return Ok(None);
-    };
-    let Some(weights) = weight_input(c, 3, Some(&w_zero))? else { return Ok(None) };
-    let (Some(a_scale), Some(y_scale), Some(a_zero), Some(zero)) =
-        (scalar_f32(&a_scale)?, scalar_f32(&y_scale)?, scalar_int(&a_zero)?, scalar_int(&y_zero)?)
-    else {
-        return Ok(None);
-    };
-    let datum = y_zero.datum_type();
-    let w_scale = w_scale.cast_to::<f32>()?;
-    let w_scale = w_scale.try_as_plain_ram()?.as_slice::<f32>()?;
-    if !(w_scale.len() == 1 || w_scale.len() == weights.n()) || !matches!(datum, DatumType::I8 | DatumType::U8) {
-        return Ok(None);
-    }
-    // One multiplier per column, a per-tensor scale repeated: one indexing in the output loop.
-    let multipliers =
-        (0..weights.n()).map(|j| a_scale * w_scale[if w_scale.len() == 1 { 0 } else { j }] / y_scale).collect();
-    Ok(Some(Int8MatMul {
-        kernel,
-        weights: Arc::new(weights),
-        a_zero,
-        output: Output::Requantized { multipliers, zero, datum },
-    }))
-}
-
-/// Inputs: a, w, optional a_zero, optional w_zero.
-fn integer_op(kernel: Kernel, c: &Constants, arity: usize) -> TractResult<Option<Int8MatMul>> {
-    let w_zero = if arity > 3 { c.get(3)? } else { None };
-    if arity > 3 && w_zero.is_none() {
-        return Ok(None);
-    }
-    let a_zero = match arity {
-        2 => 0,
-        _ => match c.get(2)?.map(|z| scalar_int(&z)).transpose()?.flatten() {
-            Some(z) => z,
-            None => return Ok(None),
-        },
-    };
-    let Some(weights) = weight_input(c, 1, w_zero.as_ref())? else { return Ok(None) };
-    Ok(Some(Int8MatMul { kernel, weights: Arc::new(weights), a_zero, output: Output::Sums }))
-}
-
-/// The node's inputs that are initializers of the graph holding it.
-pub(super) struct Constants<'a> {
-    graph: &'a GraphProto,
-    provider: &'a dyn ModelDataResolver,
-    model_dir: Option<&'a str>,
-    pub(super) node: &'a NodeProto,
-}
-
-impl<'a> Constants<'a> {
-    /// While tract parses the node.
-    pub(super) fn new(ctx: &'a ParsingContext<'a>, node: &'a NodeProto) -> Option<Constants<'a>> {
-        // tract pushes each graph it parses, so the last one holds the node.
-        let graph = ctx.parent_graphs.last()?;
-        Some(Constants { graph, provider: &*ctx.framework.provider, model_dir: ctx.model_dir, node })
-    }
-
-    /// Before tract parses the graph holding the node.
-    pub(super) fn of(
-        graph: &'a GraphProto,
-        provider: &'a dyn ModelDataResolver,
-        model_dir: Option<&'a str>,
-        node: &'a NodeProto,
-    ) -> Constants<'a> {
-        Constants { graph, provider, model_dir, node }
-    }
-
-    pub(super) fn get(&self, input: usize) -> TractResult<Option<Tensor>> {
-        match self.proto(input) {
-            Some(t) => Ok(Some(tract_onnx::tensor::load_tensor(self.provider, t, self.model_dir)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// The initializer feeding `input`, undecoded.
-    fn proto(&self, input: usize) -> Option<&'a TensorProto> {
-        let name = self.node.input.get(input).filter(|n| !n.is_empty())?;
-        self.graph.initializer.iter().find(|t| &t.name == name)
-    }
-}
-
-/// The weight feeding `input`, if it is a 2-D int8 initializer with a zero point of 0.
-fn weight_input(c: &Constants, input: usize, zero: Option<&Tensor>) -> TractResult<Option<Weights>> {
-    let Some(w) = c.proto(input) else { return Ok(None) };
-    let (&[k, n], true) = (&w.dims[..], w.data_type == TensorProtoDataType::Int8 as i32) else { return Ok(None) };
-    // A weight of no rows is what a taken weight leaves in the proto: never a product's.
-    let (Ok(k @ 1..), Ok(n)) = (usize::try_from(k), usize::try_from(n)) else { return Ok(None) };
-    if let Some(zero) = zero {
-        if zero.datum_type() != DatumType::I8 || zero.try_as_plain_ram()?.as_slice::<i8>()?.iter().any(|&z| z != 0) {
-            return Ok(None);
-        }
-    }
-    Ok(Some(Weights::Input { input, k, n }))
-}
-
-fn scalar_f32(t: &Tensor) -> TractResult<Option<f32>> {
-    if t.len() != 1 || t.datum_type() != DatumType::F32 {
-        return Ok(None);
-    }
-    Ok(Some(t.try_as_plain_ram()?.as_slice::<f32>()?[0]))
-}
-
-/// A one-value i8 or u8 zero point.
-fn scalar_int(t: &Tensor) -> TractResult<Option<i32>> {
-    if t.len() != 1 {
-        return Ok(None);
-    }
-    Ok(match t.datum_type() {
-        DatumType::I8 => Some(t.try_as_plain_ram()?.as_slice::<i8>()?[0] as i32),
-        DatumType::U8 => Some(t.try_as_plain_ram()?.as_slice::<u8>()?[0] as i32),
-        _ => None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use tract_onnx::pb;
@@ -732,6 +356,7 @@ mod tests {
     use tract_onnx::prelude::Framework;
 
     use super::super::kernel::tests::for_each_kernel;
+    use super::super::passes::{fuse_scales, prepare};
     use super::*;
 
     fn values(seed: u64, len: usize) -> Vec<i8> {

@@ -3,18 +3,14 @@
 //! tract 0.23.9 rounds each value in a scalar function call: in the int8 CLIP encoder that was
 //! 10 of 44 ms. Same semantics here, `saturate(round_half_even(x / scale) + zero)`.
 
-use tract_onnx::model::ParsingContext;
-use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
-
-use super::op::{tract_builder, Constants, Parsed, Wired};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantizeLinear {
-    scale: f32,
-    zero: i32,
+    pub(super) scale: f32,
+    pub(super) zero: i32,
     /// i8 or u8.
-    datum: DatumType,
+    pub(super) datum: DatumType,
 }
 
 // tract's Op needs Eq; the scale is a finite, positive initializer.
@@ -78,8 +74,6 @@ impl EvalOp for QuantizeLinear {
     }
 }
 
-impl Wired for QuantizeLinear {}
-
 impl TypedOp for QuantizeLinear {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         ensure!(inputs[0].datum_type == f32::datum_type(), "QuantizeLinear of {:?}", inputs[0].datum_type);
@@ -87,36 +81,6 @@ impl TypedOp for QuantizeLinear {
     }
 
     as_op!();
-}
-
-/// `QuantizeLinear(x, scale, zero)` with a one-value scale and i8/u8 zero point from
-/// initializers; any other form is tract's.
-pub fn parse(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    if let Some(op) = from_node(ctx, node)? {
-        return Ok((expand(Parsed { op, arity: node.input.len() }), vec![]));
-    }
-    tract_builder("QuantizeLinear")?(ctx, node)
-}
-
-fn from_node(ctx: &ParsingContext, node: &NodeProto) -> TractResult<Option<QuantizeLinear>> {
-    let Some(c) = Constants::new(ctx, node) else { return Ok(None) };
-    if node.input.len() != 3 || node.input.iter().any(|i| i.is_empty()) {
-        return Ok(None);
-    }
-    let (Some(scale), Some(zero)) = (c.get(1)?, c.get(2)?) else { return Ok(None) };
-    if scale.len() != 1 || scale.datum_type() != DatumType::F32 || zero.len() != 1 {
-        return Ok(None);
-    }
-    let scale = scale.try_as_plain_ram()?.as_slice::<f32>()?[0];
-    let (zero, datum) = match zero.datum_type() {
-        DatumType::I8 => (zero.try_as_plain_ram()?.as_slice::<i8>()?[0] as i32, DatumType::I8),
-        DatumType::U8 => (zero.try_as_plain_ram()?.as_slice::<u8>()?[0] as i32, DatumType::U8),
-        _ => return Ok(None),
-    };
-    if !(scale.is_finite() && scale > 0.0) {
-        return Ok(None);
-    }
-    Ok(Some(QuantizeLinear { scale, zero, datum }))
 }
 
 #[cfg(test)]
