@@ -269,8 +269,9 @@ fn a_verified_bundle_is_stamped_and_still_checked_after_a_change() {
     CaptionModel::load(&bundle).unwrap();
     assert_eq!(std::fs::read_to_string(&stamp).unwrap(), first);
 
-    // A byte flipped in place, size and modification time kept: the status-change time moves,
-    // the stamp no longer matches and the hash catches the damage. No stamp for a failed check.
+    // A byte flipped in place, size and modification time kept, and no stamp: the load hashes
+    // every file, catches the damage and writes no stamp for a failed check. (With the stamp
+    // left in place, the status-change time is what gives the damage away: the next test.)
     flip_middle_byte_keeping_mtime(&bundle.join("decoder.onnx"));
     std::fs::remove_file(&stamp).unwrap();
     let e = load_error(&bundle);
@@ -285,7 +286,8 @@ fn a_stale_stamp_does_not_hide_damage() {
     CaptionModel::load(&bundle).unwrap();
     let stamp = bundle.join(edgecap_engine::bundle::STAMP_FILE);
     let before = std::fs::read_to_string(&stamp).unwrap();
-    // The same size and modification time, the stamp left as it was.
+    // The same size and modification time, the stamp left as it was: only the file's
+    // status-change time (ctime), which a write always moves, says the stamp is stale.
     flip_middle_byte_keeping_mtime(&bundle.join("mapper.onnx"));
     assert_eq!(std::fs::read_to_string(&stamp).unwrap(), before);
     let e = load_error(&bundle);

@@ -313,10 +313,9 @@ fn once_over_a_folder_publishes_one_caption_per_image_to_mqtt_and_serial() {
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(stdout.len(), PHOTOS.len(), "one caption per image on stdout: {stdout:?}");
 
-    // MQTT: exactly one caption per image, with the documented payload.
+    // MQTT: one caption per image (by id: QoS 1 may deliver one twice), with the documented
+    // payload.
     wait_until("captions on MQTT", Duration::from_secs(10), || sub.on("P/door/caption").len() >= PHOTOS.len());
-    let published = sub.on("P/door/caption");
-    assert_eq!(published.len(), PHOTOS.len(), "{published:?}");
     let by_id = sub.captions("P/door/caption");
     assert_eq!(by_id.keys().copied().collect::<Vec<_>>(), (1..=PHOTOS.len() as u64).collect::<Vec<_>>());
     for (record, printed) in by_id.values().zip(&stdout) {
@@ -324,15 +323,22 @@ fn once_over_a_folder_publishes_one_caption_per_image_to_mqtt_and_serial() {
         assert_eq!(record, printed, "MQTT and stdout carry the same record");
     }
     // The sensor state is the caption (≤ 255 characters).
-    let states: Vec<String> = sub.on("P/door/state").into_iter().map(|m| m.payload).collect();
+    // (Runs of one state compared once: a redelivered state repeats, as may two photos' captions.)
+    let mut states: Vec<String> = sub.on("P/door/state").into_iter().map(|m| m.payload).collect();
     let captions: Vec<String> =
         by_id.values().map(|r| r["caption"].as_str().unwrap().chars().take(255).collect()).collect();
-    assert_eq!(states, captions);
+    let mut runs = captions.clone();
+    states.dedup();
+    runs.dedup();
+    assert_eq!(states, runs);
     // Availability: online then offline on a clean stop, both retained for late subscribers; the
     // last state and record retained too (Home Assistant subscribes after discovery arrives).
+    let last_available = || sub.on("P/door/available").last().map(|m| m.payload.clone());
+    wait_until("offline after the clean stop", Duration::from_secs(5), || {
+        last_available().as_deref() == Some("offline")
+    });
     let available: Vec<String> = sub.on("P/door/available").into_iter().map(|m| m.payload).collect();
     assert_eq!(available.first().map(String::as_str), Some("online"), "{available:?}");
-    assert_eq!(available.last().map(String::as_str), Some("offline"), "{available:?}");
     let late = Subscriber::connect(&broker, &["P/door/available", "P/door/state", "P/door/caption", "P/door/image"]);
     wait_until("retained messages", Duration::from_secs(5), || late.messages.lock().unwrap().len() >= 4);
     let retained = late.on("P/door/available");

@@ -185,10 +185,22 @@ fn clipcap_training_both_mappers_export_and_caption() {
     for weights in [mlp_dir.join("clipcap.safetensors"), tr_dir.join("clipcap.safetensors")] {
         captions(&export_clipcap(dir.path(), &weights, &lm), &photos());
     }
-    // The tuned run learned its five captions: the astronaut's comes back word for word.
+    // The tuned run speaks its captions' language after 30 steps: the astronaut's caption opens
+    // as its training caption does ("A man ...") and every word of it is one of the training
+    // captions' words (the random-weight tiny GPT-2 alone strings arbitrary tokens together).
+    // Measured: "A man with with.", not yet word for word.
     let bundle = dir.path().join("bundle-transformer");
     let astronaut = captions(&bundle, &photos()[..1]).remove(0);
-    assert!(astronaut.len() > "x: ".len(), "{astronaut}");
+    let (_, text) = astronaut.split_once(": ").unwrap();
+    let known: Vec<String> = std::fs::read_to_string(&data)
+        .unwrap()
+        .lines()
+        .flat_map(|l| l.split('\t').nth(1).unwrap_or_default().split(' ').map(str::to_lowercase).collect::<Vec<_>>())
+        .collect();
+    assert!(text.starts_with("A man"), "{astronaut}");
+    for word in text.trim_end_matches('.').split_whitespace() {
+        assert!(known.contains(&word.to_lowercase()), "{word:?} of {astronaut:?} is in no training caption");
+    }
 }
 
 #[test]
@@ -224,8 +236,10 @@ fn distilled_student_is_a_gpt2_directory_clipcap_trains_on() {
     assert_loss_fell(&report, 0.9);
     assert_eq!(report["student"]["layers"], 1);
     assert_eq!(report["teacher"]["layers"], 2);
+    // How often the student's next-token choice is the teacher's: 0.75 measured after 20 steps,
+    // the floor two thirds of it.
     let agreement = report["top1_agreement"].as_f64().unwrap();
-    assert!((0.0..=1.0).contains(&agreement));
+    assert!((0.5..=1.0).contains(&agreement), "{report}");
     let config: Value = serde_json::from_slice(&std::fs::read(student.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["n_layer"], 1);
 
@@ -297,7 +311,8 @@ fn clip_training_learns_and_its_towers_read_back() {
     ]);
     assert_loss_fell(&report, 0.9);
     assert_eq!(report["pairs"], 96);
-    assert!(report["retrieval_top1"].as_f64().unwrap() > 0.05, "{report}");
+    // Image -> caption retrieval among the 96 pairs: 9 of 96 reached (0.094), chance 1 in 96.
+    assert!(report["retrieval_top1"].as_f64().unwrap() >= 0.07, "{report}");
     // The directory is an HF CLIP one: the memory builder reads its text tower and vocabulary,
     // and captions one word apart do not embed alike.
     let cosine =

@@ -4,6 +4,17 @@
 //! Layers, from the outside in: a [`bundle::Bundle`] (verified files + [`manifest::Manifest`])
 //! loads into an immutable [`model::CaptionModel`]; each caption runs a cheap
 //! [`session::DecoderState`] through [`generate::generate`]; [`pipeline`] ties image → caption.
+//!
+//! What a caller needs is re-exported here (`examples/caption` uses only these):
+//!
+//! ```no_run
+//! # fn main() -> Result<(), edgecap_engine::EngineError> {
+//! let model = edgecap_engine::CaptionModel::load("models/default".as_ref())?;
+//! let image = edgecap_engine::load_rgb("photo.jpg".as_ref())?;
+//! println!("{}", model.caption(&image, &model.default_options())?.text);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod attention;
 pub mod bundle;
@@ -29,3 +40,9 @@ pub mod splice;
 pub mod stage;
 pub mod text;
 pub mod tokenizer;
+
+pub use error::EngineError;
+pub use generate::GenerationOptions;
+pub use image_load::load_rgb;
+pub use model::CaptionModel;
+pub use pipeline::Caption;

@@ -51,7 +51,7 @@ pub fn binary(name: &str) -> PathBuf {
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "edgecap", "-p", "host-tools"]);
+        cmd.args(["build", "--quiet", "-p", "edgecap", "-p", "host-tools", "-p", "edgecap-example-caption"]);
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }

@@ -33,7 +33,7 @@ pub struct Config {
     /// Frames per second asked of the camera, or made by `test-pattern` (0 = as fast as possible).
     pub fps: u32,
     /// Resolution asked of the camera, `WIDTHxHEIGHT`.
-    pub resolution: String,
+    pub resolution: Resolution,
     /// RTSP: decode key frames only (a fraction of the CPU; frames at the camera's key-frame
     /// interval, whatever `interval` asks).
     pub rtsp_keyframes: bool,
@@ -127,7 +127,7 @@ impl Default for Config {
             interval: 5.0,
             scene_threshold: 0.02,
             fps: 5,
-            resolution: "640x480".into(),
+            resolution: Resolution { width: 640, height: 480 },
             rtsp_keyframes: false,
             once: false,
             max_captions: 0,
@@ -170,7 +170,7 @@ pub struct RunArgs {
     pub fps: Option<u32>,
     /// Camera resolution, WIDTHxHEIGHT.
     #[arg(long)]
-    pub resolution: Option<String>,
+    pub resolution: Option<Resolution>,
     /// RTSP: decode key frames only (a fraction of the CPU; frames at the camera's key-frame
     /// interval).
     #[arg(long)]
@@ -255,7 +255,7 @@ impl RunArgs {
         set(&mut c.interval, self.interval);
         set(&mut c.scene_threshold, self.scene_threshold);
         set(&mut c.fps, self.fps);
-        set(&mut c.resolution, self.resolution.clone());
+        set(&mut c.resolution, self.resolution);
         c.once |= self.once;
         c.rtsp_keyframes |= self.rtsp_keyframes;
         set(&mut c.max_captions, self.max_captions);
@@ -390,7 +390,6 @@ impl Config {
         if self.fps > limits::MAX_FPS {
             bail!("fps must be at most {}, got {}", limits::MAX_FPS, self.fps);
         }
-        self.resolution_pair()?;
         if self.camera.is_empty()
             || self.camera.contains(['/', '+', '#', '\0'])
             || self.camera.len() > limits::MAX_NAME_BYTES
@@ -412,22 +411,48 @@ impl Config {
         }
         Ok(())
     }
+}
 
-    /// `resolution` as (width, height).
-    pub fn resolution_pair(&self) -> Result<(u32, u32)> {
+/// A frame size, `WIDTHxHEIGHT` in the file and on the command line, each side 1 to
+/// [`limits::MAX_SIDE`]: checked once, where it is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Resolution {
+    pub width: u32,
+    pub height: u32,
+}
+
+impl std::str::FromStr for Resolution {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Resolution, String> {
         let bad = || {
-            anyhow::anyhow!(
+            format!(
                 "resolution {:?} is not WIDTHxHEIGHT with sides from 1 to {} (e.g. 640x480)",
-                excerpt(&self.resolution, 64),
+                excerpt(text, 64),
                 limits::MAX_SIDE
             )
         };
-        let (w, h) = self.resolution.split_once(['x', 'X']).ok_or_else(bad)?;
-        let (w, h) = (w.trim().parse::<u32>().map_err(|_| bad())?, h.trim().parse::<u32>().map_err(|_| bad())?);
-        if w == 0 || h == 0 || w > limits::MAX_SIDE || h > limits::MAX_SIDE {
-            return Err(bad());
+        let (w, h) = text.split_once(['x', 'X']).ok_or_else(bad)?;
+        let side = |v: &str| v.trim().parse::<u32>().ok().filter(|v| (1..=limits::MAX_SIDE).contains(v));
+        match (side(w), side(h)) {
+            (Some(width), Some(height)) => Ok(Resolution { width, height }),
+            _ => Err(bad()),
         }
-        Ok((w, h))
+    }
+}
+
+impl TryFrom<String> for Resolution {
+    type Error = String;
+
+    fn try_from(text: String) -> std::result::Result<Resolution, String> {
+        text.parse()
+    }
+}
+
+impl From<Resolution> for String {
+    fn from(r: Resolution) -> String {
+        format!("{}x{}", r.width, r.height)
     }
 }
 
@@ -473,5 +498,30 @@ pub fn redact_password(url: &str) -> String {
     match authority.rsplit_once('@').and_then(|(userinfo, _)| Some((userinfo.split_once(':')?.0, userinfo.len()))) {
         Some((user, end)) => format!("{scheme}://{user}:***{}", &rest[end..]),
         None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{limits, redact_password, Resolution};
+
+    #[test]
+    fn resolutions_parse_once_with_their_limits() {
+        assert_eq!("640x480".parse(), Ok(Resolution { width: 640, height: 480 }));
+        assert_eq!(" 64 X 48 ".trim().parse(), Ok(Resolution { width: 64, height: 48 }));
+        let max = format!("{0}x{0}", limits::MAX_SIDE);
+        assert!(max.parse::<Resolution>().is_ok());
+        for bad in ["640", "0x480", "640x", "x", "640x480x3", "-1x5", "8193x1", "axb", ""] {
+            let e = bad.parse::<Resolution>().unwrap_err();
+            assert!(e.starts_with("resolution ") && e.contains("WIDTHxHEIGHT"), "{bad}: {e}");
+        }
+        assert_eq!(String::from(Resolution { width: 3, height: 2 }), "3x2");
+    }
+
+    #[test]
+    fn passwords_are_hidden_wherever_the_userinfo_ends() {
+        assert_eq!(redact_password("rtsp://a:b@c@cam:554/x@y?z"), "rtsp://a:***@cam:554/x@y?z");
+        assert_eq!(redact_password("rtsp://cam:554/live@1"), "rtsp://cam:554/live@1");
+        assert_eq!(redact_password("rtsp://user@cam/s"), "rtsp://user@cam/s");
     }
 }

@@ -1,5 +1,9 @@
 //! A fixed-capacity FIFO that drops its oldest item when full, so an output that is away (broker
 //! down, cable pulled) holds the newest captions without growing memory.
+//!
+//! Not `heapless::Deque`: the capacity is the user's (`[serial] queue`, `[mqtt] buffer`, up to a
+//! million), known at start-up, not at compile time; the only other fixed-size buffer, the frame
+//! slot, holds one frame (an `Option`).
 
 use std::collections::VecDeque;
 

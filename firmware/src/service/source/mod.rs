@@ -128,7 +128,7 @@ pub fn spawn(spec: &SourceSpec, config: &Config, ctx: SourceContext) -> Result<J
         }
         SourceSpec::Stdin => builder.spawn(move || finish(ctx, read_stdin)),
         SourceSpec::TestPattern => {
-            let (w, h) = config.resolution_pair()?;
+            let (w, h) = (config.resolution.width, config.resolution.height);
             let fps = config.fps;
             builder.spawn(move || finish(ctx, |c| pattern::run(w, h, fps, c)))
         }
@@ -154,7 +154,7 @@ fn finish(ctx: SourceContext, body: impl FnOnce(&SourceContext)) {
 
 #[cfg(feature = "camera")]
 fn camera(index: u32, config: &Config, ctx: SourceContext) -> Result<JoinHandle<()>> {
-    let (w, h) = config.resolution_pair()?;
+    let (w, h) = (config.resolution.width, config.resolution.height);
     let mut cam = camera::Capture::open(index, w, h, config.fps)?;
     std::thread::Builder::new()
         .name("camera".into())
