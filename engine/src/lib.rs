@@ -3,7 +3,8 @@
 //!
 //! Layers, from the outside in: a [`bundle::Bundle`] (verified files + [`manifest::Manifest`])
 //! loads into an immutable [`model::CaptionModel`]; each caption runs a cheap
-//! [`session::DecoderState`] through [`generate::generate`]; [`pipeline`] ties image → caption.
+//! [`session::DecoderState`] through [`generate::generate`]; [`model::caption`] ties image →
+//! caption.
 //!
 //! What a caller needs is re-exported here (`examples/caption` uses only these):
 //!
@@ -32,7 +33,6 @@ pub mod manifest;
 pub mod memory;
 pub mod model;
 pub mod npy;
-pub mod pipeline;
 pub mod platform;
 pub mod preprocess;
 pub mod session;
@@ -44,5 +44,5 @@ pub mod tokenizer;
 pub use error::EngineError;
 pub use generate::GenerationOptions;
 pub use image_load::load_rgb;
+pub use model::caption::{Caption, StageTimings, Trace};
 pub use model::CaptionModel;
-pub use pipeline::Caption;

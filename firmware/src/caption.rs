@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use clap::Args;
 use edgecap_engine::image_load::load_rgb;
-use edgecap_engine::pipeline::Caption;
+use edgecap_engine::Caption;
 
 use crate::exit;
 use crate::model::{self, Decoding, Loaded};

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use edgecap_engine::generate::GenerationOptions;
 use edgecap_engine::model::CaptionModel;
-use edgecap_engine::pipeline::StageTimings;
 use edgecap_engine::platform::process_memory_mib;
+use edgecap_engine::StageTimings;
 use serde::Serialize;
 
 use crate::images;

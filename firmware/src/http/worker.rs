@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use edgecap_engine::generate::GenerationOptions;
 use edgecap_engine::image_load::decode_rgb;
 use edgecap_engine::model::CaptionModel;
-use edgecap_engine::pipeline::Caption;
+use edgecap_engine::Caption;
 use tokio::sync::oneshot;
 
 use super::metrics::Metrics;

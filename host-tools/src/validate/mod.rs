@@ -291,7 +291,7 @@ struct ImageComparison {
     result: ImageResult,
     kl: Vec<f64>,
     agree: usize,
-    timings: (edgecap_engine::pipeline::StageTimings, edgecap_engine::pipeline::StageTimings),
+    timings: (edgecap_engine::StageTimings, edgecap_engine::StageTimings),
 }
 
 fn compare_image(fp32: &CaptionModel, int8: &CaptionModel, s: &Sample) -> Result<ImageComparison> {
@@ -401,8 +401,8 @@ fn checks(t: &Thresholds, cosine: &Summary, decoder: &DecoderStats, refs: Option
     checks
 }
 
-fn latency(timings: &[edgecap_engine::pipeline::StageTimings]) -> Latency {
-    let med = |f: fn(&edgecap_engine::pipeline::StageTimings) -> Duration| {
+fn latency(timings: &[edgecap_engine::StageTimings]) -> Latency {
+    let med = |f: fn(&edgecap_engine::StageTimings) -> Duration| {
         median(&timings.iter().map(|t| f(t).as_secs_f64() * 1e3).collect::<Vec<_>>())
     };
     Latency {

@@ -3,6 +3,8 @@
 //! A [`CaptionModel`] is immutable once loaded and can be shared between threads; all per-caption
 //! state (the decoder's KV cache) lives in a `session::DecoderState`, which borrows the model.
 
+pub mod caption;
+
 use std::path::Path;
 
 use tract_onnx::prelude::*;

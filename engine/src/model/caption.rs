@@ -1,12 +1,14 @@
-//! One image in, one caption out: preprocess → image encoder → mapper → decoding → text.
+//! One image in, one caption out: preprocess → image encoder → mapper → decoding → text. The
+//! rest of [`CaptionModel`]'s methods, those a caller uses; loading and the graphs' runs are in
+//! the parent module.
 
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
 
+use super::CaptionModel;
 use crate::error::EngineError;
 use crate::generate::{generate, GenerationOptions};
-use crate::model::CaptionModel;
 use crate::preprocess::preprocess;
 use crate::session::DecoderState;
 use crate::stage;
