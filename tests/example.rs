@@ -2,15 +2,14 @@
 
 use std::process::Command;
 
-use edgecap_tests::{binary, export_reference, fixtures, reference};
+use edgecap_tests::{binary, image, tiny_bundle};
 
 #[test]
 fn the_example_captions_as_the_cli_does() {
-    let dir = tempfile::tempdir().unwrap();
-    let bundle = export_reference(&reference("clipcap-mlp.json"), &fixtures(), &dir.path().join("tiny"));
-    let images: Vec<_> = ["astronaut.jpg", "coffee.webp"].iter().map(|n| fixtures().join("images").join(n)).collect();
+    let bundle = tiny_bundle();
+    let images = [image("astronaut.jpg"), image("coffee.webp")];
     let run = |name: &str, args: &[&str]| {
-        let out = Command::new(binary(name)).args(args).arg(&bundle).args(&images).output().unwrap();
+        let out = Command::new(binary(name)).args(args).arg(bundle).args(&images).output().unwrap();
         assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };

@@ -6,25 +6,14 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edgecap_tests::{binary, export_reference, fixtures, reference};
+use edgecap_tests::{binary, image, tiny_bundle};
 use serde_json::Value;
 
-/// The tiny fixture bundle, exported once per test process into a folder named `tiny`.
 fn bundle() -> &'static Path {
-    static BUNDLE: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let dir = BUNDLE.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        export_reference(&reference("clipcap-mlp.json"), &fixtures(), &dir.path().join("tiny"));
-        dir
-    });
-    Box::leak(dir.path().join("tiny").into_boxed_path())
-}
-
-fn image(name: &str) -> PathBuf {
-    fixtures().join("images").join(name)
+    tiny_bundle()
 }
 
 const PHOTOS: [&str; 4] = ["astronaut.jpg", "chelsea.png", "coffee.webp", "rocket.bmp"];

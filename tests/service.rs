@@ -7,26 +7,15 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edgecap_tests::{binary, export_reference, fixtures, reference};
+use edgecap_tests::{binary, fixtures, image, tiny_bundle};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
-/// The tiny fixture bundle, exported once per test process.
 fn bundle() -> &'static Path {
-    static BUNDLE: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let dir = BUNDLE.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        export_reference(&reference("clipcap-mlp.json"), &fixtures(), &dir.path().join("tiny"));
-        dir
-    });
-    Box::leak(dir.path().join("tiny").into_boxed_path())
-}
-
-fn image(name: &str) -> PathBuf {
-    fixtures().join("images").join(name)
+    tiny_bundle()
 }
 
 const PHOTOS: [&str; 5] = ["astronaut.jpg", "chelsea.png", "coffee.webp", "rocket.bmp", "camera_gray.png"];

@@ -17,13 +17,14 @@ use edgecap_engine::npy;
 use edgecap_engine::preprocess::PreprocessConfig;
 use edgecap_engine::tokenizer::Gpt2Tokenizer;
 use prost::Message;
+use tract_onnx::pb;
 
 use crate::checkpoint;
 use crate::onnx::clip_vision::{self, ClipVisionConfig};
 use crate::onnx::gpt2::{self, Gpt2Config};
 use crate::onnx::mapper::{self, MapperKind};
 use crate::progress::Steps;
-use crate::tensor::TensorMap;
+use crate::tensor::{Tensor, TensorMap};
 
 /// The reference ClipCap decoding defaults: at most 67 tokens, greedy, stop at '.'.
 pub const CLIPCAP_MAX_TOKENS: usize = 67;
@@ -91,15 +92,9 @@ pub fn export_clipcap(opts: &ExportOptions) -> Result<Manifest> {
     let wte = lm_weights.get_shaped("wte.weight", &[lm_cfg.vocab_size, lm_cfg.n_embd])?;
 
     steps.next("writing bundle");
-    let mut writer =
-        BundleWriter::create(&opts.out).with_context(|| format!("{}: cannot create bundle", opts.out.display()))?;
+    let mut writer = create_writer(&opts.out)?;
+    add_graphs(&mut writer, &opts.out, &Graphs { encoder, mapper: mapper_graph, decoder, wte })?;
     let write_err = || format!("{}: cannot write bundle", opts.out.display());
-    writer.add(FileRole::ImageEncoder, "image_encoder.onnx", &encoder.encode_to_vec()).with_context(write_err)?;
-    writer.add(FileRole::Mapper, "mapper.onnx", &mapper_graph.encode_to_vec()).with_context(write_err)?;
-    writer.add(FileRole::Decoder, "decoder.onnx", &decoder.encode_to_vec()).with_context(write_err)?;
-    writer
-        .add(FileRole::TokenEmbeddings, "token_embeddings.npy", &npy::to_bytes(&wte.shape, &wte.data))
-        .with_context(write_err)?;
     writer.add(FileRole::TokenizerVocab, "vocab.json", &vocab_json).with_context(write_err)?;
     writer.add(FileRole::TokenizerMerges, "merges.txt", &merges_txt).with_context(write_err)?;
 
@@ -121,16 +116,7 @@ pub fn export_clipcap(opts: &ExportOptions) -> Result<Manifest> {
         },
         precision: Precision::Fp32,
         source: format!("exported by host-tools {} from {}", env!("CARGO_PKG_VERSION"), file_name(&opts.clipcap)),
-        model: ModelDims {
-            embed_dim: vision_cfg.projection_dim,
-            prefix_length: mapper_cfg.prefix_length,
-            hidden_size: lm_cfg.n_embd,
-            num_layers: lm_cfg.n_layer,
-            num_heads: lm_cfg.n_head,
-            vocab_size: lm_cfg.vocab_size,
-            max_positions: lm_cfg.n_positions,
-            output_vocab_size: None,
-        },
+        model: dims(vision_cfg.projection_dim, mapper_cfg.prefix_length, &lm_cfg),
         preprocess: PreprocessConfig { image_size: vision_cfg.image_size as u32, ..clip_preprocess(&opts.clip)? },
         tokenizer: TokenizerSpec { kind: TokenizerKind::Gpt2Bpe },
         generation: GenerationConfig {
@@ -141,10 +127,55 @@ pub fn export_clipcap(opts: &ExportOptions) -> Result<Manifest> {
         decap: None,
         files: Vec::new(),
     };
+    finish(writer, manifest, &opts.out, steps)
+}
+
+/// What every bundle holds besides its tokenizer (and DeCap's memory), as an exporter built it.
+pub(crate) struct Graphs<'a> {
+    pub encoder: pb::ModelProto,
+    pub mapper: pb::ModelProto,
+    pub decoder: pb::ModelProto,
+    /// `[vocab, hidden]`.
+    pub wte: &'a Tensor,
+}
+
+/// A bundle directory being written at `out`.
+pub(crate) fn create_writer(out: &Path) -> Result<BundleWriter> {
+    BundleWriter::create(out).with_context(|| format!("{}: cannot create bundle", out.display()))
+}
+
+/// Adds the three graphs and the token table under the names every bundle uses.
+pub(crate) fn add_graphs(writer: &mut BundleWriter, out: &Path, graphs: &Graphs) -> Result<()> {
+    let write_err = || format!("{}: cannot write bundle", out.display());
+    writer
+        .add(FileRole::ImageEncoder, "image_encoder.onnx", &graphs.encoder.encode_to_vec())
+        .with_context(write_err)?;
+    writer.add(FileRole::Mapper, "mapper.onnx", &graphs.mapper.encode_to_vec()).with_context(write_err)?;
+    writer.add(FileRole::Decoder, "decoder.onnx", &graphs.decoder.encode_to_vec()).with_context(write_err)?;
+    let wte = npy::to_bytes(&graphs.wte.shape, &graphs.wte.data);
+    writer.add(FileRole::TokenEmbeddings, "token_embeddings.npy", &wte).with_context(write_err)
+}
+
+/// The manifest's dimensions of a model whose decoder is `lm`.
+pub(crate) fn dims(embed_dim: usize, prefix_length: usize, lm: &Gpt2Config) -> ModelDims {
+    ModelDims {
+        embed_dim,
+        prefix_length,
+        hidden_size: lm.n_embd,
+        num_layers: lm.n_layer,
+        num_heads: lm.n_head,
+        vocab_size: lm.vocab_size,
+        max_positions: lm.n_positions,
+        output_vocab_size: None,
+    }
+}
+
+/// Writes the manifest (with the files' hashes), then loads the bundle as the device will: an
+/// export that does not load is an error here, not on the board. Returns the manifest loaded.
+pub(crate) fn finish(writer: BundleWriter, manifest: Manifest, out: &Path, steps: Steps) -> Result<Manifest> {
     let path = writer.finish(manifest)?;
     steps.finish();
-    let model = CaptionModel::load(&opts.out)
-        .with_context(|| format!("{}: the new bundle does not load", opts.out.display()))?;
+    let model = CaptionModel::load(out).with_context(|| format!("{}: the new bundle does not load", out.display()))?;
     log::info!("wrote {}", path.display());
     Ok(model.manifest)
 }

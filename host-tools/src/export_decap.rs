@@ -10,19 +10,17 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use edgecap_engine::bundle::BundleWriter;
 use edgecap_engine::manifest::{
-    Architecture, DecapConfig, FileRole, GenerationConfig, Manifest, ModelDims, Precision, TokenizerKind,
-    TokenizerSpec, FORMAT_VERSION,
+    Architecture, DecapConfig, FileRole, GenerationConfig, Manifest, Precision, TokenizerKind, TokenizerSpec,
+    FORMAT_VERSION,
 };
 use edgecap_engine::memory::SupportMemory;
-use edgecap_engine::model::CaptionModel;
-use edgecap_engine::npy;
 use edgecap_engine::preprocess::PreprocessConfig;
 use edgecap_engine::tokenizer::ClipTokenizer;
-use prost::Message;
 
 use crate::checkpoint;
 use crate::export::{
-    check_gpt2_keys, clip_preprocess, file_name, infer_gpt2_config, normalise_gpt2_names, read_clip_vision,
+    add_graphs, check_gpt2_keys, clip_preprocess, create_writer, dims, file_name, finish, infer_gpt2_config,
+    normalise_gpt2_names, read_clip_vision, Graphs,
 };
 use crate::memory::{build_memory, MemoryOptions};
 use crate::onnx::{clip_vision, gpt2, mapper};
@@ -86,8 +84,7 @@ pub fn export_decap(opts: &DecapExportOptions) -> Result<Manifest> {
     steps.next("building graphs");
     let encoder = clip_vision::build(&vision_cfg, &clip_weights)
         .with_context(|| format!("{}: CLIP vision tower", opts.clip.display()))?;
-    let mut writer =
-        BundleWriter::create(&opts.out).with_context(|| format!("{}: cannot create bundle", opts.out.display()))?;
+    let mut writer = create_writer(&opts.out)?;
     let write_err = || format!("{}: cannot write bundle", opts.out.display());
     writer.add(FileRole::TokenizerVocab, "vocab.json", &vocab_json).with_context(write_err)?;
     writer.add(FileRole::TokenizerMerges, "merges.txt", &merges_txt).with_context(write_err)?;
@@ -100,27 +97,13 @@ pub fn export_decap(opts: &DecapExportOptions) -> Result<Manifest> {
     add_memory(&mut writer, opts, embed_dim)?;
 
     steps.next("writing bundle");
-    writer.add(FileRole::ImageEncoder, "image_encoder.onnx", &encoder.encode_to_vec()).with_context(write_err)?;
-    writer.add(FileRole::Mapper, "mapper.onnx", &projection.encode_to_vec()).with_context(write_err)?;
-    writer.add(FileRole::Decoder, "decoder.onnx", &decoder.encode_to_vec()).with_context(write_err)?;
-    writer
-        .add(FileRole::TokenEmbeddings, "token_embeddings.npy", &npy::to_bytes(&wte.shape, &wte.data))
-        .with_context(write_err)?;
+    add_graphs(&mut writer, &opts.out, &Graphs { encoder, mapper: projection, decoder, wte })?;
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         architecture: Architecture::Decap,
         precision: Precision::Fp32,
         source: format!("exported by host-tools {} from {}", env!("CARGO_PKG_VERSION"), file_name(&opts.decap)),
-        model: ModelDims {
-            embed_dim,
-            prefix_length: 1,
-            hidden_size: lm_cfg.n_embd,
-            num_layers: lm_cfg.n_layer,
-            num_heads: lm_cfg.n_head,
-            vocab_size: lm_cfg.vocab_size,
-            max_positions: lm_cfg.n_positions,
-            output_vocab_size: None,
-        },
+        model: dims(embed_dim, 1, &lm_cfg),
         preprocess: PreprocessConfig { image_size: vision_cfg.image_size as u32, ..clip_preprocess(&opts.clip)? },
         tokenizer: TokenizerSpec { kind: TokenizerKind::ClipBpe },
         generation: GenerationConfig {
@@ -131,12 +114,7 @@ pub fn export_decap(opts: &DecapExportOptions) -> Result<Manifest> {
         decap: Some(DecapConfig { temperature: opts.temperature, top_k: opts.top_k }),
         files: Vec::new(),
     };
-    let path = writer.finish(manifest)?;
-    steps.finish();
-    let model = CaptionModel::load(&opts.out)
-        .with_context(|| format!("{}: the new bundle does not load", opts.out.display()))?;
-    log::info!("wrote {}", path.display());
-    Ok(model.manifest)
+    finish(writer, manifest, &opts.out, steps)
 }
 
 /// Keeps the first `vocab` rows of the LM head and the token table: ids the tokenizer has no

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use edgecap_engine::bundle::{Bundle, BundleWriter};
+use edgecap_engine::bundle::Bundle;
 use edgecap_engine::manifest::{FileRole, Precision};
 use edgecap_engine::model::CaptionModel;
 use edgecap_engine::npy;
@@ -78,7 +78,7 @@ pub fn trim_bundle(bundle: &Bundle, out: &Path, keep: &BTreeSet<u32>) -> Result<
     trim_lm_head(&mut decoder, &keep).with_context(|| format!("{}: cannot trim", decoder_path.display()))?;
     let trimmed = decoder.encode_to_vec();
 
-    let mut writer = BundleWriter::create(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let mut writer = crate::export::create_writer(out)?;
     let write_err = || format!("{}: cannot write bundle", out.display());
     for entry in &m.files {
         let role = entry.role;

@@ -61,6 +61,22 @@ pub fn binary(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// The tiny ClipCap fixture bundle (`clipcap-mlp.json`), exported once per test process into a
+/// folder named `tiny` (its captions' `model`).
+pub fn tiny_bundle() -> &'static Path {
+    static BUNDLE: OnceLock<PathBuf> = OnceLock::new();
+    BUNDLE.get_or_init(|| {
+        // Kept for the whole process: the tests' children read it until the end.
+        let dir = tempfile::tempdir().unwrap().keep();
+        export_reference(&reference("clipcap-mlp.json"), &fixtures(), &dir.join("tiny"))
+    })
+}
+
+/// Fixture image `name` (tests/fixtures/images).
+pub fn image(name: &str) -> PathBuf {
+    fixtures().join("images").join(name)
+}
+
 /// `target/<profile>` of the running test binary (`target/<profile>/deps/<test>`).
 fn target_profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use edgecap_engine::bundle::{Bundle, BundleWriter};
+use edgecap_engine::bundle::Bundle;
 use edgecap_engine::manifest::{FileRole, Precision};
 use edgecap_engine::npy::{self, f16};
 use prost::Message;
@@ -24,7 +24,7 @@ use tract_onnx::pb::tensor_proto::DataType;
 pub fn dequantize_bundle(int8: &Path, out: &Path) -> Result<()> {
     let shown = int8.display().to_string();
     let bundle = Bundle::open(int8).with_context(|| format!("cannot open bundle {shown}"))?;
-    let mut writer = BundleWriter::create(out).with_context(|| format!("{}: cannot create bundle", out.display()))?;
+    let mut writer = crate::export::create_writer(out)?;
     let write_err = || format!("{}: cannot write bundle", out.display());
     for entry in &bundle.manifest.files {
         let path = bundle.path(entry.role);

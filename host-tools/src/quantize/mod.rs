@@ -15,7 +15,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use edgecap_engine::bundle::{Bundle, BundleWriter};
+use edgecap_engine::bundle::Bundle;
 use edgecap_engine::graph::{self, GraphShapes};
 use edgecap_engine::manifest::{FileRole, Precision};
 use edgecap_engine::model::CaptionModel;
@@ -162,8 +162,7 @@ pub fn quantize_bundle(opts: &QuantizeOptions) -> Result<QuantizeReport> {
     }
     let timing = timing_inputs(&model, &inputs)?;
 
-    let mut writer =
-        BundleWriter::create(&opts.out).with_context(|| format!("{}: cannot create bundle", opts.out.display()))?;
+    let mut writer = crate::export::create_writer(&opts.out)?;
     let write_err = || format!("{}: cannot write bundle", opts.out.display());
     let mut graphs = Vec::new();
     for (((role, label), graph_inputs), timing) in GRAPHS.iter().zip(&inputs).zip(&timing) {
