@@ -20,9 +20,12 @@ use prost::Message;
 use tract_onnx::pb;
 
 use crate::checkpoint;
-use crate::onnx::clip_vision::{self, ClipVisionConfig};
-use crate::onnx::gpt2::{self, Gpt2Config};
-use crate::onnx::mapper::{self, MapperKind};
+use crate::models::clip_vision::ClipVisionConfig;
+use crate::models::gpt2::Gpt2Config;
+use crate::models::mapper::MapperKind;
+use crate::onnx::clip_vision;
+use crate::onnx::gpt2;
+use crate::onnx::mapper;
 use crate::progress::Steps;
 use crate::tensor::{Tensor, TensorMap};
 
@@ -63,7 +66,7 @@ pub fn export_clipcap(opts: &ExportOptions) -> Result<Manifest> {
     // The mapper's keys are checked before the GPT-2 config is worked out: a checkpoint with a
     // broken mapper should be reported as such, whatever else is wrong with it.
     let lm_width = lm_weights.get("wte.weight")?.shape.last().copied().unwrap_or(0);
-    let mapper_cfg = mapper::infer_config(&mapper_weights, lm_width, "clip_project.")
+    let mapper_cfg = crate::models::mapper::infer_config(&mapper_weights, lm_width, "clip_project.")
         .with_context(|| format!("{shown}: mapping network"))?;
     let lm_cfg = lm_config(&lm_weights, opts).with_context(|| format!("{shown}: GPT-2 weights"))?;
     if mapper_cfg.embed_dim != vision_cfg.projection_dim {

@@ -119,7 +119,7 @@ pub fn export_decap(opts: &DecapExportOptions) -> Result<Manifest> {
 
 /// Keeps the first `vocab` rows of the LM head and the token table: ids the tokenizer has no
 /// token for can never become text.
-fn trim_vocabulary(lm: &mut TensorMap, cfg: &mut gpt2::Gpt2Config, vocab: usize) -> Result<()> {
+fn trim_vocabulary(lm: &mut TensorMap, cfg: &mut crate::models::gpt2::Gpt2Config, vocab: usize) -> Result<()> {
     if cfg.vocab_size <= vocab {
         return Ok(());
     }

@@ -12,7 +12,8 @@ use prost::Message;
 use tract_onnx::prelude::*;
 
 use crate::export::{clip_preprocess, read_clip_vision};
-use crate::onnx::clip_vision::{self, ClipVisionConfig};
+use crate::models::clip_vision::ClipVisionConfig;
+use crate::onnx::clip_vision;
 
 pub struct ImageEncoder {
     plan: Arc<TypedRunnableModel>,

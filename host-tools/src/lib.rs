@@ -9,6 +9,7 @@ pub mod image_encoder;
 pub mod images;
 pub mod memory;
 pub mod metrics;
+pub mod models;
 pub mod onnx;
 pub mod progress;
 pub mod projection;

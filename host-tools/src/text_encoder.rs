@@ -11,7 +11,8 @@ use prost::Message;
 use tract_onnx::prelude::*;
 
 use crate::checkpoint;
-use crate::onnx::clip_text::{self, ClipTextConfig};
+use crate::models::clip_text::ClipTextConfig;
+use crate::onnx::clip_text;
 
 pub struct TextEncoder {
     plan: Arc<TypedRunnableModel>,

@@ -10,9 +10,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use host_tools::onnx::clip_vision::{self, Activation, ClipVisionConfig};
-use host_tools::onnx::gpt2::{self, Gpt2Config};
-use host_tools::onnx::mapper::{self, MapperKind};
+use host_tools::models::clip_vision::{Activation, ClipVisionConfig};
+use host_tools::models::gpt2::Gpt2Config;
+use host_tools::models::mapper::{infer_config, MapperKind};
+use host_tools::onnx::clip_vision;
+use host_tools::onnx::gpt2;
+use host_tools::onnx::mapper;
 use host_tools::onnx::save;
 use host_tools::tensor::{Tensor, TensorMap};
 use std::sync::Arc;
@@ -147,9 +150,9 @@ fn clip_wrong_weight_shape_is_named() {
 
 // ---- mappers -----------------------------------------------------------------------------------
 
-fn check_mapper(name: &str) -> mapper::MapperConfig {
+fn check_mapper(name: &str) -> host_tools::models::mapper::MapperConfig {
     let w = load_tensors(&format!("{name}.safetensors"));
-    let cfg = mapper::infer_config(&w, 32, "").unwrap();
+    let cfg = infer_config(&w, 32, "").unwrap();
     let plan = plan(&mapper::build(&cfg, &w).unwrap()).unwrap();
     let io = load_tensors(&format!("{name}_io.safetensors"));
     let (emb, want) = (io.get("image_embeds").unwrap(), io.get("prefix").unwrap());
@@ -177,22 +180,22 @@ fn transformer_mapper_matches_pytorch() {
 fn mapper_key_errors_name_the_tensor() {
     let mut w = load_tensors("mapper_transformer.safetensors");
     w.insert("transformer.layers.1.attn.extra", Tensor::new(vec![1], vec![0.0]).unwrap());
-    let err = mapper::infer_config(&w, 32, "").unwrap_err().to_string();
+    let err = infer_config(&w, 32, "").unwrap_err().to_string();
     assert!(err.contains("transformer.layers.1.attn.extra"), "{err}");
 
     let mut w = load_tensors("mapper_transformer.safetensors");
     w.remove("transformer.layers.0.norm2.bias");
-    let err = mapper::infer_config(&w, 32, "").unwrap_err().to_string();
+    let err = infer_config(&w, 32, "").unwrap_err().to_string();
     assert!(err.contains("transformer.layers.0.norm2.bias"), "{err}");
 
     let mut w = load_tensors("mapper_mlp.safetensors");
-    let cfg = mapper::infer_config(&w, 32, "").unwrap();
+    let cfg = infer_config(&w, 32, "").unwrap();
     w.insert("model.2.bias", Tensor::new(vec![127], vec![0.0; 127]).unwrap());
     let err = format!("{:#}", mapper::build(&cfg, &w).unwrap_err());
     assert!(err.contains("model.2.bias"), "{err}");
 
     // A width that does not divide the output is refused rather than guessed.
-    let err = mapper::infer_config(&load_tensors("mapper_mlp.safetensors"), 48, "").unwrap_err().to_string();
+    let err = infer_config(&load_tensors("mapper_mlp.safetensors"), 48, "").unwrap_err().to_string();
     assert!(err.contains("model.2.weight"), "{err}");
 }
 
@@ -326,7 +329,7 @@ fn save_replaces_the_file_and_leaves_no_temporary() {
     let path = dir.path().join("m.onnx");
     std::fs::write(&path, b"old").unwrap();
     let w = load_tensors("mapper_mlp.safetensors");
-    let model = mapper::build(&mapper::infer_config(&w, 32, "").unwrap(), &w).unwrap();
+    let model = mapper::build(&infer_config(&w, 32, "").unwrap(), &w).unwrap();
     save(&model, &path).unwrap();
     let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, vec![std::ffi::OsString::from("m.onnx")]);

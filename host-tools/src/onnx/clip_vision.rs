@@ -4,159 +4,12 @@
 //! Weights are named as in a transformers `CLIPModel.save_pretrained` safetensors file
 //! (`vision_model.*`, `visual_projection.weight`); text-tower tensors in the same file are ignored.
 
-use anyhow::{bail, Context, Result};
-use serde_json::Value;
+use anyhow::Result;
 use tract_onnx::pb;
 
 use super::builder::{attr_ints, Dim, Elem, GraphBuilder};
+use crate::models::clip_vision::{Activation, ClipVisionConfig, EncoderShape};
 use crate::tensor::TensorMap;
-
-/// The MLP activation of the encoder layers (`hidden_act` in the HF config).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// `quick_gelu`: x·sigmoid(1.702x), used by OpenAI's CLIP checkpoints.
-    QuickGelu,
-    /// `gelu`: the exact (erf) GELU.
-    Gelu,
-}
-
-/// The shape of a CLIP vision tower.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClipVisionConfig {
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    pub image_size: usize,
-    pub patch_size: usize,
-    pub projection_dim: usize,
-    pub layer_norm_eps: f32,
-    pub hidden_act: Activation,
-}
-
-impl Default for ClipVisionConfig {
-    /// transformers' `CLIPVisionConfig` defaults (ViT-B/32).
-    fn default() -> Self {
-        ClipVisionConfig {
-            hidden_size: 768,
-            intermediate_size: 3072,
-            num_hidden_layers: 12,
-            num_attention_heads: 12,
-            image_size: 224,
-            patch_size: 32,
-            projection_dim: 512,
-            layer_norm_eps: 1e-5,
-            hidden_act: Activation::QuickGelu,
-        }
-    }
-}
-
-impl ClipVisionConfig {
-    /// Reads an HF CLIP `config.json`: `vision_config` plus the top-level `projection_dim`.
-    /// A bare vision config (no `vision_config` key) is accepted too. Missing fields take
-    /// the `CLIPVisionConfig` defaults, because `save_pretrained` may omit default values.
-    pub fn from_hf_config(config_json: &Value) -> Result<Self> {
-        let (vision, path) = match config_json.get("vision_config") {
-            Some(v) => (v, "vision_config."),
-            None => (config_json, ""),
-        };
-        let d = ClipVisionConfig::default();
-        let int = |key: &str, default: usize| usize_field(vision, path, key, default);
-        let projection_dim = match config_json.get("projection_dim") {
-            Some(v) if !v.is_null() => {
-                usize_field(config_json, "", "projection_dim", 0).with_context(|| format!("bad projection_dim {v}"))?
-            }
-            _ => int("projection_dim", d.projection_dim)?,
-        };
-        let layer_norm_eps = layer_norm_eps(vision, path, d.layer_norm_eps)?;
-        let hidden_act = activation(vision, path)?;
-        if let Some(c) = vision.get("num_channels").and_then(Value::as_u64) {
-            if c != 3 {
-                bail!("config field `{path}num_channels` = {c}: only RGB (3) images are supported");
-            }
-        }
-        let cfg = ClipVisionConfig {
-            hidden_size: int("hidden_size", d.hidden_size)?,
-            intermediate_size: int("intermediate_size", d.intermediate_size)?,
-            num_hidden_layers: int("num_hidden_layers", d.num_hidden_layers)?,
-            num_attention_heads: int("num_attention_heads", d.num_attention_heads)?,
-            image_size: int("image_size", d.image_size)?,
-            patch_size: int("patch_size", d.patch_size)?,
-            projection_dim,
-            layer_norm_eps,
-            hidden_act,
-        };
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    /// Rejects shapes the graph cannot be built for.
-    pub fn validate(&self) -> Result<()> {
-        let nonzero = [
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_attention_heads", self.num_attention_heads),
-            ("image_size", self.image_size),
-            ("patch_size", self.patch_size),
-            ("projection_dim", self.projection_dim),
-        ];
-        check_shape("CLIP vision config", &nonzero, self.hidden_size, self.num_attention_heads)?;
-        if !self.image_size.is_multiple_of(self.patch_size) {
-            bail!(
-                "CLIP vision config: image_size {} is not a multiple of patch_size {}",
-                self.image_size,
-                self.patch_size
-            );
-        }
-        Ok(())
-    }
-
-    /// Tokens the encoder sees: one per patch plus the class token.
-    pub fn num_positions(&self) -> usize {
-        let grid = self.image_size / self.patch_size;
-        grid * grid + 1
-    }
-
-    pub(crate) fn encoder_shape(&self) -> EncoderShape {
-        EncoderShape {
-            hidden: self.hidden_size,
-            intermediate: self.intermediate_size,
-            heads: self.num_attention_heads,
-            eps: self.layer_norm_eps,
-            act: self.hidden_act,
-        }
-    }
-}
-
-/// `layer_norm_eps` of a CLIP tower config, `default` when absent.
-pub(crate) fn layer_norm_eps(tower: &Value, path: &str, default: f32) -> Result<f32> {
-    match tower.get("layer_norm_eps") {
-        None | Some(Value::Null) => Ok(default),
-        Some(v) => {
-            Ok(v.as_f64().with_context(|| format!("config field `{path}layer_norm_eps` is not a number: {v}"))? as f32)
-        }
-    }
-}
-
-/// `hidden_act` of a CLIP tower config (quick_gelu when absent, as in OpenAI's checkpoints).
-pub(crate) fn activation(tower: &Value, path: &str) -> Result<Activation> {
-    Ok(match tower.get("hidden_act").and_then(Value::as_str) {
-        None | Some("quick_gelu") => Activation::QuickGelu,
-        Some("gelu") => Activation::Gelu,
-        Some(other) => bail!("config field `{path}hidden_act` = {other:?} is not supported (quick_gelu or gelu)"),
-    })
-}
-
-/// Reads a non-negative integer field, falling back to `default` when absent or null.
-pub(crate) fn usize_field(obj: &Value, path: &str, key: &str, default: usize) -> Result<usize> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(v) => v
-            .as_u64()
-            .map(|n| n as usize)
-            .with_context(|| format!("config field `{path}{key}` is not a non-negative integer: {v}")),
-    }
-}
 
 /// Builds the image encoder graph from `w` (checked against `cfg`, tensor by tensor).
 pub fn build(cfg: &ClipVisionConfig, w: &TensorMap) -> Result<pb::ModelProto> {
@@ -213,16 +66,6 @@ fn embeddings(g: &mut GraphBuilder, cfg: &ClipVisionConfig, w: &TensorMap, pixel
     Ok(g.add(&tokens, &table, "vision_model.embeddings"))
 }
 
-/// What a CLIP transformer layer needs to know; the vision and text towers share the layer.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct EncoderShape {
-    pub hidden: usize,
-    pub intermediate: usize,
-    pub heads: usize,
-    pub eps: f32,
-    pub act: Activation,
-}
-
 /// One pre-LN encoder layer: x + attn(ln1(x)), then + mlp(ln2(x)); `bias` masks attention
 /// (the text tower's causal mask), broadcast against [N, H, S, S] scores.
 pub(crate) fn encoder_layer(
@@ -267,55 +110,4 @@ fn self_attention(
     let ctx = g.attention(p, (&q, &k, &v), (hd as f32).powf(-0.5), bias);
     let ctx = g.merge_heads(&ctx, &format!("{p}.merged"), d);
     g.linear(&ctx, w, &format!("{p}.out_proj"), (d, d), true)
-}
-
-/// The weights of encoder layer `p` (`…encoder.layers.N`).
-pub(crate) fn encoder_layer_weight_names(p: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    for m in [
-        "self_attn.q_proj",
-        "self_attn.k_proj",
-        "self_attn.v_proj",
-        "self_attn.out_proj",
-        "layer_norm1",
-        "mlp.fc1",
-        "mlp.fc2",
-        "layer_norm2",
-    ] {
-        names.push(format!("{p}.{m}.weight"));
-        names.push(format!("{p}.{m}.bias"));
-    }
-    names
-}
-
-/// The weights `build` reads, for callers that want to report unused tensors.
-pub fn weight_names(cfg: &ClipVisionConfig) -> Vec<String> {
-    let mut names: Vec<String> = [
-        "vision_model.embeddings.class_embedding",
-        "vision_model.embeddings.patch_embedding.weight",
-        "vision_model.embeddings.position_embedding.weight",
-        "vision_model.pre_layrnorm.weight",
-        "vision_model.pre_layrnorm.bias",
-        "vision_model.post_layernorm.weight",
-        "vision_model.post_layernorm.bias",
-        "visual_projection.weight",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    for i in 0..cfg.num_hidden_layers {
-        names.extend(encoder_layer_weight_names(&format!("vision_model.encoder.layers.{i}")));
-    }
-    names
-}
-
-/// The checks both CLIP towers' configs need: no zero size, heads dividing the width.
-pub(crate) fn check_shape(what: &str, nonzero: &[(&str, usize)], hidden: usize, heads: usize) -> Result<()> {
-    if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
-        bail!("{what}: {name} is 0");
-    }
-    if !hidden.is_multiple_of(heads) {
-        bail!("{what}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}");
-    }
-    Ok(())
 }

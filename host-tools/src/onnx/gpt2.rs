@@ -15,103 +15,12 @@
 //! `lm_head.weight` [V, D] (GPT-2 ties it to `wte`). The graph holds its own [D, V] copy: a
 //! matrix shared with, or transposed from, another tensor is repacked by tract on every call.
 
-use anyhow::{bail, Context, Result};
-use serde_json::Value;
+use anyhow::{Context, Result};
 use tract_onnx::pb;
 
 use super::builder::{attr_int, Dim, Elem, GraphBuilder};
-use super::clip_vision::usize_field;
+use crate::models::gpt2::Gpt2Config;
 use crate::tensor::TensorMap;
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Gpt2Config {
-    pub n_embd: usize,
-    pub n_layer: usize,
-    pub n_head: usize,
-    pub vocab_size: usize,
-    pub n_positions: usize,
-    pub layer_norm_epsilon: f32,
-}
-
-impl Default for Gpt2Config {
-    /// transformers' `GPT2Config` defaults (the 124M "gpt2").
-    fn default() -> Self {
-        Gpt2Config {
-            n_embd: 768,
-            n_layer: 12,
-            n_head: 12,
-            vocab_size: 50257,
-            n_positions: 1024,
-            layer_norm_epsilon: 1e-5,
-        }
-    }
-}
-
-impl Gpt2Config {
-    /// Reads an HF GPT-2 `config.json`; missing fields take the `GPT2Config` defaults. Variants
-    /// the graph does not implement (another activation, unscaled or layer-scaled attention)
-    /// are refused rather than silently computed wrong.
-    pub fn from_hf_config(config_json: &Value) -> Result<Self> {
-        let d = Gpt2Config::default();
-        let int = |key: &str, default: usize| usize_field(config_json, "", key, default);
-        let layer_norm_epsilon = match config_json.get("layer_norm_epsilon") {
-            None | Some(Value::Null) => d.layer_norm_epsilon,
-            Some(v) => {
-                v.as_f64().with_context(|| format!("config field `layer_norm_epsilon` is not a number: {v}"))? as f32
-            }
-        };
-        match config_json.get("activation_function").and_then(Value::as_str) {
-            None | Some("gelu_new") | Some("gelu_pytorch_tanh") => {}
-            Some(other) => {
-                bail!("config field `activation_function` = {other:?} is not supported (gelu_new)")
-            }
-        }
-        let flag = |key: &str| config_json.get(key).and_then(Value::as_bool);
-        if flag("scale_attn_weights") == Some(false) {
-            bail!("config field `scale_attn_weights` = false is not supported");
-        }
-        if flag("scale_attn_by_inverse_layer_idx") == Some(true) {
-            bail!("config field `scale_attn_by_inverse_layer_idx` = true is not supported");
-        }
-        let cfg = Gpt2Config {
-            n_embd: int("n_embd", d.n_embd)?,
-            n_layer: int("n_layer", d.n_layer)?,
-            n_head: int("n_head", d.n_head)?,
-            vocab_size: int("vocab_size", d.vocab_size)?,
-            n_positions: int("n_positions", d.n_positions)?,
-            layer_norm_epsilon,
-        };
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    pub fn validate(&self) -> Result<()> {
-        if self.n_embd == 0 || self.n_head == 0 || self.vocab_size == 0 || self.n_positions == 0 {
-            bail!("GPT-2 config has a zero size: {self:?}");
-        }
-        if !self.n_embd.is_multiple_of(self.n_head) {
-            bail!("GPT-2 config: n_embd {} is not a multiple of n_head {}", self.n_embd, self.n_head);
-        }
-        Ok(())
-    }
-
-    pub fn head_dim(&self) -> usize {
-        self.n_embd / self.n_head
-    }
-
-    /// Every tensor name the decoder graph needs.
-    pub fn weight_names(&self) -> Vec<String> {
-        let mut names: Vec<String> =
-            ["wpe.weight", "ln_f.weight", "ln_f.bias", "lm_head.weight"].map(String::from).to_vec();
-        for i in 0..self.n_layer {
-            for m in ["ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj"] {
-                names.push(format!("h.{i}.{m}.weight"));
-                names.push(format!("h.{i}.{m}.bias"));
-            }
-        }
-        names
-    }
-}
 
 /// Builds the decoder graph; every tensor's shape is checked against `cfg`.
 pub fn build(cfg: &Gpt2Config, w: &TensorMap) -> Result<pb::ModelProto> {

@@ -8,8 +8,8 @@ use candle_core::Tensor;
 
 use super::layers::{attention, causal_bias, matmul_2d, merge_heads, quick_gelu, split_heads, LayerNorm, Linear};
 use super::params::{Init, Params};
-use crate::onnx::clip_text::ClipTextConfig;
-use crate::onnx::clip_vision::{Activation, ClipVisionConfig, EncoderShape};
+use crate::models::clip_text::ClipTextConfig;
+use crate::models::clip_vision::{Activation, ClipVisionConfig, EncoderShape};
 
 /// CLIP's initial temperature: logit_scale = ln(1 / 0.07).
 pub const LOGIT_SCALE_INIT: f32 = 2.6592;

@@ -25,8 +25,8 @@ use super::run::{train, RunOptions, RunReport, StepOutput};
 use crate::checkpoint;
 use crate::export::{normalise_gpt2_names, read_json};
 use crate::image_encoder::ImageEncoder;
-use crate::onnx::gpt2::Gpt2Config;
-use crate::onnx::mapper::CLIPCAP_HEADS;
+use crate::models::gpt2::Gpt2Config;
+use crate::models::mapper::CLIPCAP_HEADS;
 use crate::progress::Steps;
 use crate::tensor::{self as host, TensorMap};
 

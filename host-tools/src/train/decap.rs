@@ -20,7 +20,7 @@ use super::layers::{cross_entropy, l2_normalise, Linear};
 use super::optim::{AdamW, AdamWConfig};
 use super::params::{save_safetensors, Params};
 use super::run::{train, RunOptions, RunReport, StepOutput};
-use crate::onnx::gpt2::Gpt2Config;
+use crate::models::gpt2::Gpt2Config;
 use crate::progress::Steps;
 use crate::tensor;
 use crate::text_encoder::TextEncoder;

@@ -23,7 +23,7 @@ use super::params::{save_safetensors, Params};
 use super::run::{train, RunOptions, RunReport, StepOutput};
 use crate::checkpoint;
 use crate::export::{normalise_gpt2_names, read_json};
-use crate::onnx::gpt2::Gpt2Config;
+use crate::models::gpt2::Gpt2Config;
 use crate::tensor::TensorMap;
 
 #[derive(Debug, Clone, Serialize, clap::Args)]

@@ -7,7 +7,7 @@ use candle_core::{Tensor, D};
 
 use super::layers::{attention, causal_bias, gelu_new, merge_heads, split_heads, Conv1D, LayerNorm, Linear};
 use super::params::{Init, Params};
-use crate::onnx::gpt2::Gpt2Config;
+use crate::models::gpt2::Gpt2Config;
 
 /// transformers' `initializer_range` for GPT-2.
 const INIT_STD: f32 = 0.02;
