@@ -162,7 +162,7 @@ fn tract_error(label: &str, e: TractError) -> EngineError {
 }
 
 /// Checks the graph's inputs against `shapes`, binds the symbols of fixed axes, checks the
-/// outputs, then optimises; `cache_inside`: try [`crate::kv_cache::fuse`], and say whether it
+/// outputs, then optimises; `cache_inside`: try `fuse::kv_cache::fuse`, and say whether it
 /// applied.
 fn optimise(model: InferenceModel, shapes: &GraphShapes, cache_inside: bool) -> Result<(Plan, bool), String> {
     let tract = |e: TractError| collapse_whitespace(&format!("{e:#}"));
@@ -177,9 +177,9 @@ fn optimise(model: InferenceModel, shapes: &GraphShapes, cache_inside: bool) -> 
     model.declutter().map_err(tract)?;
     // Fusions tract does not make, on the decluttered graph, where the patterns are settled.
     let scales = crate::int8::passes::fuse_scales(&mut model).map_err(tract)?;
-    let attentions = crate::attention::fuse(&mut model).map_err(tract)?;
-    let gelus = crate::gelu::fuse(&mut model).map_err(tract)?;
-    let cached = cache_inside && crate::kv_cache::fuse(&mut model).map_err(tract)?;
+    let attentions = crate::fuse::attention::fuse(&mut model).map_err(tract)?;
+    let gelus = crate::fuse::gelu::fuse(&mut model).map_err(tract)?;
+    let cached = cache_inside && crate::fuse::kv_cache::fuse(&mut model).map_err(tract)?;
     log::debug!(
         "fused {attentions} attentions, {gelus} GELUs and {scales} product rescales; cache in the plan: {cached}"
     );

@@ -63,7 +63,7 @@ pub fn fuse_scales(model: &mut TypedModel) -> TractResult<usize> {
         let scales: Arc<[f32]> = if per_column { values.into() } else { vec![values[0]; n].into() };
         let fused_op = Int8MatMul { output: Output::Scaled { scales }, ..op.clone() };
         let (name, input) = (format!("{}.scaled", node.name), node.inputs[0]);
-        crate::splice::splice(model, name, fused_op, &[input], OutletId::new(mul.id, 0))?;
+        crate::fuse::splice(model, name, fused_op, &[input], OutletId::new(mul.id, 0))?;
         fused += 1;
     }
     if fused > 0 {
@@ -85,7 +85,7 @@ pub fn merge_blocks(model: &mut TypedModel) -> TractResult<usize> {
     let mut merged = 0;
     while let Some((concat, input, op)) = next_merge(model)? {
         let name = format!("{}.merged", model.node(concat).name);
-        crate::splice::splice(model, name, op, &[input], OutletId::new(concat, 0))?;
+        crate::fuse::splice(model, name, op, &[input], OutletId::new(concat, 0))?;
         model.compact()?;
         merged += 1;
     }

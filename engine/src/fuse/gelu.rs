@@ -20,7 +20,7 @@ pub fn fuse(model: &mut TypedModel) -> TractResult<usize> {
     for node in model.eval_order()? {
         let Some((x, last)) = chain_at(model, node)? else { continue };
         let name = format!("{}.fused", model.node(last).name);
-        crate::splice::splice(model, name, gelu_approximate(false), &[x], OutletId::new(last, 0))?;
+        crate::fuse::splice(model, name, gelu_approximate(false), &[x], OutletId::new(last, 0))?;
         fused += 1;
     }
     if fused > 0 {

@@ -1,6 +1,11 @@
-//! The one move every fusion pass makes on a loaded graph (attention, GELU, the KV cache, int8
-//! scales and column blocks): a new node in place of the subgraph it computes. Apart from
-//! `graph`, which runs the passes, so that the passes need not import the loader back.
+//! The rewrite rules the loader runs on a decluttered graph, apart from the operators they put
+//! in (as tract keeps `rewrite_rules/` apart from `ops/`): attention into one operator, GPT-2's
+//! tanh GELU into tract's, the decoder's cache plumbing into per-layer cached attention. The
+//! int8 products' passes are `int8::passes`. [`splice`] is the one move they all make.
+
+pub mod attention;
+pub mod gelu;
+pub mod kv_cache;
 
 use tract_onnx::prelude::*;
 
