@@ -51,20 +51,25 @@ pub fn run(args: &RunArgs) -> u8 {
 }
 
 /// `run`'s configuration from the file and flags, checked, with what the source and the MQTT
-/// output make of it: the source parsed, every MQTT topic one a broker accepts. (Here rather than
-/// in `config`, which the source and outputs build on.)
-fn resolve(args: &RunArgs) -> Result<(Config, SourceSpec)> {
+/// output make of it, each resolved once: the source parsed; the broker's URL parsed, its TLS
+/// files read and every topic one a broker accepts. (Here rather than in `config`, which the
+/// source and outputs build on.)
+struct Resolved {
+    config: Config,
+    source: SourceSpec,
+    broker: Option<output::mqtt::Broker>,
+}
+
+fn resolve(args: &RunArgs) -> Result<Resolved> {
     let config = args.resolve()?;
     let source = SourceSpec::parse(&config.source)?;
-    if let Some(mqtt) = &config.mqtt {
-        output::mqtt::check_config(mqtt)?;
-    }
-    Ok((config, source))
+    let broker = config.mqtt.as_ref().map(output::mqtt::check_config).transpose()?;
+    Ok(Resolved { config, source, broker })
 }
 
 /// `edgecap check-config`: everything `run` checks before it starts, without starting.
 pub fn check(args: &RunArgs) -> u8 {
-    let result = resolve(args).and_then(|(config, source)| {
+    let result = resolve(args).and_then(|Resolved { config, source, .. }| {
         source.preflight()?;
         drop(load_model(&config)?);
         Ok(config)
@@ -109,11 +114,11 @@ struct Service {
 
 impl Service {
     fn start(args: &RunArgs, stop: Arc<AtomicBool>) -> Result<Service> {
-        let (config, spec) = resolve(args)?;
+        let Resolved { config, source: spec, broker } = resolve(args)?;
         let Loaded { model, opts, bundle } = load_model(&config)?;
         let model_name = Loaded::name_of(&bundle);
         let stats = Arc::new(Stats::default());
-        let sinks = start_sinks(&config, &stats)?;
+        let sinks = start_sinks(&config, broker, &stats)?;
         let slot = Arc::new(Slot::new(spec.lossless(&config)));
         let ctx = SourceContext {
             slot: Arc::clone(&slot),
@@ -195,7 +200,11 @@ fn service_counters(stats: Arc<Stats>) -> crate::http::ServiceCounters {
     })
 }
 
-fn start_sinks(config: &Config, stats: &Arc<Stats>) -> Result<Vec<Box<dyn Sink>>> {
+fn start_sinks(
+    config: &Config,
+    broker: Option<output::mqtt::Broker>,
+    stats: &Arc<Stats>,
+) -> Result<Vec<Box<dyn Sink>>> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if config.stdout {
         sinks.push(Box::new(output::Stdout::default()));
@@ -205,8 +214,8 @@ fn start_sinks(config: &Config, stats: &Arc<Stats>) -> Result<Vec<Box<dyn Sink>>
             .with_context(|| format!("serial {}", Path::new(&serial.device).display()))?;
         sinks.push(Box::new(s));
     }
-    if let Some(mqtt) = &config.mqtt {
-        sinks.push(Box::new(output::mqtt::Mqtt::start(mqtt, &config.camera, Arc::clone(stats))?));
+    if let (Some(mqtt), Some(broker)) = (&config.mqtt, broker) {
+        sinks.push(Box::new(output::mqtt::Mqtt::start(mqtt, broker, &config.camera, Arc::clone(stats))?));
     }
     Ok(sinks)
 }

@@ -100,7 +100,8 @@ impl BrokerUrl {
 /// topic edgecap will publish to or subscribe to must be one the broker accepts, since a broker
 /// refuses a bad one by closing the connection (every later caption lost) or, for a `$` topic,
 /// acknowledges the publish and drops it.
-pub fn check_config(config: &MqttConfig) -> Result<()> {
+/// Returns the broker to connect to, its URL and TLS files read once here.
+pub fn check_config(config: &MqttConfig) -> Result<Broker> {
     topic_part("mqtt prefix", &config.prefix, true)?;
     if !config.discovery_prefix.is_empty() {
         topic_part("mqtt discovery_prefix", &config.discovery_prefix, true)?;
@@ -108,7 +109,8 @@ pub fn check_config(config: &MqttConfig) -> Result<()> {
     if let Some(id) = &config.client_id {
         topic_part("mqtt client_id", id, false)?;
     }
-    transport(config)?; // parses the url, reads the TLS files
+    let url = BrokerUrl::parse(&config.url)?;
+    let transport = transport(config, &url)?;
     if !(KEEP_ALIVE_MIN_S..=KEEP_ALIVE_MAX_S).contains(&config.keep_alive) {
         bail!(
             "mqtt keep_alive must be from {KEEP_ALIVE_MIN_S} to {KEEP_ALIVE_MAX_S} seconds (MQTT carries it in 16 bits), got {}",
@@ -117,7 +119,13 @@ pub fn check_config(config: &MqttConfig) -> Result<()> {
     }
     // The camera name is checked with the rest of the configuration. Parts of at most 256 bytes
     // keep every topic far under MQTT's limit of 65535.
-    Ok(())
+    Ok(Broker { url, transport })
+}
+
+/// Where the MQTT output connects, as `check_config` resolved it from the configuration.
+pub struct Broker {
+    url: BrokerUrl,
+    transport: Transport,
 }
 
 /// A prefix (`levels`: '/' allowed) or a single topic level: 1 to 256 bytes, none of MQTT's
@@ -136,8 +144,7 @@ fn topic_part(name: &str, value: &str, levels: bool) -> Result<()> {
 
 /// TCP, or TLS with the configured certificates (read and checked here, so that check-config
 /// names a bad file).
-fn transport(config: &MqttConfig) -> Result<Transport> {
-    let url = BrokerUrl::parse(&config.url)?;
+fn transport(config: &MqttConfig, url: &BrokerUrl) -> Result<Transport> {
     let client = match (&config.cert, &config.key) {
         (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
         (None, None) => None,
@@ -296,8 +303,8 @@ pub struct Mqtt {
 }
 
 impl Mqtt {
-    pub fn start(config: &MqttConfig, camera: &str, stats: Arc<Stats>) -> Result<Mqtt> {
-        let url = BrokerUrl::parse(&config.url)?;
+    pub fn start(config: &MqttConfig, broker: Broker, camera: &str, stats: Arc<Stats>) -> Result<Mqtt> {
+        let Broker { url, transport } = broker;
         let node = client_id(config, camera);
         let topics = Topics::new(config, camera, &node);
         let shared = Arc::new(Shared {
@@ -316,7 +323,7 @@ impl Mqtt {
         if let Some((user, pass)) = &url.credentials {
             options.set_credentials(user, pass);
         }
-        options.set_transport(transport(config)?);
+        options.set_transport(transport);
         let (started_tx, started) = mpsc::channel();
         let mut link = Link {
             options,
