@@ -2,7 +2,7 @@
 
 use thiserror::Error;
 
-use crate::bundle::BundleError;
+use crate::format::bundle::BundleError;
 use crate::image_load::ImageError;
 use crate::tokenizer::TokenizerError;
 // The message helpers live in `text`, which imports nothing of the crate, so that the modules

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 
 use crate::error::EngineError;
-use crate::manifest::{FileRole, ModelDims};
+use crate::format::manifest::{FileRole, ModelDims};
 use crate::text::collapse_whitespace;
 
 pub type Plan = Arc<TypedRunnableModel>;

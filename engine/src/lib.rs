@@ -18,10 +18,9 @@
 //! ```
 
 pub mod attention;
-pub mod bundle;
 pub mod error;
 pub mod float;
-pub mod fsutil;
+pub mod format;
 pub mod fuse;
 pub mod generate;
 pub mod graph;
@@ -29,10 +28,8 @@ pub mod image_load;
 pub mod int8;
 pub mod kv_cache;
 pub mod logits;
-pub mod manifest;
 pub mod memory;
 pub mod model;
-pub mod npy;
 pub mod platform;
 pub mod preprocess;
 pub mod session;
@@ -45,3 +42,7 @@ pub use generate::GenerationOptions;
 pub use image_load::load_rgb;
 pub use model::caption::{Caption, StageTimings, Trace};
 pub use model::CaptionModel;
+
+// The file formats keep their paths at the root (`edgecap_engine::bundle`, ...), where callers
+// have always found them.
+pub use format::{bundle, fsutil, manifest, npy};

@@ -9,13 +9,13 @@ use std::path::Path;
 
 use tract_onnx::prelude::*;
 
-use crate::bundle::Bundle;
 use crate::error::EngineError;
+use crate::format::bundle::Bundle;
+use crate::format::manifest::{FileRole, Manifest, ModelDims};
+use crate::format::npy::{self, f16};
 use crate::graph::{self, GraphShapes, Plan};
 use crate::kv_cache::Cache;
-use crate::manifest::{FileRole, Manifest, ModelDims};
 use crate::memory::SupportMemory;
-use crate::npy::{self, f16};
 use crate::tokenizer::TextTokenizer;
 
 pub struct CaptionModel {
@@ -262,7 +262,7 @@ fn load_token_embeddings(path: &Path, dims: &ModelDims) -> Result<TokenTable, En
 
 /// A trimmed LM head's ids: as many as its logits, ascending, inside the vocabulary, and holding
 /// every stop token (or decoding could never stop).
-fn load_output_ids(path: &Path, m: &crate::manifest::Manifest) -> Result<Vec<u32>, EngineError> {
+fn load_output_ids(path: &Path, m: &crate::format::manifest::Manifest) -> Result<Vec<u32>, EngineError> {
     let shown = path.display().to_string();
     let bad = |message: String| EngineError::Graph { path: shown.clone(), message };
     let (shape, ids) = npy::read::<i64>(path).map_err(|e| bad(e.to_string()))?;

@@ -26,7 +26,7 @@ pub use gpt2::Gpt2Tokenizer;
 
 use std::path::{Path, PathBuf};
 
-use crate::manifest::TokenizerKind;
+use crate::format::manifest::TokenizerKind;
 
 use serde::Deserialize;
 

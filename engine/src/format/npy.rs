@@ -90,7 +90,7 @@ pub fn to_bytes<T: NpyElement>(shape: &[usize], data: &[T]) -> Vec<u8> {
 /// Writes an `.npy` file atomically (temporary file, then rename).
 pub fn write<T: NpyElement>(path: &Path, shape: &[usize], data: &[T]) -> Result<(), NpyError> {
     let io = |source| NpyError::Io { path: path.display().to_string(), source };
-    crate::fsutil::write_atomic(path, &to_bytes(shape, data)).map_err(io)
+    crate::format::fsutil::write_atomic(path, &to_bytes(shape, data)).map_err(io)
 }
 
 /// The parts of an `.npy` header the engine uses.

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::fsutil::write_atomic;
-use crate::manifest::{role_name, FileEntry, FileRole, Manifest, FORMAT_VERSION, MANIFEST_FILE};
+use crate::format::fsutil::write_atomic;
+use crate::format::manifest::{role_name, FileEntry, FileRole, Manifest, FORMAT_VERSION, MANIFEST_FILE};
 use crate::text::{collapse_whitespace, excerpt};
 
 /// Written into a bundle's directory once its files have matched their hashes, so that later
