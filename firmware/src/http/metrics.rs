@@ -122,7 +122,7 @@ mod tests {
         m.count_error("queue_full");
         m.count_error("timeout");
         m.count_error("timeout");
-        let text = m.render(3, &[("mqtt_dropped", 7)]);
+        let text = m.render(3, &[("mqtt_delivered", 12), ("mqtt_dropped", 7)]);
         assert!(text.contains("edgecap_http_caption_seconds_bucket{le=\"0.05\"} 1\n"), "{text}");
         assert!(text.contains("edgecap_http_caption_seconds_bucket{le=\"0.1\"} 3\n"), "{text}");
         assert!(text.contains("edgecap_http_caption_seconds_bucket{le=\"0.5\"} 4\n"), "{text}");
@@ -133,5 +133,6 @@ mod tests {
         assert!(text.contains("edgecap_http_dropped_total 3\n"), "{text}");
         assert!(text.contains("edgecap_http_queue_depth 3\n"), "{text}");
         assert!(text.contains("edgecap_service_total{counter=\"mqtt_dropped\"} 7\n"), "{text}");
+        assert!(text.contains("edgecap_service_total{counter=\"mqtt_delivered\"} 12\n"), "{text}");
     }
 }

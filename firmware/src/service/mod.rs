@@ -191,7 +191,9 @@ fn service_counters(stats: Arc<Stats>) -> crate::http::ServiceCounters {
             ("captioned", &stats.captioned),
             ("unchanged", &stats.unchanged),
             ("corrupt", &stats.corrupt),
+            ("serial_delivered", &stats.serial_delivered),
             ("serial_dropped", &stats.serial_dropped),
+            ("mqtt_delivered", &stats.mqtt_delivered),
             ("mqtt_dropped", &stats.mqtt_dropped),
         ]
         .into_iter()

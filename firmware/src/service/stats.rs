@@ -33,6 +33,10 @@ pub struct Stats {
     /// Captions an output had to drop (its buffer was full, or it was still down at shutdown).
     pub serial_dropped: Counter,
     pub mqtt_dropped: Counter,
+    /// Captions an output delivered: lines written to the port, records the broker acknowledged
+    /// (`/metrics` only; the stop summary keeps its fields).
+    pub serial_delivered: Counter,
+    pub mqtt_delivered: Counter,
 }
 
 impl fmt::Display for Stats {

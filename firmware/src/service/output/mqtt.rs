@@ -326,6 +326,7 @@ impl Mqtt {
         options.set_transport(transport);
         let (started_tx, started) = mpsc::channel();
         let mut link = Link {
+            stats: Arc::clone(&stats),
             options,
             topics,
             shared: Arc::clone(&shared),
@@ -436,6 +437,7 @@ struct Conn {
 }
 
 struct Link {
+    stats: Arc<Stats>,
     options: MqttOptions,
     topics: Topics,
     shared: Arc<Shared>,
@@ -610,6 +612,7 @@ impl Link {
             }
             Event::Incoming(Packet::PubAck(_)) => {
                 if let Some(id) = conn.inflight.pop_front().filter(|&id| id != 0) {
+                    self.stats.mqtt_delivered.inc();
                     let mut b = self.shared.buffer.lock().unwrap_or_else(|e| e.into_inner());
                     // Usually the front; it may already be gone if the buffer overflowed meanwhile.
                     if let Some(pos) = (0..b.records.len()).find(|&i| b.records.get(i).is_some_and(|r| r.id == id)) {

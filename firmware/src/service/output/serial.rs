@@ -46,7 +46,8 @@ impl Serial {
         });
         let port = first_open(config)?;
         let warned = port.is_none();
-        let mut writer = Writer { device: config.device.clone(), baud: config.baud, port, warned };
+        let mut writer =
+            Writer { stats: Arc::clone(&stats), device: config.device.clone(), baud: config.baud, port, warned };
         let worker = Arc::clone(&shared);
         let thread = std::thread::Builder::new().name("serial".into()).spawn(move || writer.run(&worker))?;
         Ok(Serial { shared, thread: Some(thread), stats, drops: LogLimit::default() })
@@ -119,6 +120,7 @@ fn first_open(config: &SerialConfig) -> std::io::Result<Option<Box<dyn serialpor
 }
 
 struct Writer {
+    stats: Arc<Stats>,
     device: PathBuf,
     baud: u32,
     port: Option<Box<dyn serialport::SerialPort>>,
@@ -142,6 +144,7 @@ impl Writer {
                 }
             };
             if self.write(&line) {
+                self.stats.serial_delivered.inc();
                 let mut state = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
                 // The front may have been dropped meanwhile (buffer full): pop only our line.
                 if state.lines.front() == Some(&line) {
