@@ -375,8 +375,9 @@ fn last_will_on_kill_and_discovery_again_when_home_assistant_restarts() {
     let broker = Broker::start();
     let sub = Subscriber::connect(&broker, &["Q/#", "homeassistant/sensor/#", "homeassistant/image/#"]);
     let mqtt = broker.url();
+    let http = format!("127.0.0.1:{}", free_port());
     let args = ["--source", "test-pattern", "--fps", "2", "--interval", "0", "--mqtt", &mqtt, "--mqtt-prefix", "Q"];
-    let mut child = edgecap(&[&args[..], &["--mqtt-no-image"]].concat()).spawn().unwrap();
+    let mut child = edgecap(&[&args[..], &["--mqtt-no-image", "--http", &http]].concat()).spawn().unwrap();
     wait_until("online and a caption", Duration::from_secs(20), || {
         !sub.on("Q/camera/caption").is_empty() && discovery(&sub, "camera").is_some()
     });
@@ -394,6 +395,18 @@ fn last_will_on_kill_and_discovery_again_when_home_assistant_restarts() {
         sub.on(&topic).len() >= 2 && sub.on("Q/camera/available").len() >= 2
     });
     assert!(sub.on("Q/camera/available").iter().all(|m| m.payload == "online"));
+
+    // /metrics counts the records the broker acknowledged, never more than were captioned.
+    let counter = |name: &str| {
+        let mut conn = TcpStream::connect(&http).unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        let line = format!("edgecap_service_total{{counter=\"{name}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(&line)).map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    wait_until("acknowledged captions", Duration::from_secs(10), || counter("mqtt_delivered") >= 1);
+    assert!(counter("mqtt_delivered") <= counter("captioned") && counter("mqtt_dropped") == 0);
 
     child.kill().unwrap(); // SIGKILL: no chance to say goodbye
     child.wait().unwrap();
