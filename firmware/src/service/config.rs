@@ -379,9 +379,8 @@ impl Config {
         if let Some(h) = &self.http {
             h.clone().resolve()?;
         }
-        if self.threads == Some(0) {
-            bail!("threads must be at least 1");
-        }
+        // threads: checked once, by `platform::thread_count` when the model loads (check-config
+        // loads it too).
         seconds("interval", self.interval, limits::MAX_INTERVAL_S)?;
         if !(0.0..=1.0).contains(&self.scene_threshold) {
             bail!("scene_threshold must be between 0 and 1, got {}", self.scene_threshold);
