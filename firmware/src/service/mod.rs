@@ -115,6 +115,7 @@ struct Service {
 impl Service {
     fn start(args: &RunArgs, stop: Arc<AtomicBool>) -> Result<Service> {
         let Resolved { config, source: spec, broker } = resolve(args)?;
+        spec.preflight()?;
         let Loaded { model, opts, bundle } = load_model(&config)?;
         let model_name = Loaded::name_of(&bundle);
         let stats = Arc::new(Stats::default());

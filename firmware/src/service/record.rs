@@ -35,9 +35,15 @@ pub struct CaptionRecord {
 
 /// `frame` scaled down to at most [`PICTURE_SIDE`] on its long side (never up), as a JPEG of
 /// quality 80 (lower if that is over [`MAX_PICTURE_BYTES`]); none if encoding fails: the
-/// caption still goes, without its picture.
-pub fn picture(frame: &RgbImage) -> Option<Vec<u8>> {
+/// caption still goes, without its picture. `encoded`, the bytes `frame` was decoded from, is
+/// the picture itself when it is already a JPEG that small (an RTSP frame always is: ffmpeg
+/// scales and encodes it), so it is not encoded a second time.
+pub fn picture(frame: &RgbImage, encoded: Option<&[u8]>) -> Option<Vec<u8>> {
     let (w, h) = frame.dimensions();
+    let small_jpeg = |b: &&[u8]| b.starts_with(&[0xff, 0xd8, 0xff]) && b.len() <= MAX_PICTURE_BYTES;
+    if let Some(jpeg) = encoded.filter(small_jpeg).filter(|_| w.max(h) <= PICTURE_SIDE) {
+        return Some(jpeg.to_vec());
+    }
     let scale = (PICTURE_SIDE as f64 / w.max(h) as f64).min(1.0);
     let (tw, th) = (((w as f64 * scale).round() as u32).max(1), ((h as f64 * scale).round() as u32).max(1));
     let small;
@@ -92,7 +98,7 @@ mod tests {
     fn pictures_are_jpegs_no_larger_than_the_side() {
         for (w, h) in [(1920, 1080), (480, 2000), (320, 240), (1, 1)] {
             let frame = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 7]));
-            let jpeg = picture(&frame).unwrap();
+            let jpeg = picture(&frame, None).unwrap();
             assert!(jpeg.len() <= MAX_PICTURE_BYTES);
             let back = image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg).unwrap();
             let (bw, bh) = (back.width(), back.height());
@@ -110,6 +116,24 @@ mod tests {
         }
     }
     use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn a_small_jpeg_frame_is_its_own_picture_anything_else_is_encoded() {
+        let frame = |w, h| image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 9]));
+        let small = frame(320, 240);
+        let jpeg = picture(&small, None).unwrap();
+        assert_eq!(picture(&small, Some(&jpeg)).unwrap(), jpeg, "passed through as it came");
+        // A PNG, or a JPEG of a frame over the side, is encoded (and scaled) anew.
+        let mut png = Vec::new();
+        small.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+        let from_png = picture(&small, Some(&png)).unwrap();
+        assert!(from_png.starts_with(&[0xff, 0xd8, 0xff]) && from_png != png);
+        let large = frame(1280, 720);
+        let large_jpeg = picture(&large, None).unwrap();
+        let again = picture(&large, Some(&large_jpeg)).unwrap();
+        let back = image::load_from_memory(&again).unwrap();
+        assert_eq!((back.width(), back.height()), (PICTURE_SIDE, 360));
+    }
 
     #[test]
     fn formats_utc_timestamps() {

@@ -146,7 +146,11 @@ impl<'a> Scheduler<'a> {
         let id = self.next_id;
         self.next_id += 1;
         log::info!("{}: caption {id}: {}", frame.name, caption.text);
-        let picture = if self.pictures { super::record::picture(&image).map(Arc::new) } else { None };
+        let encoded = match &frame.data {
+            FrameData::Encoded(bytes) => Some(bytes.as_slice()),
+            FrameData::Pixels(_) => None,
+        };
+        let picture = if self.pictures { super::record::picture(&image, encoded).map(Arc::new) } else { None };
         Ok(Some(CaptionRecord {
             picture,
             id,

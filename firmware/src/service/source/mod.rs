@@ -101,6 +101,16 @@ impl SourceContext {
         !self.stopped() && self.slot.put(Frame { name, time: SystemTime::now(), data }, &self.stats)
     }
 
+    /// Counts bytes a stream held that were no image (as a corrupt frame), and says so at most
+    /// as often as `limit` lets: a broken stream can do this for every frame.
+    fn skip(&self, limit: &mut LogLimit, what: impl std::fmt::Display, bytes: usize, reason: &str) {
+        self.stats.frames.inc();
+        self.stats.corrupt.inc();
+        if let Some(note) = limit.check() {
+            log::warn!("{what}: skipped {bytes} bytes: {reason}{note}");
+        }
+    }
+
     /// Sleeps up to `d`, waking early when the service stops.
     fn sleep(&self, d: Duration) {
         let step = Duration::from_millis(50);
@@ -193,11 +203,7 @@ fn read_stdin(ctx: &SourceContext) {
             }
             Ok(Some(stream::Chunk::Garbage { bytes, reason })) => {
                 n += 1;
-                ctx.stats.frames.inc();
-                ctx.stats.corrupt.inc();
-                if let Some(note) = garbage.check() {
-                    log::warn!("stdin#{n}: skipped {bytes} bytes: {reason}{note}");
-                }
+                ctx.skip(&mut garbage, format_args!("stdin#{n}"), bytes, &reason);
             }
             Err(e) => {
                 log::error!("stdin: read error: {e}");

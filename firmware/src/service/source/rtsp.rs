@@ -163,10 +163,10 @@ enum Started {
     Refused(String),
 }
 
-/// Checks ffmpeg, starts the source thread and waits (up to [`STARTUP_WAIT`]) for its first
-/// frame; a permanent refusal fails start-up, anything else is retried in the background.
+/// Starts the source thread (ffmpeg checked by `SourceSpec::preflight` first) and waits (up
+/// to [`STARTUP_WAIT`]) for its first frame; a permanent refusal fails start-up, anything else is
+/// retried in the background.
 pub fn spawn(spec: RtspSpec, ctx: SourceContext) -> Result<JoinHandle<()>> {
-    check_ffmpeg()?;
     let shown = spec.shown();
     let (started, outcome) = mpsc::channel();
     let handle = std::thread::Builder::new()
@@ -256,11 +256,7 @@ fn stream_once(
                 }
             }
             Ok(Some(Chunk::Garbage { bytes, reason })) => {
-                ctx.stats.frames.inc();
-                ctx.stats.corrupt.inc();
-                if let Some(note) = garbage.check() {
-                    log::warn!("source {}: skipped {bytes} bytes from ffmpeg: {reason}{note}", spec.shown());
-                }
+                ctx.skip(&mut garbage, format_args!("source {} (ffmpeg's output)", spec.shown()), bytes, &reason);
             }
             Ok(None) | Err(_) => break,
         }
