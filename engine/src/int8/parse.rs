@@ -8,7 +8,6 @@
 //! products that [`Int8MatMul`] runs are moved out of the decoded proto into their operators,
 //! which pack them; tract parses an empty initializer in their place.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
@@ -23,30 +22,23 @@ use super::kernel::Kernel;
 use super::op::{Block, Int8MatMul, Output, Weights};
 use super::quantize::QuantizeLinear;
 
-thread_local! {
-    /// The products parsed ahead, their weights in hand, by the node's first output. tract's
-    /// parsers are plain functions: this is how the one for the products finds them.
-    static TAKEN: RefCell<HashMap<String, Parsed<Int8MatMul>>> = RefCell::default();
-}
-
 /// The graph of `proto`, as `onnx.model_for_proto_model` would parse it, with the weights of
 /// the fast-path products taken rather than copied. `model_dir` resolves external data.
+///
+/// tract's parsers are plain functions, so the products parsed ahead cannot be handed to them:
+/// tract parses each such node as its own operator over the empty initializer left behind, and
+/// that operator is then replaced by the product holding the weight.
 pub fn model_for_proto(onnx: &Onnx, mut proto: ModelProto, model_dir: Option<&str>) -> TractResult<InferenceModel> {
     let taken = take_weights(onnx, &mut proto, model_dir)?;
-    TAKEN.with(|t| *t.borrow_mut() = taken);
-    let parsed = onnx.parse(&proto, model_dir);
-    let left = TAKEN.with(|t| std::mem::take(&mut *t.borrow_mut()));
-    let ParseResult { model, unresolved_inputs, .. } = parsed?;
+    let ParseResult { mut model, unresolved_inputs, .. } = onnx.parse(&proto, model_dir)?;
     ensure!(unresolved_inputs.is_empty(), "could not resolve inputs at top level: {unresolved_inputs:?}");
-    // Each taken weight left only an empty initializer behind: its product must have been built.
-    ensure!(left.is_empty(), "products parsed ahead but not found in the graph: {:?}", left.keys());
+    for (output, parsed) in taken {
+        let outlet = model
+            .find_outlet_label(&output)
+            .with_context(|| format!("product {output} parsed ahead but not found in the graph"))?;
+        model.nodes[outlet.node].op = expand(parsed);
+    }
     Ok(model)
-}
-
-/// The operator parsed ahead for `node`, if its weight was taken.
-pub(super) fn taken(node: &NodeProto) -> Option<Parsed<Int8MatMul>> {
-    let key = node.output.first()?;
-    TAKEN.with(|t| t.borrow_mut().remove(key))
 }
 
 /// Moves the weight of each fast-path product out of the top-level graph's initializers, when
@@ -200,15 +192,12 @@ pub fn register(register: &mut OnnxOpRegister) {
     }
 }
 
-/// The parser of both products: the operator parsed ahead with its weight taken, the fast path,
-/// or tract's own.
+/// The parser of both products: the fast path, or tract's own (also for a product whose weight
+/// was taken: [`model_for_proto`] replaces it).
 fn product(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let parsed = match taken(node) {
-        Some(parsed) => Some(parsed),
-        None => match Constants::new(ctx, node) {
-            Some(c) => fast_op(&c)?,
-            None => None,
-        },
+    let parsed = match Constants::new(ctx, node) {
+        Some(c) => fast_op(&c)?,
+        None => None,
     };
     match parsed {
         Some(parsed) => Ok((expand(parsed), vec![])),
