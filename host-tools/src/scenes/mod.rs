@@ -17,6 +17,7 @@
 //! captions back, `score` judges predicted captions attribute by attribute, `split` writes and
 //! reads scene directories, `evaluate` captions a directory with a bundle.
 
+mod camera;
 mod evaluate;
 mod layout;
 mod parse;
@@ -24,10 +25,11 @@ mod render;
 mod score;
 mod split;
 
+pub use camera::{encode_jpeg, Look, CAMERA_QUALITIES, CAMERA_SIDES};
 pub use evaluate::{evaluate, render_table, Evaluation};
 pub use parse::parse_caption;
 pub use score::{Accuracy, AttributeScores};
-pub use split::{read_split, scene_file_name, write_split, CAPTIONS_FILE, SCENES_FILE};
+pub use split::{read_split, scene_file_name, write_split, Rendering, CAPTIONS_FILE, SCENES_FILE};
 
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
@@ -227,6 +229,23 @@ impl Description {
     }
 }
 
+impl Description {
+    /// One description per scene meaning: a relation is stated from the side whose
+    /// (first, relation, second) orders first, so "a red circle above a blue square" and "a blue
+    /// square below a red circle" have one canonical form (the first of the two). Groups are
+    /// their own.
+    pub fn canonical(self) -> Description {
+        match self {
+            Description::Relation { first, relation, second }
+                if (second, relation.reversed(), first) < (first, relation, second) =>
+            {
+                Description::Relation { first: second, relation: relation.reversed(), second: first }
+            }
+            other => other,
+        }
+    }
+}
+
 /// One object as painted. Coordinates are fractions of the image side, y downwards.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Placed {
@@ -249,13 +268,37 @@ pub struct Scene {
     pub image: RgbImage,
     pub description: Description,
     pub objects: Vec<Placed>,
+    /// How a camera rendering was taken (it is saved as a JPEG); `None` for the plain PNG.
+    pub look: Option<Look>,
 }
+
+/// Separates the camera renderings' draws from the plain rendering's.
+const CAMERA_STREAM: u64 = 0x6361_6d65_7261;
 
 /// Scene `index` of `seed`. The description is drawn from stream `index` of `seed`; the layout and
 /// picture from that stream's sub-stream 0, or, when the objects cannot be placed within a bounded
 /// number of tries, sub-stream 1, 2, … (deterministically, and without changing the description,
 /// so hard layouts such as three large squares keep their share of the data).
 pub fn generate(seed: u64, index: u64) -> Scene {
+    let (description, objects, _, mut rng) = lay_out(seed, index);
+    let image = render::render(&objects, &mut rng);
+    Scene { image, description, objects, look: None }
+}
+
+/// Scene `index` of `seed` as [`generate`] describes and places it, taken by a camera
+/// (see `camera`): another size, background, exposure, blur, noise and JPEG quality, drawn from
+/// a stream of their own.
+pub fn generate_camera(seed: u64, index: u64) -> Scene {
+    let (description, objects, layout_seed, _) = lay_out(seed, index);
+    let mut rng = Rng::derive(layout_seed ^ CAMERA_STREAM, index);
+    let look = Look::draw(&mut rng);
+    let image = camera::render_camera(&objects, &look, &mut rng);
+    Scene { image, description, objects, look: Some(look) }
+}
+
+/// The description and placed objects of scene `index` of `seed`, the layout seed, and the
+/// stream the plain rendering continues.
+fn lay_out(seed: u64, index: u64) -> (Description, Vec<Placed>, u64, Rng) {
     let mut rng = Rng::derive(seed, index);
     let description = layout::describe(&mut rng);
     let layout_seed = rng.next_u64();
@@ -263,8 +306,7 @@ pub fn generate(seed: u64, index: u64) -> Scene {
     loop {
         let mut rng = Rng::derive(layout_seed, attempt);
         if let Some(objects) = layout::place(&description, &mut rng) {
-            let image = render::render(&objects, &mut rng);
-            return Scene { image, description, objects };
+            return (description, objects, layout_seed, rng);
         }
         attempt += 1;
     }
@@ -301,6 +343,35 @@ mod tests {
             assert_eq!(parse_caption(&caption), Some(scene.description), "{caption:?}");
             let shouted = format!("  {}. ", caption.to_uppercase().replace(' ', "   "));
             assert_eq!(parse_caption(&shouted), Some(scene.description), "{shouted:?}");
+        }
+    }
+
+    #[test]
+    fn a_relation_and_its_reverse_share_one_canonical_form() {
+        let forward = Description::Relation {
+            first: (Colour::Red, Shape::Circle),
+            relation: Relation::Above,
+            second: (Colour::Blue, Shape::Square),
+        };
+        let backward = Description::Relation {
+            first: (Colour::Blue, Shape::Square),
+            relation: Relation::Below,
+            second: (Colour::Red, Shape::Circle),
+        };
+        assert_eq!(forward.canonical(), forward, "red (first colour) leads");
+        assert_eq!(backward.canonical(), forward);
+        let swapped = Description::Relation {
+            first: (Colour::Red, Shape::Circle),
+            relation: Relation::Below,
+            second: (Colour::Blue, Shape::Square),
+        };
+        assert_ne!(swapped.canonical(), forward.canonical(), "another scene stays another");
+        for index in 0..200 {
+            let d = generate(7, index).description;
+            assert_eq!(d.canonical().canonical(), d.canonical());
+            if let Description::Group { .. } = d {
+                assert_eq!(d.canonical(), d);
+            }
         }
     }
 

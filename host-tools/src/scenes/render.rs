@@ -14,15 +14,20 @@ use crate::rng::Rng;
 const SUBSAMPLES: u32 = 4;
 
 pub(super) fn render(objects: &[Placed], rng: &mut Rng) -> RgbImage {
-    let mut image = background(rng);
-    for object in objects {
-        paint(&mut image, object);
-    }
+    let mut image = background(SIDE, rng);
+    paint_objects(&mut image, objects);
     image
 }
 
+/// Paints `objects` over `image` (square, any side: coordinates are fractions of it).
+pub(super) fn paint_objects(image: &mut RgbImage, objects: &[Placed]) {
+    for object in objects {
+        paint(image, object);
+    }
+}
+
 /// A neutral colour: one of five families, lightly varied.
-fn neutral(rng: &mut Rng) -> [f32; 3] {
+pub(super) fn neutral(rng: &mut Rng) -> [f32; 3] {
     let base = match rng.range(0..5) {
         0 => {
             let v = 70.0 + 130.0 * rng.uniform();
@@ -38,12 +43,12 @@ fn neutral(rng: &mut Rng) -> [f32; 3] {
     base.map(|c| c + brightness + 8.0 * (rng.uniform() - 0.5))
 }
 
-fn background(rng: &mut Rng) -> RgbImage {
+fn background(side: u32, rng: &mut Rng) -> RgbImage {
     let (from, to) = (neutral(rng), neutral(rng));
     let kind = rng.range(0..3);
     let grain = if rng.uniform() < 0.5 { 3.0 + 7.0 * rng.uniform() } else { 0.0 };
-    let last = (SIDE - 1) as f32;
-    RgbImage::from_fn(SIDE, SIDE, |x, y| {
+    let last = (side - 1) as f32;
+    RgbImage::from_fn(side, side, |x, y| {
         let t = match kind {
             0 => 0.0,
             1 => y as f32 / last,
@@ -55,13 +60,13 @@ fn background(rng: &mut Rng) -> RgbImage {
     })
 }
 
-fn to_u8(v: f32) -> u8 {
+pub(super) fn to_u8(v: f32) -> u8 {
     v.round().clamp(0.0, 255.0) as u8
 }
 
 /// Blends the object into the pixels its bounding square touches, by the share of covered samples.
 fn paint(image: &mut RgbImage, object: &Placed) {
-    let side = SIDE as f32;
+    let side = image.width() as f32;
     let pixel_range = |centre: f32| {
         let lo = ((centre - object.radius) * side).floor().max(0.0) as u32;
         let hi = ((centre + object.radius) * side).ceil().min(side) as u32;
@@ -69,7 +74,7 @@ fn paint(image: &mut RgbImage, object: &Placed) {
     };
     for py in pixel_range(object.y) {
         for px in pixel_range(object.x) {
-            let coverage = coverage(object, px, py);
+            let coverage = coverage(object, px, py, side);
             if coverage > 0.0 {
                 let pixel = image.get_pixel_mut(px, py);
                 for (c, &paint) in pixel.0.iter_mut().zip(&object.rgb) {
@@ -81,8 +86,7 @@ fn paint(image: &mut RgbImage, object: &Placed) {
 }
 
 /// Share of pixel (px, py)'s samples that fall inside the object.
-fn coverage(object: &Placed, px: u32, py: u32) -> f32 {
-    let side = SIDE as f32;
+fn coverage(object: &Placed, px: u32, py: u32, side: f32) -> f32 {
     let mut inside = 0;
     for sy in 0..SUBSAMPLES {
         for sx in 0..SUBSAMPLES {

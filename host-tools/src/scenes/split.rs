@@ -1,10 +1,11 @@
 //! Scene directories ("splits") on disk:
 //!
-//! * `scene-00000.png`, … — the pictures;
+//! * `scene-00000.png`, … — the pictures (`.jpg` for camera renderings, see [`Rendering`]);
 //! * `captions.tsv` — `scene-00000.png<TAB>caption` lines, the format [`crate::references::read`]
 //!   parses, so every tool that takes references takes a split;
 //! * `scenes.jsonl` — one JSON object per scene: file, seed, index, caption, the description's
-//!   attributes (`kind` = `group` or `relation`) and the placed objects.
+//!   attributes (`kind` = `group` or `relation`), the placed objects and, for a camera
+//!   rendering, its side and JPEG quality.
 //!
 //! Every file is written atomically, and the two index files last, so an interrupted run never
 //! leaves an index naming pictures that are not there.
@@ -16,15 +17,46 @@ use edgecap_engine::fsutil::write_atomic;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use super::{generate, parse_caption, Description, Placed};
+use super::{encode_jpeg, generate, generate_camera, parse_caption, Description, Placed, Scene};
 use crate::references;
+use crate::rng::Rng;
 
 pub const CAPTIONS_FILE: &str = "captions.tsv";
 pub const SCENES_FILE: &str = "scenes.jsonl";
 
-/// `scene-00042.png`.
-pub fn scene_file_name(index: u64) -> String {
-    format!("scene-{index:05}.png")
+/// How the scenes of a split are rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Rendering {
+    /// The generator's 128×128 PNGs.
+    Plain,
+    /// As a camera might take them: 160–320 px, other backgrounds, exposure, blur, noise, JPEG.
+    Camera,
+    /// Each scene one or the other, at random (half and half).
+    Mixed,
+}
+
+/// Separates the mixed rendering's choice from every other draw.
+const MIX_STREAM: u64 = 0x6d69_78;
+
+impl Rendering {
+    /// Scene `index` of `seed` rendered this way.
+    pub fn scene(self, seed: u64, index: u64) -> Scene {
+        let camera = match self {
+            Rendering::Plain => false,
+            Rendering::Camera => true,
+            Rendering::Mixed => Rng::derive(seed ^ MIX_STREAM, index).uniform() < 0.5,
+        };
+        if camera {
+            generate_camera(seed, index)
+        } else {
+            generate(seed, index)
+        }
+    }
+}
+
+/// `scene-00042.png`, or `scene-00042.jpg` for a camera rendering.
+pub fn scene_file_name(index: u64, jpeg: bool) -> String {
+    format!("scene-{index:05}.{}", if jpeg { "jpg" } else { "png" })
 }
 
 /// One line of `scenes.jsonl`.
@@ -37,22 +69,46 @@ struct Record {
     #[serde(flatten)]
     description: Description,
     objects: Vec<Placed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    camera: Option<CameraRecord>,
 }
 
-/// Writes scenes 0..count of `seed` into `dir` (created if needed; files of an earlier split there
-/// are overwritten) and returns their descriptions in index order.
-pub fn write_split(dir: &Path, seed: u64, count: usize, progress: bool) -> Result<Vec<Description>> {
+/// What a camera rendering varied that a reader of the split may want to group by.
+#[derive(Debug, Serialize, Deserialize)]
+struct CameraRecord {
+    side: u32,
+    jpeg_quality: u8,
+}
+
+/// Writes scenes 0..count of `seed`, rendered as `rendering` says, into `dir` (created if
+/// needed; files of an earlier split there are overwritten) and returns their descriptions in
+/// index order.
+pub fn write_split(
+    dir: &Path,
+    seed: u64,
+    count: usize,
+    rendering: Rendering,
+    progress: bool,
+) -> Result<Vec<Description>> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the scene directory", dir.display()))?;
     let bar = progress_bar(progress, count);
     let (mut tsv, mut jsonl) = (String::new(), String::new());
     let mut descriptions = Vec::with_capacity(count);
     for index in 0..count as u64 {
-        let scene = generate(seed, index);
-        let file = scene_file_name(index);
-        write_png(&dir.join(&file), &scene.image)?;
+        let scene = rendering.scene(seed, index);
+        let file = scene_file_name(index, scene.look.is_some());
+        let path = dir.join(&file);
+        let bytes = match &scene.look {
+            Some(look) => encode_jpeg(&scene.image, look.quality),
+            None => encode_png(&scene.image),
+        };
+        let bytes = bytes.with_context(|| format!("{}: cannot encode", path.display()))?;
+        write_atomic(&path, &bytes).with_context(|| format!("{}: cannot write", path.display()))?;
         let caption = scene.description.caption();
         tsv.push_str(&format!("{file}\t{caption}\n"));
-        let record = Record { file, seed, index, caption, description: scene.description, objects: scene.objects };
+        let camera = scene.look.map(|l| CameraRecord { side: l.side, jpeg_quality: l.quality });
+        let record =
+            Record { file, seed, index, caption, description: scene.description, objects: scene.objects, camera };
         jsonl.push_str(&serde_json::to_string(&record)?);
         jsonl.push('\n');
         descriptions.push(scene.description);
@@ -78,10 +134,10 @@ fn progress_bar(show: bool, count: usize) -> ProgressBar {
     bar
 }
 
-fn write_png(path: &Path, image: &image::RgbImage) -> Result<()> {
+fn encode_png(image: &image::RgbImage) -> Result<Vec<u8>> {
     let mut png = std::io::Cursor::new(Vec::new());
-    image.write_to(&mut png, image::ImageFormat::Png).with_context(|| format!("{}: cannot encode", path.display()))?;
-    write_atomic(path, png.get_ref()).with_context(|| format!("{}: cannot write", path.display()))
+    image.write_to(&mut png, image::ImageFormat::Png)?;
+    Ok(png.into_inner())
 }
 
 /// The scenes of a split, in index order: each picture's path and description, from
@@ -135,11 +191,11 @@ mod tests {
     #[test]
     fn written_splits_read_back() {
         let dir = tempfile::tempdir().unwrap();
-        let written = write_split(dir.path(), 3, 12, false).unwrap();
+        let written = write_split(dir.path(), 3, 12, Rendering::Plain, false).unwrap();
         assert_eq!(written.len(), 12);
         let read = read_split(dir.path()).unwrap();
         let expected: Vec<(PathBuf, Description)> =
-            written.iter().enumerate().map(|(i, d)| (dir.path().join(scene_file_name(i as u64)), *d)).collect();
+            written.iter().enumerate().map(|(i, d)| (dir.path().join(scene_file_name(i as u64, false)), *d)).collect();
         assert_eq!(read, expected);
         // The picture on disk is the generated one, pixel for pixel (PNG is lossless).
         let png = edgecap_engine::image_load::load_rgb(&read[7].0).unwrap();
@@ -150,6 +206,28 @@ mod tests {
         // Without scenes.jsonl the captions alone give the same split.
         std::fs::remove_file(dir.path().join(SCENES_FILE)).unwrap();
         assert_eq!(read_split(dir.path()).unwrap(), expected);
+    }
+
+    #[test]
+    fn camera_and_mixed_splits_hold_the_same_scenes_as_jpegs() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = write_split(&dir.path().join("plain"), 3, 16, Rendering::Plain, false).unwrap();
+        let camera = write_split(&dir.path().join("camera"), 3, 16, Rendering::Camera, false).unwrap();
+        let mixed = write_split(&dir.path().join("mixed"), 3, 16, Rendering::Mixed, false).unwrap();
+        assert_eq!(plain, camera);
+        assert_eq!(plain, mixed);
+        let read = read_split(&dir.path().join("camera")).unwrap();
+        assert!(read.iter().all(|(p, _)| p.extension().unwrap() == "jpg"));
+        let picture = edgecap_engine::image_load::load_rgb(&read[5].0).unwrap();
+        assert_eq!(picture.dimensions(), generate_camera(3, 5).image.dimensions());
+        let jpegs = read_split(&dir.path().join("mixed"))
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p.extension().unwrap() == "jpg")
+            .count();
+        assert!((3..=13).contains(&jpegs), "about half of 16 should be camera renderings: {jpegs}");
+        let jsonl = std::fs::read_to_string(dir.path().join("camera").join(SCENES_FILE)).unwrap();
+        assert!(jsonl.lines().all(|l| l.contains("\"jpeg_quality\"")), "{jsonl}");
     }
 
     #[test]
