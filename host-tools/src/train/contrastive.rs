@@ -67,7 +67,8 @@ pub struct ClipTrainOptions {
     /// to the new count: the rate jumps back up (a warm restart; the default model's recipe).
     #[arg(long)]
     pub lr_decay: bool,
-    /// Half of each batch: captions one token away from the other half's (hard negatives).
+    /// Half of each batch: captions one token away from the other half's, or with the same words
+    /// swapped between objects (hard negatives).
     #[arg(long)]
     pub hard_negatives: bool,
     /// Weight of a caption-vs-caption contrastive term: distinct captions in a batch must embed
@@ -94,11 +95,15 @@ pub struct ClipTrainReport {
 }
 
 /// Tokenised captions: ids [N, L] padded with the end token, the flat pooled index of each
-/// caption's end token, and a group id per caption (equal text, equal group).
+/// caption's end token, a text id per caption (equal text, equal id) and a group id per caption:
+/// captions that state the same scene ("a red circle above a blue square", "a blue square below
+/// a red circle") share a group, and are positives of each other rather than negatives no image
+/// could tell apart.
 struct CaptionTable {
     ids: Vec<u32>,
     len: usize,
     end_index: Vec<usize>,
+    text: Vec<usize>,
     group: Vec<usize>,
     distinct: Vec<String>,
 }
@@ -131,7 +136,7 @@ pub fn train_clip(opts: &ClipTrainOptions) -> Result<ClipTrainReport> {
     let ids = Tensor::from_vec(table.ids.clone(), (n, table.len), &device)?;
     let anchors = if opts.hard_negatives { opts.batch / 2 } else { opts.batch };
     let mut schedule = Schedule::new(opts.run.seed, n, anchors.max(1));
-    let neighbours = opts.hard_negatives.then(|| one_token_neighbours(&table));
+    let neighbours = opts.hard_negatives.then(|| hard_neighbours(&table));
     let run = train(&opts.run, "train clip", serde_json::to_value(opts)?, &params, &mut optimizer, |step| {
         let mut batch = schedule.batch(step);
         if let Some(neighbours) = &neighbours {
@@ -263,33 +268,91 @@ fn caption_table(captions: &[String], tokenizer: &ClipTokenizer) -> CaptionTable
         ids[row * len..row * len + seq.len()].copy_from_slice(seq);
         end_index.push(seq.len() - 1);
     }
-    let mut groups: HashMap<&str, usize> = HashMap::new();
+    let text = first_seen_ids(captions.iter().map(String::as_str));
+    let keys: Vec<String> = captions.iter().map(|c| meaning_key(c)).collect();
+    let group = first_seen_ids(keys.iter().map(String::as_str));
     let mut distinct = Vec::new();
-    let group = captions
-        .iter()
-        .map(|c| {
-            *groups.entry(c.as_str()).or_insert_with(|| {
-                distinct.push(c.clone());
-                distinct.len() - 1
-            })
+    for (c, &g) in captions.iter().zip(&group) {
+        if g == distinct.len() {
+            distinct.push(c.clone());
+        }
+    }
+    CaptionTable { ids, len, end_index, text, group, distinct }
+}
+
+/// What a caption states: a scene caption's canonical form, any other caption itself.
+fn meaning_key(caption: &str) -> String {
+    match crate::scenes::parse_caption(caption) {
+        Some(description) => description.canonical().caption(),
+        None => caption.to_string(),
+    }
+}
+
+/// 0, 1, 2… in order of first appearance, equal values equal ids.
+fn first_seen_ids<'a>(values: impl Iterator<Item = &'a str>) -> Vec<usize> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    values
+        .map(|v| {
+            let next = seen.len();
+            *seen.entry(v).or_insert(next)
         })
-        .collect();
-    CaptionTable { ids, len, end_index, group, distinct }
+        .collect()
 }
 
 /// Separates the hard-negative draws from the batch schedule's stream.
 const HARD_STREAM: u64 = 0x6861_7264;
 
-/// For each distinct caption (group), the items whose caption has the same length and differs
-/// in exactly one token: "two red circles on the left" / "… on the right". A random batch
-/// rarely holds such a pair, so without them nothing forces the encoder to see the one
-/// attribute that differs (measured: position was decoded no better than chance).
-fn one_token_neighbours(table: &CaptionTable) -> Vec<Vec<usize>> {
+/// How far one caption's tokens are from another's, for hard negatives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Nearness {
+    /// Same length, one token differs: "two red circles on the left" / "… on the right".
+    OneToken,
+    /// Same length, the same tokens moved between up to [`MAX_SWAPPED`] positions: "a red
+    /// circle above a blue square" / "a blue circle above a red square" (colours bound to the
+    /// other object), or the two objects changing places.
+    Swapped,
+}
+
+/// Positions a [`Nearness::Swapped`] pair may differ in (both objects' colour and shape).
+const MAX_SWAPPED: usize = 4;
+
+fn nearness(a: &[u32], b: &[u32]) -> Option<Nearness> {
+    if a.len() != b.len() {
+        return None;
+    }
+    let differ: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
+    match differ.len() {
+        1 => Some(Nearness::OneToken),
+        2..=MAX_SWAPPED => {
+            let mut x: Vec<u32> = differ.iter().map(|&i| a[i]).collect();
+            let mut y: Vec<u32> = differ.iter().map(|&i| b[i]).collect();
+            x.sort_unstable();
+            y.sort_unstable();
+            (x == y).then_some(Nearness::Swapped)
+        }
+        _ => None,
+    }
+}
+
+/// Hard negatives of one group: the items of other groups whose captions are near one of its
+/// captions.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Neighbours {
+    one_token: Vec<usize>,
+    swapped: Vec<usize>,
+}
+
+/// For each group, its [`Neighbours`]. A random batch rarely holds such a pair, so without them
+/// nothing forces the encoder to see the one attribute that differs (measured: position was
+/// decoded no better than chance), or which object an attribute belongs to.
+fn hard_neighbours(table: &CaptionTable) -> Vec<Neighbours> {
     let l = table.len;
-    let groups = table.distinct.len();
-    let mut members = vec![Vec::new(); groups];
-    for (item, &g) in table.group.iter().enumerate() {
-        members[g].push(item);
+    let texts = table.text.iter().max().map_or(0, |&t| t + 1);
+    let mut members = vec![Vec::new(); texts];
+    let mut group_of_text = vec![0; texts];
+    for (item, &t) in table.text.iter().enumerate() {
+        members[t].push(item);
+        group_of_text[t] = table.group[item];
     }
     let tokens: Vec<&[u32]> = members
         .iter()
@@ -298,30 +361,35 @@ fn one_token_neighbours(table: &CaptionTable) -> Vec<Vec<usize>> {
             &table.ids[i * l..i * l + table.end_index[i] + 1]
         })
         .collect();
-    (0..groups)
-        .map(|g| {
-            (0..groups)
-                .filter(|&h| {
-                    tokens[h].len() == tokens[g].len()
-                        && tokens[g].iter().zip(tokens[h]).filter(|(a, b)| a != b).count() == 1
-                })
-                .flat_map(|h| members[h].iter().copied())
-                .collect()
-        })
-        .collect()
+    let mut out = vec![Neighbours::default(); table.distinct.len()];
+    for t in 0..texts {
+        let g = group_of_text[t];
+        for u in (0..texts).filter(|&u| group_of_text[u] != g) {
+            match nearness(tokens[t], tokens[u]) {
+                Some(Nearness::OneToken) => out[g].one_token.extend(&members[u]),
+                Some(Nearness::Swapped) => out[g].swapped.extend(&members[u]),
+                None => {}
+            }
+        }
+    }
+    out
 }
 
-/// Appends, for each item of `batch`, a random item whose caption is a one-token neighbour of
-/// its caption (a random item when it has none).
-fn add_hard_negatives(batch: &mut Vec<usize>, neighbours: &[Vec<usize>], group: &[usize], mut rng: Rng) {
+/// Share of hard negatives drawn from the swapped neighbours when a caption has both kinds.
+const SWAPPED_SHARE: f32 = 0.5;
+
+/// Appends, for each item of `batch`, a random item whose caption is near its caption (a random
+/// item when it has none).
+fn add_hard_negatives(batch: &mut Vec<usize>, neighbours: &[Neighbours], group: &[usize], mut rng: Rng) {
     let extra: Vec<usize> = batch
         .iter()
         .map(|&i| {
-            let near = &neighbours[group[i]];
-            if near.is_empty() {
-                rng.range(0..group.len())
-            } else {
-                *rng.choose(near)
+            let n = &neighbours[group[i]];
+            let swapped = !n.swapped.is_empty() && (n.one_token.is_empty() || rng.uniform() < SWAPPED_SHARE);
+            match (swapped, n.one_token.is_empty()) {
+                (true, _) => *rng.choose(&n.swapped),
+                (false, false) => *rng.choose(&n.one_token),
+                (false, true) => rng.range(0..group.len()),
             }
         })
         .collect();
@@ -428,42 +496,66 @@ fn save_clip_dir(
 mod tests {
     use super::*;
 
-    fn table(captions: &[&[u32]]) -> CaptionTable {
+    /// A table of token captions; `meaning[i]` is caption i's group (equal text, equal meaning).
+    fn table(captions: &[&[u32]], meaning: &[usize]) -> CaptionTable {
         let len = captions.iter().map(|c| c.len()).max().unwrap();
         let mut ids = vec![9; captions.len() * len];
-        let mut groups: Vec<Vec<u32>> = Vec::new();
-        let mut group = Vec::new();
         for (row, c) in captions.iter().enumerate() {
             ids[row * len..row * len + c.len()].copy_from_slice(c);
-            let g = groups.iter().position(|x| x == c).unwrap_or_else(|| {
-                groups.push(c.to_vec());
-                groups.len() - 1
-            });
-            group.push(g);
         }
+        let names: Vec<String> = captions.iter().map(|c| format!("{c:?}")).collect();
+        let groups = meaning.iter().max().unwrap() + 1;
         CaptionTable {
             ids,
             len,
             end_index: captions.iter().map(|c| c.len() - 1).collect(),
-            group,
-            distinct: groups.iter().map(|g| format!("{g:?}")).collect(),
+            text: first_seen_ids(names.iter().map(String::as_str)),
+            group: meaning.to_vec(),
+            distinct: (0..groups).map(|g| g.to_string()).collect(),
         }
     }
 
     #[test]
-    fn neighbours_differ_in_exactly_one_token() {
-        // Items: 0 and 3 share a caption; 1 differs from it in one token, 2 in two, 4 is longer.
-        let t = table(&[&[1, 2, 3], &[1, 5, 3], &[6, 5, 3], &[1, 2, 3], &[1, 2, 3, 4]]);
-        let n = one_token_neighbours(&t);
-        assert_eq!(n[t.group[0]], vec![1]);
-        assert_eq!(n[t.group[1]], vec![0, 3, 2], "by caption, then by item");
-        assert_eq!(n[t.group[2]], vec![1]);
-        assert!(n[t.group[4]].is_empty());
-        let mut batch = vec![0, 4];
+    fn neighbours_differ_in_one_token_or_by_swapped_tokens() {
+        // Items 0 and 3 share a caption; 1 differs from it in one token, 2 in two (no swap),
+        // 4 is longer, 5 swaps 0's first two tokens, 6 states 0's meaning in other words.
+        let captions: &[&[u32]] =
+            &[&[1, 2, 3], &[1, 5, 3], &[6, 5, 3], &[1, 2, 3], &[1, 2, 3, 4], &[2, 1, 3], &[2, 1, 7]];
+        let t = table(captions, &[0, 1, 2, 0, 3, 4, 0]);
+        let n = hard_neighbours(&t);
+        assert_eq!(n[0].one_token, vec![1, 5], "1 is near [1,2,3]; 5 is one token from [2,1,7]");
+        assert_eq!(n[0].swapped, vec![5], "[2,1,3] swaps [1,2,3]'s first two tokens");
+        assert_eq!(n[1], Neighbours { one_token: vec![0, 3, 2], swapped: vec![] }, "by text, then by item");
+        assert_eq!(n[2].one_token, vec![1]);
+        assert!(n[2].swapped.is_empty(), "[6,5,3] and [1,2,3] differ in two positions, not by a swap");
+        assert_eq!(n[3], Neighbours::default());
+        assert_eq!(n[4].one_token, vec![6], "one token from [2,1,7], another text of group 0");
+        assert!(!n[4].one_token.contains(&5));
+        assert_eq!(nearness(&[1, 2, 3, 4, 5], &[3, 4, 1, 2, 5]), Some(Nearness::Swapped), "objects trade places");
+        assert_eq!(nearness(&[1, 2, 3, 4, 5], &[2, 3, 4, 5, 1]), None, "five positions is not a swap");
+        let mut batch = vec![1, 4];
         add_hard_negatives(&mut batch, &n, &t.group, Rng::new(1));
         assert_eq!(batch.len(), 4);
-        assert_eq!(batch[2], 1, "item 0's only neighbour");
-        assert!(batch[3] < 5);
+        assert!([0, 3, 2].contains(&batch[2]), "one of item 1's neighbours");
+        assert!(batch[3] < 7, "item 4 has none: any item");
+    }
+
+    #[test]
+    fn captions_of_one_scene_share_a_group() {
+        let captions: Vec<String> = [
+            "a red circle above a blue square",
+            "a blue square below a red circle",
+            "a red circle below a blue square",
+            "hello there",
+            "hello there",
+        ]
+        .map(String::from)
+        .to_vec();
+        let keys: Vec<String> = captions.iter().map(|c| meaning_key(c)).collect();
+        assert_eq!(keys[0], keys[1]);
+        assert_ne!(keys[0], keys[2]);
+        assert_eq!(keys[3], "hello there");
+        assert_eq!(first_seen_ids(keys.iter().map(String::as_str)), vec![0, 0, 1, 2, 2]);
     }
 
     #[test]
