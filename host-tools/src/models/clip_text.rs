@@ -2,13 +2,15 @@
 //! ONNX graph is `onnx::clip_text`, the trainable model `train::clip`.
 
 use anyhow::{bail, Result};
+use serde::Deserialize;
 use serde_json::Value;
 
-use super::clip_vision::{activation, encoder_layer_weight_names, Activation, EncoderShape};
-use super::hf_config::{check_shape, layer_norm_eps, usize_field};
+use super::clip_vision::{encoder_layer_weight_names, Activation, EncoderShape};
+use super::hf_config::{check_shape, read_section, usize_field};
 
-/// The shape of a CLIP text tower.
-#[derive(Debug, Clone, PartialEq)]
+/// The shape of a CLIP text tower: transformers' `CLIPTextConfig` fields.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
 pub struct ClipTextConfig {
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -44,20 +46,8 @@ impl ClipTextConfig {
         let Some(text) = config_json.get("text_config") else {
             bail!("no `text_config`: not a CLIP model with a text tower");
         };
-        let path = "text_config.";
-        let d = ClipTextConfig::default();
-        let int = |key: &str, default: usize| usize_field(text, path, key, default);
-        let cfg = ClipTextConfig {
-            vocab_size: int("vocab_size", d.vocab_size)?,
-            hidden_size: int("hidden_size", d.hidden_size)?,
-            intermediate_size: int("intermediate_size", d.intermediate_size)?,
-            num_hidden_layers: int("num_hidden_layers", d.num_hidden_layers)?,
-            num_attention_heads: int("num_attention_heads", d.num_attention_heads)?,
-            max_position_embeddings: int("max_position_embeddings", d.max_position_embeddings)?,
-            projection_dim: usize_field(config_json, "", "projection_dim", d.projection_dim)?,
-            layer_norm_eps: layer_norm_eps(text, path, d.layer_norm_eps)?,
-            hidden_act: activation(text, path)?,
-        };
+        let mut cfg: ClipTextConfig = read_section(text, "text_config.")?;
+        cfg.projection_dim = usize_field(config_json, "", "projection_dim", cfg.projection_dim)?;
         cfg.validate()?;
         Ok(cfg)
     }

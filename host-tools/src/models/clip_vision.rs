@@ -1,13 +1,15 @@
 //! The CLIP vision tower's configuration (as transformers' `CLIPVisionConfig` reads it) and
 //! weight names; the ONNX graph is `onnx::clip_vision`, the trainable model `train::clip`.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use serde::Deserialize;
 use serde_json::Value;
 
-use super::hf_config::{check_shape, layer_norm_eps, usize_field};
+use super::hf_config::{check_shape, read_section, usize_field};
 
 /// The MLP activation of the encoder layers (`hidden_act` in the HF config).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Activation {
     /// `quick_gelu`: x·sigmoid(1.702x), used by OpenAI's CLIP checkpoints.
     QuickGelu,
@@ -15,8 +17,9 @@ pub enum Activation {
     Gelu,
 }
 
-/// The shape of a CLIP vision tower.
-#[derive(Debug, Clone, PartialEq)]
+/// The shape of a CLIP vision tower: transformers' `CLIPVisionConfig` fields.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
 pub struct ClipVisionConfig {
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -55,32 +58,14 @@ impl ClipVisionConfig {
             Some(v) => (v, "vision_config."),
             None => (config_json, ""),
         };
-        let d = ClipVisionConfig::default();
-        let int = |key: &str, default: usize| usize_field(vision, path, key, default);
-        let projection_dim = match config_json.get("projection_dim") {
-            Some(v) if !v.is_null() => {
-                usize_field(config_json, "", "projection_dim", 0).with_context(|| format!("bad projection_dim {v}"))?
-            }
-            _ => int("projection_dim", d.projection_dim)?,
-        };
-        let layer_norm_eps = layer_norm_eps(vision, path, d.layer_norm_eps)?;
-        let hidden_act = activation(vision, path)?;
+        let mut cfg: ClipVisionConfig = read_section(vision, path)?;
+        // CLIPConfig keeps the projection's width at the top level.
+        cfg.projection_dim = usize_field(config_json, "", "projection_dim", cfg.projection_dim)?;
         if let Some(c) = vision.get("num_channels").and_then(Value::as_u64) {
             if c != 3 {
                 bail!("config field `{path}num_channels` = {c}: only RGB (3) images are supported");
             }
         }
-        let cfg = ClipVisionConfig {
-            hidden_size: int("hidden_size", d.hidden_size)?,
-            intermediate_size: int("intermediate_size", d.intermediate_size)?,
-            num_hidden_layers: int("num_hidden_layers", d.num_hidden_layers)?,
-            num_attention_heads: int("num_attention_heads", d.num_attention_heads)?,
-            image_size: int("image_size", d.image_size)?,
-            patch_size: int("patch_size", d.patch_size)?,
-            projection_dim,
-            layer_norm_eps,
-            hidden_act,
-        };
         cfg.validate()?;
         Ok(cfg)
     }
@@ -171,13 +156,4 @@ pub fn weight_names(cfg: &ClipVisionConfig) -> Vec<String> {
         names.extend(encoder_layer_weight_names(&format!("vision_model.encoder.layers.{i}")));
     }
     names
-}
-
-/// `hidden_act` of a CLIP tower config (quick_gelu when absent, as in OpenAI's checkpoints).
-pub(crate) fn activation(tower: &Value, path: &str) -> Result<Activation> {
-    Ok(match tower.get("hidden_act").and_then(Value::as_str) {
-        None | Some("quick_gelu") => Activation::QuickGelu,
-        Some("gelu") => Activation::Gelu,
-        Some(other) => bail!("config field `{path}hidden_act` = {other:?} is not supported (quick_gelu or gelu)"),
-    })
 }

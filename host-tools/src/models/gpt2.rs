@@ -1,12 +1,15 @@
 //! GPT-2's configuration, as an HF `config.json` gives it or a checkpoint's weights imply; the
 //! ONNX graph is `onnx::gpt2`, the trainable model `train::gpt2`.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use serde::Deserialize;
 use serde_json::Value;
 
-use super::hf_config::usize_field;
+use super::hf_config::read_section;
 
-#[derive(Debug, Clone, PartialEq)]
+/// transformers' `GPT2Config` fields the graph depends on.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
 pub struct Gpt2Config {
     pub n_embd: usize,
     pub n_layer: usize,
@@ -35,14 +38,6 @@ impl Gpt2Config {
     /// the graph does not implement (another activation, unscaled or layer-scaled attention)
     /// are refused rather than silently computed wrong.
     pub fn from_hf_config(config_json: &Value) -> Result<Self> {
-        let d = Gpt2Config::default();
-        let int = |key: &str, default: usize| usize_field(config_json, "", key, default);
-        let layer_norm_epsilon = match config_json.get("layer_norm_epsilon") {
-            None | Some(Value::Null) => d.layer_norm_epsilon,
-            Some(v) => {
-                v.as_f64().with_context(|| format!("config field `layer_norm_epsilon` is not a number: {v}"))? as f32
-            }
-        };
         match config_json.get("activation_function").and_then(Value::as_str) {
             None | Some("gelu_new") | Some("gelu_pytorch_tanh") => {}
             Some(other) => {
@@ -56,14 +51,7 @@ impl Gpt2Config {
         if flag("scale_attn_by_inverse_layer_idx") == Some(true) {
             bail!("config field `scale_attn_by_inverse_layer_idx` = true is not supported");
         }
-        let cfg = Gpt2Config {
-            n_embd: int("n_embd", d.n_embd)?,
-            n_layer: int("n_layer", d.n_layer)?,
-            n_head: int("n_head", d.n_head)?,
-            vocab_size: int("vocab_size", d.vocab_size)?,
-            n_positions: int("n_positions", d.n_positions)?,
-            layer_norm_epsilon,
-        };
+        let cfg: Gpt2Config = read_section(config_json, "")?;
         cfg.validate()?;
         Ok(cfg)
     }
