@@ -23,7 +23,23 @@ pub struct GenerationOptions {
     pub projection_top_k: Option<usize>,
 }
 
+/// The widest beam decoding accepts.
+pub const MAX_BEAM: usize = 16;
+
 impl GenerationOptions {
+    /// The checks that need no model: at least one token, and 1..=[`MAX_BEAM`] beams. Each beam
+    /// holds a key/value cache: a width from a request or a typo must not allocate without
+    /// bound. [`crate::CaptionModel::check_options`] adds the model's own limits.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        if self.max_tokens == 0 || self.beam_width == 0 {
+            return Err(EngineError::Option("max tokens and beam width must be at least 1".into()));
+        }
+        if self.beam_width > MAX_BEAM {
+            return Err(EngineError::Option(format!("beam width must be at most {MAX_BEAM}, got {}", self.beam_width)));
+        }
+        Ok(())
+    }
+
     fn is_stop(&self, id: u32) -> bool {
         self.stop_token_ids.contains(&id)
     }
@@ -47,9 +63,7 @@ pub fn generate(
     prefix_len: usize,
     opts: &GenerationOptions,
 ) -> Result<Generated, EngineError> {
-    if opts.beam_width == 0 || opts.max_tokens == 0 {
-        return Err(EngineError::Option("beam width and max tokens must be at least 1".into()));
-    }
+    opts.validate()?;
     if opts.beam_width == 1 {
         greedy(state, prefix, prefix_len, opts)
     } else {
@@ -162,6 +176,24 @@ fn extend_beams(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_need_a_token_and_a_bounded_beam() {
+        let opts = |max_tokens, beam_width| GenerationOptions {
+            max_tokens,
+            beam_width,
+            stop_token_ids: vec![],
+            projection_top_k: None,
+        };
+        assert!(opts(1, 1).validate().is_ok());
+        assert!(opts(20, MAX_BEAM).validate().is_ok());
+        for (bad, says) in
+            [(opts(0, 1), "at least 1"), (opts(5, 0), "at least 1"), (opts(5, MAX_BEAM + 1), "at most 16")]
+        {
+            let e = bad.validate().unwrap_err().to_string();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+    }
 
     #[test]
     fn stopped_beam_keeps_score_and_length() {

@@ -31,9 +31,6 @@ impl StageTimings {
     }
 }
 
-/// The widest beam [`CaptionModel::check_options`] accepts.
-pub const MAX_BEAM: usize = 16;
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct Caption {
     pub text: String,
@@ -70,14 +67,7 @@ impl CaptionModel {
     /// Checks that `opts` fits this model (positions, vocabulary).
     pub fn check_options(&self, opts: &GenerationOptions) -> Result<(), EngineError> {
         let d = self.dims();
-        if opts.max_tokens == 0 || opts.beam_width == 0 {
-            return Err(EngineError::Option("max tokens and beam width must be at least 1".into()));
-        }
-        if opts.beam_width > MAX_BEAM {
-            // Each beam holds a key/value cache: a width from a request or a typo must not
-            // allocate without bound.
-            return Err(EngineError::Option(format!("beam width must be at most {MAX_BEAM}, got {}", opts.beam_width)));
-        }
+        opts.validate()?;
         if d.prefix_length + opts.max_tokens > d.max_positions {
             return Err(EngineError::Option(format!(
                 "max tokens {} + prefix {} exceed the decoder's {} positions",
