@@ -36,7 +36,7 @@ pub enum Rendering {
 }
 
 /// Separates the mixed rendering's choice from every other draw.
-const MIX_STREAM: u64 = 0x6d69_78;
+const MIX_STREAM: u64 = 0x6d_6978;
 
 impl Rendering {
     /// Scene `index` of `seed` rendered this way.
