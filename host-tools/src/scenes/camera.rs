@@ -9,7 +9,7 @@
 
 use image::{Rgb, RgbImage};
 
-use super::render::{neutral, paint_objects, to_u8};
+use super::render::{neutral, paint_objects, to_u8, vary};
 use super::Placed;
 use crate::rng::Rng;
 
@@ -65,8 +65,7 @@ fn camera_neutral(rng: &mut Rng) -> [f32; 3] {
         2 => [128.0, 108.0, 92.0],
         _ => return neutral(rng),
     };
-    let brightness = 24.0 * (rng.uniform() - 0.5);
-    base.map(|c| c + brightness + 8.0 * (rng.uniform() - 0.5))
+    vary(base, 24.0, rng)
 }
 
 /// The picture of `objects` taken with `look`, before JPEG encoding.

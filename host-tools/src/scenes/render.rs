@@ -38,9 +38,14 @@ pub(super) fn neutral(rng: &mut Rng) -> [f32; 3] {
         3 => [242.0, 241.0, 236.0], // near-white
         _ => [34.0, 35.0, 40.0],    // dark
     };
-    // A shared brightness shift keeps the hue; the small per-channel tint keeps saturation low.
-    let brightness = 20.0 * (rng.uniform() - 0.5);
-    base.map(|c| c + brightness + 8.0 * (rng.uniform() - 0.5))
+    vary(base, 20.0, rng)
+}
+
+/// `base` with a shared brightness shift within ±`brightness`/2, which keeps the hue, and a small
+/// per-channel tint, which keeps saturation low.
+pub(super) fn vary(base: [f32; 3], brightness: f32, rng: &mut Rng) -> [f32; 3] {
+    let shift = brightness * (rng.uniform() - 0.5);
+    base.map(|c| c + shift + 8.0 * (rng.uniform() - 0.5))
 }
 
 fn background(side: u32, rng: &mut Rng) -> RgbImage {

@@ -386,10 +386,12 @@ fn add_hard_negatives(batch: &mut Vec<usize>, neighbours: &[Neighbours], group: 
         .map(|&i| {
             let n = &neighbours[group[i]];
             let swapped = !n.swapped.is_empty() && (n.one_token.is_empty() || rng.uniform() < SWAPPED_SHARE);
-            match (swapped, n.one_token.is_empty()) {
-                (true, _) => *rng.choose(&n.swapped),
-                (false, false) => *rng.choose(&n.one_token),
-                (false, true) => rng.range(0..group.len()),
+            if swapped {
+                *rng.choose(&n.swapped)
+            } else if !n.one_token.is_empty() {
+                *rng.choose(&n.one_token)
+            } else {
+                rng.range(0..group.len())
             }
         })
         .collect();
