@@ -2,7 +2,8 @@
 # Reproduces the default model (models/default) from nothing: synthetic scenes, a CLIP-style
 # dual encoder trained on them, a DeCap decoder trained on their captions, export, int8
 # quantization, and the held-out scores docs/training.md quotes. Seeded: a rerun on the same machine
-# gives the same bundle. Takes about 1 hour 50 minutes on 2 cores.
+# gives the same bundle. Takes about 1 hour 40 minutes on 2 cores (measured: scenes 7 min, encoder 79,
+# decoder 7).
 #   scripts/train-default-model.sh [WORK_DIR]   (default target/default-model)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +28,7 @@ sort -u "$work/captions.txt" > "$work/memory-captions.txt"
 #    apart, or with words swapped between the objects, in every batch and --text-contrast keeps
 #    distinct captions apart in the text tower: without them both towers ignore positions. Two rounds of linear decay: 3200 steps, then a
 #    resume to 6400 (the rate restarts at half; the second round is what binds colours and
-#    shapes to objects). ~95 minutes; one thread is as fast as two here, and is how the committed
+#    shapes to objects). ~80 minutes; one thread is as fast as two here, and is how the committed
 #    model was trained.
 clip_args=(--data "$work/train/captions.tsv" --out "$work/clip" --image-size 80 --patch-size 16 --batch 128
     --lr 1e-3 --lr-decay --hard-negatives --text-contrast 1 --seed 1)
