@@ -488,8 +488,8 @@ fn trained_model_int8_decoder_meets_real_thresholds() {
     let dir = tempfile::tempdir().unwrap();
     let fp32 = default_model_fp32(dir.path());
     let (calibration, scenes) = (dir.path().join("calibration"), dir.path().join("scenes"));
-    host_tools::scenes::write_split(&calibration, 11, 20, host_tools::scenes::Rendering::Plain, false).unwrap();
-    host_tools::scenes::write_split(&scenes, 12, 40, host_tools::scenes::Rendering::Plain, false).unwrap();
+    host_tools::scenes::write_split(&calibration, 11, 20, host_tools::scenes::Rendering::Plain, 2, false).unwrap();
+    host_tools::scenes::write_split(&scenes, 12, 40, host_tools::scenes::Rendering::Plain, 2, false).unwrap();
     let int8 = dir.path().join("int8");
     let opts =
         QuantizeOptions { calibration: Some(calibration), ..quantize_options(&fp32, &int8, QuantScheme::StaticMinMax) };

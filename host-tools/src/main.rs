@@ -16,7 +16,7 @@ mod train_cli;
 #[derive(Parser)]
 #[command(name = "host-tools", version, about = "Export, inspect and check edgecap model bundles")]
 struct Cli {
-    /// Threads for tract's matrix products (default: every core).
+    /// Threads for tract's matrix products, and for rendering `scenes generate` (default: every core).
     #[arg(long, global = true)]
     threads: Option<usize>,
     #[command(subcommand)]
@@ -87,7 +87,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Train(command) => train_cli::run_train(command),
         #[cfg(feature = "train")]
         Command::Distill(args) => train_cli::run_distill(args),
-        Command::Scenes(command) => scenes_cli::run(command),
+        Command::Scenes(command) => scenes_cli::run(command, threads),
         Command::Trace(args) => args.run(),
     }
 }

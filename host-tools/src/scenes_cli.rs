@@ -42,12 +42,13 @@ pub enum ScenesCommand {
     },
 }
 
-pub fn run(command: ScenesCommand) -> Result<ExitCode> {
+/// `threads`: the workers that render a split (and, process-wide, the products that score one).
+pub fn run(command: ScenesCommand, threads: usize) -> Result<ExitCode> {
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match command {
         ScenesCommand::Generate { out, count, seed, rendering } => {
             let count = usize::try_from(count).context("--count does not fit this machine's memory")?;
-            let written = write_split(&out, seed, count, rendering, progress)?;
+            let written = write_split(&out, seed, count, rendering, threads, progress)?;
             let groups = written.iter().filter(|d| matches!(d, Description::Group { .. })).count();
             println!(
                 "{}: {count} scenes of seed {seed} ({groups} group, {} relation captions)",

@@ -82,37 +82,46 @@ struct CameraRecord {
 
 /// Writes scenes 0..count of `seed`, rendered as `rendering` says, into `dir` (created if
 /// needed; files of an earlier split there are overwritten) and returns their descriptions in
-/// index order.
+/// index order. `threads` workers render and encode (scene i depends only on the seed and i, so
+/// the files are the same for any count); the index files are written once every picture is.
 pub fn write_split(
     dir: &Path,
     seed: u64,
     count: usize,
     rendering: Rendering,
+    threads: usize,
     progress: bool,
 ) -> Result<Vec<Description>> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the scene directory", dir.display()))?;
     let bar = progress_bar(progress, count);
+    let workers = threads.clamp(1, count.max(1));
+    // Worker w writes scenes w, w + workers, …; its entries come back in that order.
+    let per_worker: Vec<Vec<Result<Written>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let bar = &bar;
+                scope.spawn(move || {
+                    (w..count)
+                        .step_by(workers)
+                        .map(|index| {
+                            let written = write_scene(dir, seed, index as u64, rendering);
+                            bar.inc(1);
+                            written
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a scene worker panicked")).collect()
+    });
+    let mut iters: Vec<_> = per_worker.into_iter().map(Vec::into_iter).collect();
     let (mut tsv, mut jsonl) = (String::new(), String::new());
     let mut descriptions = Vec::with_capacity(count);
-    for index in 0..count as u64 {
-        let scene = rendering.scene(seed, index);
-        let file = scene_file_name(index, scene.look.is_some());
-        let path = dir.join(&file);
-        let bytes = match &scene.look {
-            Some(look) => encode_jpeg(&scene.image, look.quality),
-            None => encode_png(&scene.image),
-        };
-        let bytes = bytes.with_context(|| format!("{}: cannot encode", path.display()))?;
-        write_atomic(&path, &bytes).with_context(|| format!("{}: cannot write", path.display()))?;
-        let caption = scene.description.caption();
-        tsv.push_str(&format!("{file}\t{caption}\n"));
-        let camera = scene.look.map(|l| CameraRecord { side: l.side, jpeg_quality: l.quality });
-        let record =
-            Record { file, seed, index, caption, description: scene.description, objects: scene.objects, camera };
-        jsonl.push_str(&serde_json::to_string(&record)?);
-        jsonl.push('\n');
-        descriptions.push(scene.description);
-        bar.inc(1);
+    for index in 0..count {
+        let written = iters[index % workers].next().expect("one entry per scene")?;
+        tsv.push_str(&written.tsv_line);
+        jsonl.push_str(&written.jsonl_line);
+        descriptions.push(written.description);
     }
     for (name, text) in [(CAPTIONS_FILE, &tsv), (SCENES_FILE, &jsonl)] {
         let path = dir.join(name);
@@ -120,6 +129,33 @@ pub fn write_split(
     }
     bar.finish_and_clear();
     Ok(descriptions)
+}
+
+/// One scene on disk: its lines of the two index files, and what it shows.
+struct Written {
+    tsv_line: String,
+    jsonl_line: String,
+    description: Description,
+}
+
+/// Renders scene `index` of `seed`, writes its picture into `dir`, and returns its index lines.
+fn write_scene(dir: &Path, seed: u64, index: u64, rendering: Rendering) -> Result<Written> {
+    let scene = rendering.scene(seed, index);
+    let file = scene_file_name(index, scene.look.is_some());
+    let path = dir.join(&file);
+    let bytes = match &scene.look {
+        Some(look) => encode_jpeg(&scene.image, look.quality),
+        None => encode_png(&scene.image),
+    };
+    let bytes = bytes.with_context(|| format!("{}: cannot encode", path.display()))?;
+    write_atomic(&path, &bytes).with_context(|| format!("{}: cannot write", path.display()))?;
+    let caption = scene.description.caption();
+    let tsv_line = format!("{file}\t{caption}\n");
+    let camera = scene.look.map(|l| CameraRecord { side: l.side, jpeg_quality: l.quality });
+    let description = scene.description;
+    let record = Record { file, seed, index, caption, description, objects: scene.objects, camera };
+    let jsonl_line = serde_json::to_string(&record)? + "\n";
+    Ok(Written { tsv_line, jsonl_line, description })
 }
 
 fn progress_bar(show: bool, count: usize) -> ProgressBar {
@@ -191,7 +227,7 @@ mod tests {
     #[test]
     fn written_splits_read_back() {
         let dir = tempfile::tempdir().unwrap();
-        let written = write_split(dir.path(), 3, 12, Rendering::Plain, false).unwrap();
+        let written = write_split(dir.path(), 3, 12, Rendering::Plain, 1, false).unwrap();
         assert_eq!(written.len(), 12);
         let read = read_split(dir.path()).unwrap();
         let expected: Vec<(PathBuf, Description)> =
@@ -211,9 +247,9 @@ mod tests {
     #[test]
     fn camera_and_mixed_splits_hold_the_same_scenes_as_jpegs() {
         let dir = tempfile::tempdir().unwrap();
-        let plain = write_split(&dir.path().join("plain"), 3, 16, Rendering::Plain, false).unwrap();
-        let camera = write_split(&dir.path().join("camera"), 3, 16, Rendering::Camera, false).unwrap();
-        let mixed = write_split(&dir.path().join("mixed"), 3, 16, Rendering::Mixed, false).unwrap();
+        let plain = write_split(&dir.path().join("plain"), 3, 16, Rendering::Plain, 1, false).unwrap();
+        let camera = write_split(&dir.path().join("camera"), 3, 16, Rendering::Camera, 3, false).unwrap();
+        let mixed = write_split(&dir.path().join("mixed"), 3, 16, Rendering::Mixed, 2, false).unwrap();
         assert_eq!(plain, camera);
         assert_eq!(plain, mixed);
         let read = read_split(&dir.path().join("camera")).unwrap();
@@ -228,6 +264,23 @@ mod tests {
         assert!((3..=13).contains(&jpegs), "about half of 16 should be camera renderings: {jpegs}");
         let jsonl = std::fs::read_to_string(dir.path().join("camera").join(SCENES_FILE)).unwrap();
         assert!(jsonl.lines().all(|l| l.contains("\"jpeg_quality\"")), "{jsonl}");
+    }
+
+    #[test]
+    fn any_number_of_workers_writes_the_same_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one, three) = (dir.path().join("one"), dir.path().join("three"));
+        let written = write_split(&one, 5, 11, Rendering::Mixed, 1, false).unwrap();
+        assert_eq!(write_split(&three, 5, 11, Rendering::Mixed, 3, false).unwrap(), written);
+        let mut names: Vec<_> = std::fs::read_dir(&one).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        assert_eq!(names.len(), 13, "11 pictures and two index files: {names:?}");
+        for name in names {
+            let (a, b) = (std::fs::read(one.join(&name)).unwrap(), std::fs::read(three.join(&name)).unwrap());
+            assert!(a == b, "{name:?} differs between 1 and 3 workers");
+        }
+        // More workers than scenes.
+        assert_eq!(write_split(&dir.path().join("few"), 5, 2, Rendering::Plain, 8, false).unwrap(), written[..2]);
     }
 
     #[test]
