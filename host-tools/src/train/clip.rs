@@ -6,7 +6,9 @@
 use anyhow::Result;
 use candle_core::Tensor;
 
-use super::layers::{attention, causal_bias, matmul_2d, merge_heads, quick_gelu, split_heads, LayerNorm, Linear};
+use super::layers::{
+    add_bias, attention, causal_bias, matmul_2d, merge_heads, quick_gelu, split_heads, LayerNorm, Linear,
+};
 use super::params::{Init, Params};
 use crate::models::clip_text::ClipTextConfig;
 use crate::models::clip_vision::{Activation, ClipVisionConfig, EncoderShape};
@@ -108,7 +110,7 @@ impl ClipVision {
         ))?;
         let tokens = matmul_2d(&patches, &self.patch.reshape((d, 3 * pk * pk))?.t()?)?;
         let class = self.class.reshape((1, 1, d))?.broadcast_as((b, 1, d))?;
-        let mut x = Tensor::cat(&[&class, &tokens], 1)?.broadcast_add(&self.positions)?;
+        let mut x = add_bias(&Tensor::cat(&[&class, &tokens], 1)?, &self.positions)?;
         x = self.pre_ln.forward(&x)?;
         for layer in &self.layers {
             x = layer.forward(&x, None)?;
@@ -154,7 +156,7 @@ impl ClipText {
         let (b, s) = ids.dims2()?;
         let d = self.config.hidden_size;
         let x = self.tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, s, d))?;
-        let mut x = x.broadcast_add(&self.positions.narrow(0, 0, s)?)?;
+        let mut x = add_bias(&x, &self.positions.narrow(0, 0, s)?)?;
         let mask = causal_bias(s, ids.device())?;
         for layer in &self.layers {
             x = layer.forward(&x, Some(&mask))?;

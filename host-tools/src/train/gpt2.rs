@@ -5,7 +5,7 @@
 use anyhow::Result;
 use candle_core::{Tensor, D};
 
-use super::layers::{attention, causal_bias, gelu_new, merge_heads, split_heads, Conv1D, LayerNorm, Linear};
+use super::layers::{add_bias, attention, causal_bias, gelu_new, merge_heads, split_heads, Conv1D, LayerNorm, Linear};
 use super::params::{Init, Params};
 use crate::models::gpt2::Gpt2Config;
 
@@ -86,7 +86,7 @@ impl Gpt2 {
     /// The final hidden states [B, S, D] (after `ln_f`) for `embeds` [B, S, D].
     pub fn hidden(&self, embeds: &Tensor) -> Result<Tensor> {
         let (_, s, _) = embeds.dims3()?;
-        let mut x = embeds.broadcast_add(&self.wpe.narrow(0, 0, s)?)?;
+        let mut x = add_bias(&embeds, &self.wpe.narrow(0, 0, s)?)?;
         let mask = causal_bias(s, embeds.device())?;
         for block in &self.blocks {
             x = block.forward(&x, &mask)?;

@@ -1,8 +1,10 @@
-//! The building blocks the models share, written with candle's differentiable primitives only
-//! (candle's fused layer-norm and last-dim softmax kernels have no backward pass).
+//! The building blocks the models share: candle's differentiable primitives, and for layer norm,
+//! softmax, bias adds and quick GELU the fused kernels of `edgecap-train-kernels` (candle's own
+//! fused kernels have no backward pass; composed from primitives they took most of a step).
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, D};
+use edgecap_train_kernels as kernels;
 
 use super::params::{Init, Params};
 
@@ -22,7 +24,7 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = matmul_2d(x, &self.weight.t()?)?;
         Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => kernels::add_bias(&y, b)?,
             None => y,
         })
     }
@@ -42,7 +44,7 @@ impl Conv1D {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(matmul_2d(x, &self.weight)?.broadcast_add(&self.bias)?)
+        Ok(kernels::add_bias(&matmul_2d(x, &self.weight)?, &self.bias)?)
     }
 }
 
@@ -64,22 +66,18 @@ pub fn matmul_2d(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 pub struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
-    eps: f64,
+    eps: f32,
 }
 
 impl LayerNorm {
     pub fn new(p: &mut Params, name: &str, dim: usize, eps: f32) -> Result<Self> {
         let weight = p.get(&format!("{name}.weight"), &[dim], Init::Ones)?;
         let bias = p.get(&format!("{name}.bias"), &[dim], Init::Zeros)?;
-        Ok(LayerNorm { weight, bias, eps: f64::from(eps) })
+        Ok(LayerNorm { weight, bias, eps })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let centred = x.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        Ok(normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+        Ok(kernels::layer_norm(x, &self.weight, &self.bias, self.eps)?)
     }
 }
 
@@ -114,16 +112,16 @@ pub fn causal_bias(seq: usize, device: &Device) -> Result<Tensor> {
 }
 
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+    Ok(kernels::softmax(x)?)
 }
 
 pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let shifted = x.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    Ok(shifted.broadcast_sub(&lse)?)
+    Ok(kernels::log_softmax(x)?)
+}
+
+/// `x` plus `bias` broadcast over the leading dims (a position embedding over the batch).
+pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    Ok(kernels::add_bias(x, bias)?)
 }
 
 /// GPT-2's `gelu_new` (tanh approximation).
@@ -133,7 +131,7 @@ pub fn gelu_new(x: &Tensor) -> Result<Tensor> {
 
 /// CLIP's `quick_gelu`: x·σ(1.702x).
 pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
-    Ok((x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?)
+    Ok(kernels::quick_gelu(x)?)
 }
 
 /// Rows scaled to unit L2 norm.
