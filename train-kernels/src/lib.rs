@@ -128,7 +128,9 @@ impl CustomOp3 for LayerNorm {
         _y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        // One pass gives all three gradients, packed as rows [dx rows..., dw, db].
+        // One pass gives all three gradients, packed as rows [dx rows..., dw, db]. The row means
+        // and 1/σ are recomputed from x there: a custom op cannot keep them from the forward pass,
+        // and recomputing is one more read of x against a saved tensor per layer norm.
         let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LayerNormGrad { eps: self.eps })?;
         let (rows, d) = packed.dims2()?;
         let dx = packed.narrow(0, 0, rows - 2)?.reshape(x.shape())?;
