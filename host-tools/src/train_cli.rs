@@ -183,8 +183,10 @@ fn finish<R: Serialize>(args: &RunArgs, report: &R, run: &RunReport, summary: &s
         println!("{}", serde_json::to_string(report)?);
     } else {
         println!("{summary}");
+        // The losses span the whole run, resumes included; the time and rate only this segment.
+        let first = if run.resumed_from > 0 { "loss since step 0" } else { "loss" };
         println!(
-            "steps {}..{}: loss {:.4} → {:.4}, {:.1} s, {:.1} items/s",
+            "steps {}..{}: {first} {:.4} → {:.4}, {:.1} s, {:.1} items/s",
             run.resumed_from, run.steps, run.first_loss, run.last_loss, run.seconds, run.items_per_second
         );
     }
